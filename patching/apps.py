@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PatchingConfig(AppConfig):
+    name = "patching"
+    verbose_name = "Patching"

@@ -1,0 +1,318 @@
+"""Patching: the update catalog, each VM's guest state, and one record per operation."""
+
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from vms.images import PRODUCT_CHOICES
+
+
+class Classification(models.TextChoices):
+    """The install-filter tokens (VMGuestPatchClassificationWindows)."""
+
+    CRITICAL = "Critical"
+    SECURITY = "Security"
+    UPDATE_ROLLUP = "UpdateRollUp"
+    FEATURE_PACK = "FeaturePack"
+    SERVICE_PACK = "ServicePack"
+    DEFINITION = "Definition"
+    TOOLS = "Tools"
+    UPDATES = "Updates"
+
+
+# How Windows Update names a classification in assessment results (free text, not the filter token).
+CLASSIFICATION_LABELS = {
+    Classification.CRITICAL: "Critical Updates",
+    Classification.SECURITY: "Security Updates",
+    Classification.UPDATE_ROLLUP: "Update Rollups",
+    Classification.FEATURE_PACK: "Feature Packs",
+    Classification.SERVICE_PACK: "Service Packs",
+    Classification.DEFINITION: "Definition Updates",
+    Classification.TOOLS: "Tools",
+    Classification.UPDATES: "Updates",
+}
+
+
+class RebootBehavior(models.TextChoices):
+    NEVER = "NeverReboots"
+    ALWAYS = "AlwaysRequiresReboot"
+    CAN_REQUEST = "CanRequestReboot"
+
+
+class UpdateKind(models.TextChoices):
+    BASELINE = "baseline", "Baseline (planned)"
+    UNPLANNED_BASELINE = "unplanned_baseline", "Baseline (unplanned)"
+    HOTPATCH = "hotpatch", "Hotpatch"
+    MONTHLY = "monthly", "Monthly cumulative update"
+    OUT_OF_BAND = "oob", "Out-of-band cumulative update"
+    PREVIEW = "preview", "Non-security preview"
+    DOTNET = "dotnet", ".NET cumulative update"
+    MSRT = "msrt", "Malicious Software Removal Tool"
+    DEFINITION = "definition", "Defender definition update"
+
+
+class UpdateSource(models.TextChoices):
+    RELEASE_HISTORY = "release-history", "Microsoft release history"
+    HOTPATCH_CALENDAR = "hotpatch-calendar", "Microsoft hotpatch calendar"
+    GENERATED = "generated", "Generated (no public data)"
+    IMPORTED = "imported", "Imported"
+
+
+class UpdateQuerySet(models.QuerySet):
+    def released(self, now: datetime) -> "UpdateQuerySet":
+        return self.filter(published_at__lte=now)
+
+    def baselines(self) -> "UpdateQuerySet":
+        return self.filter(kind__in=Update.BASELINE_KINDS)
+
+
+class Update(models.Model):
+    """One update as Windows Update offers it to one product."""
+
+    BASELINE_KINDS = (UpdateKind.BASELINE, UpdateKind.UNPLANNED_BASELINE)
+    # Rebooting cumulative updates of the Windows servicing stack (not hotpatches).
+    CUMULATIVE_KINDS = (*BASELINE_KINDS, UpdateKind.MONTHLY, UpdateKind.OUT_OF_BAND, UpdateKind.PREVIEW)
+
+    patch_id = models.UUIDField(unique=True, default=uuid.uuid4)
+    product = models.CharField(max_length=20, choices=PRODUCT_CHOICES)
+    kb = models.CharField("KB", max_length=10, help_text="Digits only, as in 5073457.")
+    title = models.CharField(max_length=250)
+    kind = models.CharField(max_length=20, choices=UpdateKind.choices)
+    classification = models.CharField(max_length=20, choices=Classification.choices)
+    reboot_behavior = models.CharField(max_length=24, choices=RebootBehavior.choices)
+    published_at = models.DateTimeField()
+    release_month = models.CharField(max_length=7, help_text="The update's month label, e.g. 2026-02.")
+    build = models.CharField(max_length=20, blank=True)
+    # A hotpatch builds on one baseline; only VMs on that baseline can take it.
+    baseline = models.ForeignKey(
+        "self",
+        models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="hotpatches",
+        limit_choices_to={"kind__in": BASELINE_KINDS},
+    )
+    source = models.CharField(max_length=20, choices=UpdateSource.choices, default=UpdateSource.IMPORTED)
+
+    objects = UpdateQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-published_at", "product", "kb"]
+        indexes = [models.Index(fields=["product", "published_at"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(kb__regex=r"^[0-9]{6,8}$"), name="kb_is_digits"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def classification_label(self) -> str:
+        return CLASSIFICATION_LABELS[Classification(self.classification)]
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.kind in self.BASELINE_KINDS
+
+
+class HotpatchStatus(models.TextChoices):
+    """The API's hotpatchEnablementStatus."""
+
+    UNKNOWN = "Unknown"
+    PENDING_EVALUATION = "PendingEvaluation"
+    DISABLED = "Disabled"
+    ACTION_REQUIRED = "ActionRequired"
+    ENABLED = "Enabled"
+
+
+class GuestState(models.Model):
+    """What runs inside one VM, and what its last assessment and installation found (1:1 with the VM)."""
+
+    vm = models.OneToOneField("vms.VirtualMachine", models.CASCADE, primary_key=True, related_name="guest")
+    build = models.CharField(max_length=20)
+    baseline = models.ForeignKey(Update, models.PROTECT, null=True, blank=True, related_name="+")
+    reboot_pending = models.BooleanField(default=False)
+    last_boot_at = models.DateTimeField(null=True, blank=True)
+    installed = models.ManyToManyField(Update, through="InstalledUpdate", related_name="+")
+    # The compliance summary, copied from the last finished assessment/installation for list pages.
+    last_assessment = models.ForeignKey("Operation", models.SET_NULL, null=True, blank=True, related_name="+")
+    last_installation = models.ForeignKey(
+        "Operation", models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    assessed_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    critical_security_count = models.PositiveIntegerField(default=0)
+    other_count = models.PositiveIntegerField(default=0)
+    hotpatch_status = models.CharField(
+        max_length=20, choices=HotpatchStatus.choices, default=HotpatchStatus.UNKNOWN, db_index=True
+    )
+    hotpatch_status_reason = models.CharField(max_length=300, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.vm} guest ({self.build})"
+
+
+class InstalledUpdate(models.Model):
+    guest = models.ForeignKey(GuestState, models.CASCADE, related_name="installed_updates")
+    update = models.ForeignKey(Update, models.PROTECT, related_name="+")
+    installed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["guest", "update"], name="install_once")]
+
+
+class OperationKind(models.TextChoices):
+    ASSESSMENT = "assessment", "Assessment"
+    INSTALLATION = "installation", "Installation"
+
+
+class OperationStatus(models.TextChoices):
+    """PatchOperationStatus, plus NotStarted for a queued operation (as Update Manager reports it)."""
+
+    NOT_STARTED = "NotStarted", "Queued"
+    IN_PROGRESS = "InProgress", "In progress"
+    SUCCEEDED = "Succeeded", "Succeeded"
+    COMPLETED_WITH_WARNINGS = "CompletedWithWarnings", "Completed with warnings"
+    FAILED = "Failed", "Failed"
+
+
+IN_FLIGHT = (OperationStatus.NOT_STARTED, OperationStatus.IN_PROGRESS)
+
+
+class RebootStatus(models.TextChoices):
+    UNKNOWN = "Unknown"
+    NOT_NEEDED = "NotNeeded"
+    REQUIRED = "Required"
+    STARTED = "Started"
+    FAILED = "Failed"
+    COMPLETED = "Completed"
+
+
+class StartedBy(models.TextChoices):
+    USER = "User"
+    PLATFORM = "Platform"
+
+
+class OperationQuerySet(models.QuerySet):
+    def in_flight(self) -> "OperationQuerySet":
+        return self.filter(status__in=IN_FLIGHT)
+
+    def finished(self) -> "OperationQuerySet":
+        return self.exclude(status__in=IN_FLIGHT)
+
+    def since(self, moment: datetime) -> "OperationQuerySet":
+        return self.filter(created_at__gte=moment)
+
+
+class Operation(models.Model):
+    """One assessment or installation: the single source of truth for the UI, the API and the admin."""
+
+    # Errors of the platform or agent (the run never happened): the ARM operation itself fails.
+    PLATFORM_ERRORS = ("VMNotRunning", "VMAgentStatusCommunicationError", "OperationTimedOut", "VMDeleted")
+
+    activity_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # Null once the VM is deleted; the snapshot fields keep the history readable.
+    vm = models.ForeignKey("vms.VirtualMachine", models.SET_NULL, null=True, related_name="operations")
+    subscription = models.ForeignKey("vms.Subscription", models.CASCADE, related_name="+")
+    vm_name = models.CharField(max_length=64)
+    location = models.CharField(max_length=40)
+    kind = models.CharField(max_length=12, choices=OperationKind.choices)
+    status = models.CharField(
+        max_length=24, choices=OperationStatus.choices, default=OperationStatus.NOT_STARTED
+    )
+    started_by = models.CharField(max_length=10, choices=StartedBy.choices, default=StartedBy.USER)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # Installation parameters, normalised (see patching.selection.InstallParameters.to_json).
+    parameters = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    critical_security_count = models.PositiveIntegerField(default=0)
+    other_count = models.PositiveIntegerField(default=0)
+    reboot_pending = models.BooleanField(default=False)
+    installed_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    pending_count = models.PositiveIntegerField(default=0)
+    excluded_count = models.PositiveIntegerField(default=0)
+    not_selected_count = models.PositiveIntegerField(default=0)
+    reboot_status = models.CharField(
+        max_length=10, choices=RebootStatus.choices, default=RebootStatus.UNKNOWN
+    )
+    maintenance_window_exceeded = models.BooleanField(default=False)
+    error_code = models.CharField(max_length=60, blank=True)
+    error_message = models.TextField(blank=True)
+
+    objects = OperationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # A double click or a repeated API call joins the run already in flight (SPEC §3.7).
+            models.UniqueConstraint(
+                fields=["vm", "kind"], condition=Q(status__in=IN_FLIGHT), name="one_in_flight_per_vm_and_kind"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["vm", "-created_at"]),
+            models.Index(
+                fields=["status", "created_at"], name="op_in_flight", condition=Q(status__in=IN_FLIGHT)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.vm_name} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status not in IN_FLIGHT
+
+    @property
+    def is_assessment(self) -> bool:
+        return self.kind == OperationKind.ASSESSMENT
+
+    @property
+    def arm_status(self) -> str:
+        """The long-running operation's status: a failed patch run is still a finished operation."""
+        if not self.is_finished:
+            return "InProgress"
+        if self.status == OperationStatus.FAILED and self.error_code in self.PLATFORM_ERRORS:
+            return "Failed"
+        return "Succeeded"
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+class PatchState(models.TextChoices):
+    AVAILABLE = "Available"
+    INSTALLED = "Installed"
+    FAILED = "Failed"
+    PENDING = "Pending"
+    EXCLUDED = "Excluded"
+    NOT_SELECTED = "NotSelected"
+
+
+class PatchResult(models.Model):
+    """One update's outcome in one operation: 'Available' for an assessment, its fate for an install."""
+
+    operation = models.ForeignKey(Operation, models.CASCADE, related_name="results")
+    update = models.ForeignKey(Update, models.PROTECT, related_name="+")
+    state = models.CharField(max_length=12, choices=PatchState.choices)
+    error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["operation", "update"], name="one_result_per_update")]
+
+    def __str__(self) -> str:
+        return f"KB{self.update.kb}: {self.state}"

@@ -1,0 +1,195 @@
+"""The one settings module. Everything that varies between machines comes from the environment.
+
+With no environment at all this is the *embedded default*: SQLite and a filesystem Celery broker
+under var/, so a newcomer's laptop needs nothing but Python. Set DATABASE_URL and REDIS_URL for
+PostgreSQL and Redis.
+"""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("PORTAL_VAR_DIR", BASE_DIR / "var"))
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def envbool(name: str, default: str) -> bool:
+    value = env(name, default).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use true or false)")
+
+
+def envfloat(name: str, default: str) -> float:
+    try:
+        return float(env(name, default))
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={env(name)!r} is not a number") from None
+
+
+def envint(name: str, default: str) -> int:
+    try:
+        return int(env(name, default))
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={env(name)!r} is not an integer") from None
+
+
+DEBUG = envbool("DEBUG", "false")
+SECRET_KEY = env("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG and env("PORTAL_REQUIRE_SECRET_KEY", "false") == "true":
+        raise ImproperlyConfigured("SECRET_KEY must be set in production")
+    # Embedded default: a per-checkout key kept under var/, so sessions survive restarts.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        from django.core.management.utils import get_random_secret_key
+
+        key_file.write_text(get_random_secret_key())
+    SECRET_KEY = key_file.read_text().strip()
+
+ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("CSRF_TRUSTED_ORIGINS").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "template_partials",
+    "vms",
+    "patching",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+WSGI_APPLICATION = "portal.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env("DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "portal.sqlite3",
+            # The web server, the worker and beat share one file: wait for locks instead of failing.
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "admin:login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", "false")
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+if envbool("BEHIND_TLS_PROXY", "false"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Celery ---------------------------------------------------------------------------------------
+REDIS_URL = env("REDIS_URL")
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+else:
+    # kombu's filesystem transport: a folder of message files, shared by web, worker and beat.
+    _broker_dir = VAR_DIR / "broker"
+    for sub in ("out", "processed"):
+        (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "out"),
+        "data_folder_out": str(_broker_dir / "out"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True  # our state lives in Operation rows, never in a result backend
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = 15 * 60  # well under Redis' 1 h visibility timeout
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BEAT_SCHEDULE = {
+    "fail-stale-operations": {
+        "task": "patching.tasks.fail_stale_operations",
+        "schedule": timedelta(minutes=1),
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- The simulation -------------------------------------------------------------------------------
+# Simulated guest work is measured in simulated seconds; the worker sleeps that long divided by
+# PORTAL_SIM_SPEED. 0 means "don't sleep at all" (tests, benchmarks, the seed's history).
+PORTAL_SIM_SPEED = envfloat("PORTAL_SIM_SPEED", "120")
+# Deterministic per-(VM, KB, day) installation failure rate, and per-attempt agent-unreachable rate.
+PORTAL_PATCH_FAILURE_RATE = envfloat("PORTAL_PATCH_FAILURE_RATE", "0.02")
+PORTAL_AGENT_UNREACHABLE_RATE = envfloat("PORTAL_AGENT_UNREACHABLE_RATE", "0.0")
+# An operation still queued or running this long after it was created is failed by the beat task.
+PORTAL_STALE_OPERATION_AFTER = timedelta(minutes=envint("PORTAL_STALE_OPERATION_MINUTES", "30"))
+# How many days of update history are kept before being pruned.
+PORTAL_HISTORY_RETENTION_DAYS = envint("PORTAL_HISTORY_RETENTION_DAYS", "180")
+for _name in ("PORTAL_PATCH_FAILURE_RATE", "PORTAL_AGENT_UNREACHABLE_RATE"):
+    if not 0.0 <= globals()[_name] <= 1.0:
+        raise ImproperlyConfigured(f"{_name} must be between 0 and 1")
+if PORTAL_SIM_SPEED < 0:
+    raise ImproperlyConfigured("PORTAL_SIM_SPEED must be 0 (no sleeping) or positive")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,193 @@
+"""Inventory: subscriptions, resource groups, virtual machines, and who may see them."""
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from . import images, regions
+from .patch_settings import ASSESSMENT_MODES, PATCH_MODES, REBOOT_SETTINGS, PatchSettings
+from .patch_settings import validate as validate_settings
+
+RESOURCE_NAME = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9_]$|^[A-Za-z0-9]$",
+    "Use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit.",
+)
+
+
+class Subscription(models.Model):
+    # ARM clients build URLs from this and require the GUID form.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    display_name = models.CharField(max_length=100)
+
+    class Meta:
+        ordering = ["display_name"]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+
+class Role(models.TextChoices):
+    READER = "Reader"
+    CONTRIBUTOR = "Contributor"
+    OWNER = "Owner"
+
+
+class RoleAssignment(models.Model):
+    """A user's role on one subscription: Reader sees, Contributor acts, Owner also grants."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="role_assignments")
+    subscription = models.ForeignKey(Subscription, models.CASCADE, related_name="role_assignments")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.READER)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "subscription"], name="one_role_per_user_and_sub")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} on {self.subscription}"
+
+
+class ResourceGroup(models.Model):
+    subscription = models.ForeignKey(Subscription, models.CASCADE, related_name="resource_groups")
+    name = models.CharField(max_length=90, validators=[RESOURCE_NAME])
+    location = models.CharField(max_length=40, choices=regions.REGION_CHOICES)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                models.functions.Lower("name"), "subscription", name="unique_rg_name_per_subscription"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class VirtualMachineQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "VirtualMachineQuerySet":
+        """VMs of the subscriptions the user holds any role on; superusers see all."""
+        if user.is_superuser:
+            return self
+        return self.filter(resource_group__subscription__role_assignments__user=user)
+
+    def running(self) -> "VirtualMachineQuerySet":
+        return self.filter(power_state=VirtualMachine.PowerState.RUNNING)
+
+
+class VirtualMachine(models.Model):
+    class PowerState(models.TextChoices):
+        RUNNING = "running", "VM running"
+        STOPPED = "stopped", "VM stopped"
+        DEALLOCATED = "deallocated", "VM deallocated"
+        STARTING = "starting", "VM starting"  # rebooting after an update
+
+    resource_group = models.ForeignKey(ResourceGroup, models.CASCADE, related_name="virtual_machines")
+    name = models.CharField(max_length=64, validators=[RESOURCE_NAME])
+    vm_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    location = models.CharField(max_length=40, choices=regions.REGION_CHOICES)
+    zone = models.CharField(max_length=2, blank=True, help_text="Availability zone (1, 2, 3), or blank.")
+    availability_set = models.CharField(max_length=80, blank=True)
+    update_domain = models.PositiveSmallIntegerField(null=True, blank=True)
+    size = models.CharField(max_length=40, default="Standard_D2s_v5")
+    image_publisher = models.CharField(max_length=64, default=images.PUBLISHER)
+    image_offer = models.CharField(max_length=64, default=images.OFFER)
+    image_sku = models.CharField(max_length=64)
+    image_version = models.CharField(max_length=40, default="latest")
+    product = models.CharField(max_length=20, choices=images.PRODUCT_CHOICES)
+    time_zone = models.CharField(
+        max_length=64, default="UTC", help_text="IANA time zone, e.g. Europe/Stockholm."
+    )
+    power_state = models.CharField(max_length=12, choices=PowerState.choices, default=PowerState.RUNNING)
+    created_at = models.DateTimeField()
+
+    # osProfile.windowsConfiguration and its patchSettings (azure-api.md §1).
+    provision_vm_agent = models.BooleanField(default=True)
+    enable_automatic_updates = models.BooleanField(default=True)
+    patch_mode = models.CharField(
+        max_length=20, choices=[(m, m) for m in PATCH_MODES], default="AutomaticByOS"
+    )
+    enable_hotpatching = models.BooleanField(default=False)
+    assessment_mode = models.CharField(
+        max_length=20, choices=[(m, m) for m in ASSESSMENT_MODES], default="ImageDefault"
+    )
+    reboot_setting = models.CharField(
+        max_length=12, choices=[(m, m) for m in REBOOT_SETTINGS], default="IfRequired"
+    )
+    bypass_platform_safety_checks = models.BooleanField(default=False)
+    # When hotpatch was last turned off: re-enrolment waits for the next baseline after this.
+    hotpatch_disabled_at = models.DateTimeField(null=True, blank=True)
+
+    objects = VirtualMachineQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                models.functions.Lower("name"), "resource_group", name="unique_vm_name_per_rg"
+            ),
+            models.CheckConstraint(
+                condition=Q(enable_hotpatching=False) | Q(patch_mode="AutomaticByPlatform"),
+                name="hotpatch_needs_automatic_by_platform",
+            ),
+        ]
+        indexes = [models.Index(fields=["location", "zone"]), models.Index(fields=["power_state"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def subscription_id(self):
+        return self.resource_group.subscription_id
+
+    @property
+    def arm_id(self) -> str:
+        rg = self.resource_group
+        return (
+            f"/subscriptions/{rg.subscription_id}/resourceGroups/{rg.name}"
+            f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
+        )
+
+    @property
+    def is_running(self) -> bool:
+        return self.power_state == self.PowerState.RUNNING
+
+    @property
+    def hotpatch_capable(self) -> bool:
+        return images.is_hotpatch_capable(self.image_publisher, self.image_offer, self.image_sku)
+
+    @property
+    def patch_settings(self) -> PatchSettings:
+        return PatchSettings(
+            patch_mode=self.patch_mode,
+            enable_hotpatching=self.enable_hotpatching,
+            assessment_mode=self.assessment_mode,
+            reboot_setting=self.reboot_setting,
+            bypass_platform_safety_checks=self.bypass_platform_safety_checks,
+            provision_vm_agent=self.provision_vm_agent,
+            enable_automatic_updates=self.enable_automatic_updates,
+        )
+
+    def apply_patch_settings(self, new: PatchSettings) -> None:
+        """Copy validated settings onto the row (the caller validates and saves)."""
+        self.patch_mode = new.patch_mode
+        self.enable_hotpatching = new.enable_hotpatching
+        self.assessment_mode = new.assessment_mode
+        self.reboot_setting = "IfRequired" if new.reboot_setting == "Unknown" else new.reboot_setting
+        self.bypass_platform_safety_checks = new.bypass_platform_safety_checks
+        self.provision_vm_agent = new.provision_vm_agent
+        self.enable_automatic_updates = new.enable_automatic_updates
+
+    def validate_patch_settings(self, new: PatchSettings, *, creating: bool = False):
+        return validate_settings(
+            new,
+            publisher=self.image_publisher,
+            offer=self.image_offer,
+            sku=self.image_sku,
+            region=self.location,
+            current=None if creating else self.patch_settings,
+        )
