@@ -140,9 +140,7 @@ class GuestState(models.Model):
     installed = models.ManyToManyField(Update, through="InstalledUpdate", related_name="+")
     # The compliance summary, copied from the last finished assessment/installation for list pages.
     last_assessment = models.ForeignKey("Operation", models.SET_NULL, null=True, blank=True, related_name="+")
-    last_installation = models.ForeignKey(
-        "Operation", models.SET_NULL, null=True, blank=True, related_name="+"
-    )
+    last_installation = models.ForeignKey("Operation", models.SET_NULL, null=True, blank=True, related_name="+")
     assessed_at = models.DateTimeField(null=True, blank=True, db_index=True)
     critical_security_count = models.PositiveIntegerField(default=0)
     other_count = models.PositiveIntegerField(default=0)
@@ -220,13 +218,9 @@ class Operation(models.Model):
     vm_name = models.CharField(max_length=64)
     location = models.CharField(max_length=40)
     kind = models.CharField(max_length=12, choices=OperationKind.choices)
-    status = models.CharField(
-        max_length=24, choices=OperationStatus.choices, default=OperationStatus.NOT_STARTED
-    )
+    status = models.CharField(max_length=24, choices=OperationStatus.choices, default=OperationStatus.NOT_STARTED)
     started_by = models.CharField(max_length=10, choices=StartedBy.choices, default=StartedBy.USER)
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
     # Installation parameters, normalised (see patching.selection.InstallParameters.to_json).
     parameters = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -242,9 +236,7 @@ class Operation(models.Model):
     pending_count = models.PositiveIntegerField(default=0)
     excluded_count = models.PositiveIntegerField(default=0)
     not_selected_count = models.PositiveIntegerField(default=0)
-    reboot_status = models.CharField(
-        max_length=10, choices=RebootStatus.choices, default=RebootStatus.UNKNOWN
-    )
+    reboot_status = models.CharField(max_length=10, choices=RebootStatus.choices, default=RebootStatus.UNKNOWN)
     maintenance_window_exceeded = models.BooleanField(default=False)
     error_code = models.CharField(max_length=60, blank=True)
     error_message = models.TextField(blank=True)
@@ -261,9 +253,7 @@ class Operation(models.Model):
         ]
         indexes = [
             models.Index(fields=["vm", "-created_at"]),
-            models.Index(
-                fields=["status", "created_at"], name="op_in_flight", condition=Q(status__in=IN_FLIGHT)
-            ),
+            models.Index(fields=["status", "created_at"], name="op_in_flight", condition=Q(status__in=IN_FLIGHT)),
         ]
 
     def __str__(self) -> str:

@@ -43,9 +43,7 @@ class RoleAssignment(models.Model):
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.READER)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["user", "subscription"], name="one_role_per_user_and_sub")
-        ]
+        constraints = [models.UniqueConstraint(fields=["user", "subscription"], name="one_role_per_user_and_sub")]
 
     def __str__(self) -> str:
         return f"{self.user} is {self.role} on {self.subscription}"
@@ -99,25 +97,19 @@ class VirtualMachine(models.Model):
     image_sku = models.CharField(max_length=64)
     image_version = models.CharField(max_length=40, default="latest")
     product = models.CharField(max_length=20, choices=images.PRODUCT_CHOICES)
-    time_zone = models.CharField(
-        max_length=64, default="UTC", help_text="IANA time zone, e.g. Europe/Stockholm."
-    )
+    time_zone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone, e.g. Europe/Stockholm.")
     power_state = models.CharField(max_length=12, choices=PowerState.choices, default=PowerState.RUNNING)
     created_at = models.DateTimeField()
 
     # osProfile.windowsConfiguration and its patchSettings (azure-api.md §1).
     provision_vm_agent = models.BooleanField(default=True)
     enable_automatic_updates = models.BooleanField(default=True)
-    patch_mode = models.CharField(
-        max_length=20, choices=[(m, m) for m in PATCH_MODES], default="AutomaticByOS"
-    )
+    patch_mode = models.CharField(max_length=20, choices=[(m, m) for m in PATCH_MODES], default="AutomaticByOS")
     enable_hotpatching = models.BooleanField(default=False)
     assessment_mode = models.CharField(
         max_length=20, choices=[(m, m) for m in ASSESSMENT_MODES], default="ImageDefault"
     )
-    reboot_setting = models.CharField(
-        max_length=12, choices=[(m, m) for m in REBOOT_SETTINGS], default="IfRequired"
-    )
+    reboot_setting = models.CharField(max_length=12, choices=[(m, m) for m in REBOOT_SETTINGS], default="IfRequired")
     bypass_platform_safety_checks = models.BooleanField(default=False)
     # When hotpatch was last turned off: re-enrolment waits for the next baseline after this.
     hotpatch_disabled_at = models.DateTimeField(null=True, blank=True)
@@ -127,9 +119,7 @@ class VirtualMachine(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.UniqueConstraint(
-                models.functions.Lower("name"), "resource_group", name="unique_vm_name_per_rg"
-            ),
+            models.UniqueConstraint(models.functions.Lower("name"), "resource_group", name="unique_vm_name_per_rg"),
             models.CheckConstraint(
                 condition=Q(enable_hotpatching=False) | Q(patch_mode="AutomaticByPlatform"),
                 name="hotpatch_needs_automatic_by_platform",

@@ -81,13 +81,9 @@ def validate(
         )
     if new.patch_mode == "AutomaticByOS" and not new.enable_automatic_updates:
         problems.append(
-            Problem(
-                f"{p}.enableAutomaticUpdates", "patchMode AutomaticByOS requires enableAutomaticUpdates true."
-            )
+            Problem(f"{p}.enableAutomaticUpdates", "patchMode AutomaticByOS requires enableAutomaticUpdates true.")
         )
-    if new.patch_mode == "AutomaticByPlatform" and not (
-        new.provision_vm_agent and new.enable_automatic_updates
-    ):
+    if new.patch_mode == "AutomaticByPlatform" and not (new.provision_vm_agent and new.enable_automatic_updates):
         problems.append(
             Problem(
                 f"{ps}.patchMode",
@@ -96,9 +92,7 @@ def validate(
         )
     if new.assessment_mode == "AutomaticByPlatform" and not new.provision_vm_agent:
         problems.append(
-            Problem(
-                f"{ps}.assessmentMode", "assessmentMode AutomaticByPlatform requires provisionVMAgent true."
-            )
+            Problem(f"{ps}.assessmentMode", "assessmentMode AutomaticByPlatform requires provisionVMAgent true.")
         )
     if new.bypass_platform_safety_checks and new.patch_mode != "AutomaticByPlatform":
         problems.append(
@@ -131,9 +125,7 @@ def validate(
                 )
             )
         if not new.provision_vm_agent:
-            problems.append(
-                Problem(f"{ps}.enableHotpatching", "enableHotpatching requires provisionVMAgent true.")
-            )
+            problems.append(Problem(f"{ps}.enableHotpatching", "enableHotpatching requires provisionVMAgent true."))
 
     if current is not None:
         if new.enable_automatic_updates != current.enable_automatic_updates:
@@ -145,7 +137,5 @@ def validate(
             )
         modes = {current.patch_mode, new.patch_mode}
         if modes == {"AutomaticByOS", "Manual"}:
-            problems.append(
-                Problem(f"{ps}.patchMode", "Switching between AutomaticByOS and Manual is not supported.")
-            )
+            problems.append(Problem(f"{ps}.patchMode", "Switching between AutomaticByOS and Manual is not supported."))
     return problems
