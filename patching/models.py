@@ -153,7 +153,7 @@ class GuestState(models.Model):
         return f"{self.vm} guest ({self.build})"
 
 
-class InstalledUpdate(models.Model):
+class InstalledUpdate(models.Model):  # noqa: DJ008 (a through table)
     guest = models.ForeignKey(GuestState, models.CASCADE, related_name="installed_updates")
     update = models.ForeignKey(Update, models.PROTECT, related_name="+")
     installed_at = models.DateTimeField()

@@ -1,0 +1,382 @@
+"""The writes that span several models: provisioning a guest, starting and running operations.
+
+Everything that assesses or installs goes through `start_operation` and `execute_operation`: the
+views, the API, the admin, the platform's beat tasks and the demo seeder's simulated past.
+"""
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from vms.models import VirtualMachine
+
+from . import guest as sim
+from .models import (
+    GuestState,
+    HotpatchStatus,
+    InstalledUpdate,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    PatchResult,
+    PatchState,
+    RebootStatus,
+    StartedBy,
+    Update,
+)
+from .parameters import CRITICAL_AND_SECURITY, InstallParameters, from_arm
+
+log = logging.getLogger(__name__)
+
+
+class AgentUnreachable(Exception):
+    """The guest agent did not answer: transient, the task retries."""
+
+
+# --- Reading state into the pure simulation -------------------------------------------------------
+
+
+def catalog_for(product: str) -> list[sim.Patch]:
+    """The product's whole catalog as the guest sees it (a few hundred rows, one query)."""
+    rows = Update.objects.filter(product=product).values_list(
+        "id", "kb", "kind", "classification", "reboot_behavior", "published_at", "build", "baseline_id"
+    )
+    return [sim.Patch(*row) for row in rows]
+
+
+def guest_view(vm: VirtualMachine, state: GuestState) -> sim.Guest:
+    return sim.Guest(
+        hotpatch_enrolled=vm.enable_hotpatching and vm.hotpatch_capable,
+        build=state.build,
+        baseline_id=state.baseline_id,
+        installed=frozenset(state.installed_updates.values_list("update_id", flat=True)),
+        reboot_pending=state.reboot_pending,
+    )
+
+
+def hotpatch_verdict(vm: VirtualMachine, state: GuestState, catalog: list[sim.Patch], now: datetime):
+    baseline = sim.latest_baseline(catalog, now)
+    label = ""
+    if baseline is not None:
+        label = f"the {baseline.published_at:%Y-%m} baseline KB{baseline.kb}"
+    return sim.hotpatch_status(
+        capable=vm.hotpatch_capable,
+        enabled=vm.enable_hotpatching,
+        patch_mode=vm.patch_mode,
+        assessed=state.assessed_at is not None,
+        guest=guest_view(vm, state),
+        baseline=baseline,
+        baseline_label=label,
+    )
+
+
+def refresh_hotpatch_status(vm: VirtualMachine, now: datetime | None = None) -> None:
+    """Recompute the stored hotpatch status after a settings change.
+
+    Turning hotpatch on is only confirmed by the next assessment: until then, PendingEvaluation.
+    """
+    now = now or timezone.now()
+    state = vm.guest
+    verdict = hotpatch_verdict(vm, state, catalog_for(vm.product), now)
+    if vm.enable_hotpatching and verdict.status == HotpatchStatus.ENABLED and state.hotpatch_status != verdict.status:
+        verdict = sim.HotpatchVerdict(HotpatchStatus.PENDING_EVALUATION, "Waiting for the next assessment.")
+    GuestState.objects.filter(pk=state.pk).update(hotpatch_status=verdict.status, hotpatch_status_reason=verdict.reason)
+
+
+# --- Provisioning ---------------------------------------------------------------------------------
+
+
+def provision_guest(vm: VirtualMachine, now: datetime, *, behind_by_months: int = 0) -> GuestState:
+    """Install the image's current build: the latest baseline (or monthly update) released by `now`.
+
+    `behind_by_months` provisions an older image, e.g. a VM that has fallen off the baseline.
+    """
+    catalog = [p for p in catalog_for(vm.product) if p.published_at <= now]
+    if vm.hotpatch_capable:
+        cumulative = [p for p in catalog if p.kind in sim.BASELINE_KINDS]
+    else:
+        cumulative = [p for p in catalog if p.kind in sim.SECURITY_CUMULATIVE_KINDS]
+    cumulative.sort(key=lambda p: p.published_at)
+    image = cumulative[-1 - min(behind_by_months, len(cumulative) - 1)] if cumulative else None
+    state = GuestState.objects.create(
+        vm=vm,
+        build=image.build if image else "",
+        baseline=Update(pk=image.id) if image and image.kind in sim.BASELINE_KINDS else None,
+        last_boot_at=now,
+    )
+    if image:
+        InstalledUpdate.objects.create(guest=state, update_id=image.id, installed_at=now)
+    verdict = hotpatch_verdict(vm, state, catalog, now)
+    state.hotpatch_status, state.hotpatch_status_reason = verdict.status, verdict.reason
+    state.save(update_fields=["hotpatch_status", "hotpatch_status_reason"])
+    return state
+
+
+# --- Starting operations --------------------------------------------------------------------------
+
+
+def start_operation(
+    vm: VirtualMachine,
+    kind: str,
+    *,
+    user=None,
+    started_by: str = StartedBy.USER,
+    parameters: InstallParameters | None = None,
+    now: datetime | None = None,
+    enqueue: bool = True,
+) -> tuple[Operation, bool]:
+    """Queue an assessment or installation, or return the one of that kind already in flight.
+
+    Returns (operation, created). The database's partial unique index, not this code, guarantees
+    that at most one of each kind is in flight per VM.
+    """
+    if kind == OperationKind.INSTALLATION:
+        parameters = parameters or CRITICAL_AND_SECURITY
+    try:
+        with transaction.atomic():
+            operation = Operation.objects.create(
+                vm=vm,
+                subscription_id=vm.resource_group.subscription_id,
+                vm_name=vm.name,
+                location=vm.location,
+                kind=kind,
+                started_by=started_by,
+                user=user if started_by == StartedBy.USER else None,
+                parameters=parameters.to_json() if parameters else {},
+                created_at=now or timezone.now(),
+            )
+    except IntegrityError:
+        return Operation.objects.in_flight().get(vm=vm, kind=kind), False
+    if enqueue:
+        from .tasks import run_operation  # tasks import services; import here to avoid the cycle
+
+        run_operation.delay_on_commit(operation.pk)
+    return operation, True
+
+
+# --- Running operations ---------------------------------------------------------------------------
+
+
+def _claim(operation_id: int, now: datetime) -> bool:
+    """NotStarted -> InProgress, once: a redelivered task finds nothing to claim."""
+    return bool(
+        Operation.objects.filter(pk=operation_id, status=OperationStatus.NOT_STARTED).update(
+            status=OperationStatus.IN_PROGRESS, started_at=now, attempts=F("attempts") + 1
+        )
+    )
+
+
+def release_for_retry(operation_id: int) -> None:
+    """InProgress -> NotStarted, so the retried task can claim it again."""
+    Operation.objects.filter(pk=operation_id, status=OperationStatus.IN_PROGRESS).update(
+        status=OperationStatus.NOT_STARTED
+    )
+
+
+def fail_operation(operation_id: int, code: str, message: str, now: datetime | None = None) -> bool:
+    """Finish an in-flight operation as Failed; False if it had already finished."""
+    return bool(
+        Operation.objects.in_flight()
+        .filter(pk=operation_id)
+        .update(
+            status=OperationStatus.FAILED, error_code=code, error_message=message, finished_at=now or timezone.now()
+        )
+    )
+
+
+def _agent_answers(operation: Operation) -> bool:
+    """A deterministic per-attempt draw against PORTAL_AGENT_UNREACHABLE_RATE."""
+    rate = settings.PORTAL_AGENT_UNREACHABLE_RATE
+    digest = hashlib.sha256(f"{operation.activity_id}|{operation.attempts}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 >= rate
+
+
+def execute_operation(
+    operation_id: int,
+    *,
+    now: datetime | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Operation | None:
+    """Run one queued operation against the simulated guest and record its outcome.
+
+    `now` fixes the simulated clock (the demo's past, the fleet simulation); by default it is real
+    time and the simulated work takes PORTAL_SIM_SPEED-scaled seconds. Safe to call twice.
+    """
+    clock = now or timezone.now()
+    if not _claim(operation_id, clock):
+        return None  # already running elsewhere, finished, or gone
+    operation = Operation.objects.get(pk=operation_id)
+    vm = (
+        VirtualMachine.objects.select_related("resource_group", "guest").filter(pk=operation.vm_id).first()
+        if operation.vm_id
+        else None
+    )
+    if vm is None:
+        fail_operation(operation_id, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock)
+        return None
+    if not vm.is_running:
+        fail_operation(
+            operation_id,
+            "VMNotRunning",
+            f"The virtual machine '{vm.name}' is {vm.get_power_state_display().removeprefix('VM ')}: "
+            "start it before assessing or installing updates.",
+            clock,
+        )
+        return None
+    if not _agent_answers(operation):
+        raise AgentUnreachable(f"The VM agent on '{vm.name}' did not answer.")
+
+    speed = settings.PORTAL_SIM_SPEED if now is None else 0
+    state = vm.guest
+    catalog = catalog_for(vm.product)
+    guest = guest_view(vm, state)
+    available = sim.applicable(guest, catalog, clock)
+
+    if operation.kind == OperationKind.ASSESSMENT:
+        if speed:
+            sleep(sim.ASSESSMENT_SECONDS / speed)
+        finished = clock + timedelta(seconds=sim.ASSESSMENT_SECONDS) if now else timezone.now()
+        return record_assessment(operation_id, vm, available, catalog, guest, finished)
+
+    parameters = from_arm(operation.parameters)
+    outcome = sim.install(
+        guest,
+        available,
+        parameters.selection,
+        reboot_setting=parameters.reboot_setting,
+        maximum_duration=parameters.maximum_duration,
+        vm_key=str(vm.vm_id),
+        today=clock.date(),
+        failure_rate=settings.PORTAL_PATCH_FAILURE_RATE,
+    )
+    if speed:
+        install_seconds = outcome.simulated_seconds - (
+            sim.REBOOT_SECONDS if outcome.reboot_status == "Completed" else 0
+        )
+        sleep(install_seconds / speed)
+        if outcome.reboot_status == "Completed":
+            # The VM is unavailable while it restarts; the history shows the reboot under way.
+            Operation.objects.filter(pk=operation_id).update(reboot_status=RebootStatus.STARTED)
+            VirtualMachine.objects.filter(pk=vm.pk).update(power_state=VirtualMachine.PowerState.STARTING)
+            sleep(sim.REBOOT_SECONDS / speed)
+    finished = clock + timedelta(seconds=outcome.simulated_seconds) if now else timezone.now()
+    recorded = record_installation(operation_id, vm, available, outcome, finished)
+    if recorded is not None and now is None:
+        # What is left to install changed: refresh the compliance view, as the real agent does.
+        start_operation(vm, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
+    return recorded
+
+
+def record_assessment(
+    operation_id: int,
+    vm: VirtualMachine,
+    available: list[sim.Patch],
+    catalog: list[sim.Patch],
+    guest: sim.Guest,
+    finished: datetime,
+) -> Operation | None:
+    """Write an assessment's findings: per-patch rows, the operation, and the VM's compliance."""
+    critical = sum(1 for p in available if p.is_critical_or_security)
+    with transaction.atomic():
+        done = Operation.objects.filter(pk=operation_id, status=OperationStatus.IN_PROGRESS).update(
+            status=OperationStatus.SUCCEEDED,
+            finished_at=finished,
+            critical_security_count=critical,
+            other_count=len(available) - critical,
+            reboot_pending=guest.reboot_pending,
+        )
+        if not done:
+            return None  # failed as stale meanwhile: leave it
+        PatchResult.objects.bulk_create(
+            PatchResult(operation_id=operation_id, update_id=p.id, state=PatchState.AVAILABLE) for p in available
+        )
+        state = GuestState.objects.select_for_update().get(pk=vm.pk)
+        state.assessed_at = finished
+        state.last_assessment_id = operation_id
+        state.critical_security_count = critical
+        state.other_count = len(available) - critical
+        verdict = hotpatch_verdict(vm, state, catalog, finished)
+        state.hotpatch_status, state.hotpatch_status_reason = verdict.status, verdict.reason
+        state.save()
+    return Operation.objects.get(pk=operation_id)
+
+
+def record_installation(
+    operation_id: int,
+    vm: VirtualMachine,
+    available: list[sim.Patch],
+    outcome: sim.InstallOutcome,
+    finished: datetime,
+) -> Operation | None:
+    """Write an installation's outcome and move the guest to its new build, then re-assess."""
+    with transaction.atomic():
+        done = Operation.objects.filter(pk=operation_id, status=OperationStatus.IN_PROGRESS).update(
+            status=outcome.status,
+            finished_at=finished,
+            installed_count=outcome.counts["Installed"],
+            failed_count=outcome.counts["Failed"],
+            pending_count=outcome.counts["Pending"],
+            excluded_count=outcome.counts["Excluded"],
+            not_selected_count=outcome.counts["NotSelected"],
+            reboot_status=outcome.reboot_status,
+            reboot_pending=outcome.reboot_pending,
+            maintenance_window_exceeded=outcome.maintenance_window_exceeded,
+            error_code="PatchInstallationFailed" if outcome.counts["Failed"] else "",
+            error_message=" ".join(outcome.errors.values()),
+        )
+        if not done:
+            return None
+        PatchResult.objects.bulk_create(
+            PatchResult(
+                operation_id=operation_id,
+                update_id=p.id,
+                state=outcome.states[p.id],
+                error=outcome.errors.get(p.id, ""),
+            )
+            for p in available
+        )
+        state = GuestState.objects.select_for_update().get(pk=vm.pk)
+        InstalledUpdate.objects.bulk_create(
+            [InstalledUpdate(guest=state, update_id=p.id, installed_at=finished) for p in outcome.installed],
+            ignore_conflicts=True,
+        )
+        state.build = outcome.build
+        state.baseline_id = outcome.baseline_id
+        state.reboot_pending = outcome.reboot_pending
+        state.last_installation_id = operation_id
+        if outcome.reboot_status == "Completed":
+            state.last_boot_at = finished
+        state.save()
+        if outcome.reboot_status == "Completed":
+            VirtualMachine.objects.filter(pk=vm.pk, power_state=VirtualMachine.PowerState.STARTING).update(
+                power_state=VirtualMachine.PowerState.RUNNING
+            )
+    return Operation.objects.get(pk=operation_id)
+
+
+def fail_stale_operations(now: datetime | None = None) -> int:
+    """Fail operations in flight past the deadline: their worker died, or retries ran out."""
+    now = now or timezone.now()
+    cutoff = now - settings.PORTAL_STALE_OPERATION_AFTER
+    stale = list(Operation.objects.in_flight().filter(created_at__lt=cutoff).values_list("pk", "vm_id"))
+    failed = 0
+    for pk, vm_id in stale:
+        if fail_operation(
+            pk,
+            "OperationTimedOut",
+            "The operation did not finish in time (the worker running it stopped); start it again.",
+            now,
+        ):
+            failed += 1
+            # A VM left "starting" by a worker killed mid-reboot comes back up.
+            VirtualMachine.objects.filter(pk=vm_id, power_state=VirtualMachine.PowerState.STARTING).update(
+                power_state=VirtualMachine.PowerState.RUNNING
+            )
+    return failed

@@ -1,0 +1,36 @@
+"""Celery tasks: thin wrappers that take ids and call the services."""
+
+import logging
+
+from celery import shared_task
+
+from . import services
+
+log = logging.getLogger(__name__)
+
+MAX_AGENT_RETRIES = 3
+
+
+@shared_task(bind=True, acks_late=True, max_retries=MAX_AGENT_RETRIES)
+def run_operation(self, operation_id: int) -> None:
+    """Run a queued assessment or installation. Safe to receive twice: the claim is compare-and-swap."""
+    try:
+        services.execute_operation(operation_id)
+    except services.AgentUnreachable as exc:
+        if self.request.retries < self.max_retries:
+            services.release_for_retry(operation_id)
+            raise self.retry(exc=exc, countdown=2 * 2**self.request.retries) from exc
+        services.fail_operation(
+            operation_id,
+            "VMAgentStatusCommunicationError",
+            f"{exc} Tried {self.max_retries + 1} times; check that the VM agent is running.",
+        )
+
+
+@shared_task
+def fail_stale_operations() -> int:
+    """Beat: no operation stays in progress forever when a worker dies under it."""
+    failed = services.fail_stale_operations()
+    if failed:
+        log.warning("Failed %d stale operation(s)", failed)
+    return failed

@@ -1,0 +1,203 @@
+from django import forms
+from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils.html import format_html
+
+from patching import services
+from patching.models import GuestState, OperationKind
+
+from .models import ResourceGroup, RoleAssignment, Subscription, VirtualMachine
+
+
+class RoleAssignmentInline(admin.TabularInline):
+    model = RoleAssignment
+    extra = 1
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    list_display = ["display_name", "id"]
+    search_fields = ["display_name", "id"]
+    inlines = [RoleAssignmentInline]
+
+
+@admin.register(ResourceGroup)
+class ResourceGroupAdmin(admin.ModelAdmin):
+    list_display = ["name", "subscription", "location"]
+    list_filter = ["subscription", "location"]
+    list_select_related = ["subscription"]
+    search_fields = ["name"]
+
+
+@admin.register(RoleAssignment)
+class RoleAssignmentAdmin(admin.ModelAdmin):
+    list_display = ["user", "subscription", "role"]
+    list_filter = ["role", "subscription"]
+    list_select_related = ["user", "subscription"]
+    search_fields = ["user__username", "subscription__display_name"]
+    autocomplete_fields = ["user"]
+
+
+class VirtualMachineForm(forms.ModelForm):
+    class Meta:
+        model = VirtualMachine
+        fields = [
+            *("resource_group", "name", "location", "zone", "availability_set", "update_domain", "size"),
+            *("image_publisher", "image_offer", "image_sku", "image_version", "product"),
+            *("power_state", "time_zone", "created_at", "provision_vm_agent", "enable_automatic_updates"),
+            *("patch_mode", "enable_hotpatching", "assessment_mode", "reboot_setting", "bypass_platform_safety_checks"),
+        ]
+
+    def clean(self):
+        """The same patchSettings rules as the portal and the API (azure-api.md §1)."""
+        data = super().clean()
+        if self.errors:
+            return data
+        vm = VirtualMachine(
+            image_publisher=data["image_publisher"],
+            image_offer=data["image_offer"],
+            image_sku=data["image_sku"],
+            location=data["location"],
+        )
+        creating = self.instance.pk is None
+        if not creating:
+            vm = self.instance  # still holds the saved settings: the rules compare old and new
+        new = self.instance.patch_settings.with_changes(
+            patch_mode=data["patch_mode"],
+            enable_hotpatching=data["enable_hotpatching"],
+            assessment_mode=data["assessment_mode"],
+            reboot_setting=data["reboot_setting"],
+            bypass_platform_safety_checks=data["bypass_platform_safety_checks"],
+            provision_vm_agent=data["provision_vm_agent"],
+            enable_automatic_updates=data["enable_automatic_updates"],
+        )
+        for problem in vm.validate_patch_settings(new, creating=creating):
+            self.add_error(None, problem.message)
+        return data
+
+
+class GuestStateInline(admin.StackedInline):
+    model = GuestState
+    can_delete = False
+    readonly_fields = [
+        "build",
+        "baseline",
+        "reboot_pending",
+        "last_boot_at",
+        "hotpatch_status",
+        "hotpatch_status_reason",
+        "assessed_at",
+        "critical_security_count",
+        "other_count",
+        "last_assessment",
+        "last_installation",
+    ]
+    exclude = ["installed"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(VirtualMachine)
+class VirtualMachineAdmin(admin.ModelAdmin):
+    form = VirtualMachineForm
+    list_display = [
+        "name",
+        "resource_group",
+        "location",
+        "product",
+        "power_state",
+        "patch_mode",
+        "hotpatch_status",
+        "critical_security",
+        "other",
+        "reboot_pending",
+        "last_assessed",
+        "history",
+    ]
+    list_filter = [
+        "resource_group__subscription",
+        "power_state",
+        "patch_mode",
+        "enable_hotpatching",
+        "guest__hotpatch_status",
+        "product",
+        "location",
+    ]
+    list_select_related = ["resource_group", "guest"]
+    search_fields = ["name", "resource_group__name", "=vm_id"]
+    readonly_fields = ["vm_id", "hotpatch_disabled_at"]
+    inlines = [GuestStateInline]
+    actions = ["assess_now", "install_critical_and_security_now"]
+    fieldsets = [
+        (
+            None,
+            {"fields": ["resource_group", "name", "vm_id", "location", "zone", "availability_set", "update_domain"]},
+        ),
+        (
+            "Image and size",
+            {"fields": ["size", "image_publisher", "image_offer", "image_sku", "image_version", "product"]},
+        ),
+        ("State", {"fields": ["power_state", "time_zone", "created_at"]}),
+        (
+            "Guest OS updates (patchSettings)",
+            {
+                "fields": [
+                    "provision_vm_agent",
+                    "enable_automatic_updates",
+                    "patch_mode",
+                    "enable_hotpatching",
+                    "assessment_mode",
+                    "reboot_setting",
+                    "bypass_platform_safety_checks",
+                    "hotpatch_disabled_at",
+                ]
+            },
+        ),
+    ]
+
+    @admin.display(description="Hotpatch", ordering="guest__hotpatch_status")
+    def hotpatch_status(self, vm):
+        return vm.guest.get_hotpatch_status_display() if hasattr(vm, "guest") else "-"
+
+    @admin.display(description="Critical + security", ordering="guest__critical_security_count")
+    def critical_security(self, vm):
+        return vm.guest.critical_security_count if hasattr(vm, "guest") else None
+
+    @admin.display(description="Other", ordering="guest__other_count")
+    def other(self, vm):
+        return vm.guest.other_count if hasattr(vm, "guest") else None
+
+    @admin.display(description="Reboot pending", boolean=True, ordering="guest__reboot_pending")
+    def reboot_pending(self, vm):
+        return vm.guest.reboot_pending if hasattr(vm, "guest") else None
+
+    @admin.display(description="Last assessed", ordering="guest__assessed_at")
+    def last_assessed(self, vm):
+        return vm.guest.assessed_at if hasattr(vm, "guest") else None
+
+    @admin.display(description="Operations")
+    def history(self, vm):
+        url = reverse("admin:patching_operation_changelist") + f"?vm__id__exact={vm.pk}"
+        return format_html('<a href="{}">History</a>', url)
+
+    def _start(self, request, queryset, kind):
+        started = joined = 0
+        for vm in queryset.select_related("resource_group"):
+            _, created = services.start_operation(vm, kind, user=request.user)
+            started += created
+            joined += not created
+        noun = "assessment" if kind == OperationKind.ASSESSMENT else "installation"
+        msg = f"Started {started} {noun}(s)."
+        if joined:
+            msg += f" {joined} VM(s) already had one in progress; that one continues."
+        self.message_user(request, msg, messages.SUCCESS)
+
+    @admin.action(description="Assess now", permissions=["change"])
+    def assess_now(self, request, queryset):
+        self._start(request, queryset, OperationKind.ASSESSMENT)
+
+    @admin.action(description="Install critical and security updates now", permissions=["change"])
+    def install_critical_and_security_now(self, request, queryset):
+        self._start(request, queryset, OperationKind.INSTALLATION)
