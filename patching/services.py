@@ -16,7 +16,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from vms.models import VirtualMachine
+from vms.patch_settings import PatchSettings, Problem
 
+from . import calendar
 from . import guest as sim
 from .models import (
     GuestState,
@@ -88,6 +90,47 @@ def refresh_hotpatch_status(vm: VirtualMachine, now: datetime | None = None) -> 
     if vm.enable_hotpatching and verdict.status == HotpatchStatus.ENABLED and state.hotpatch_status != verdict.status:
         verdict = sim.HotpatchVerdict(HotpatchStatus.PENDING_EVALUATION, "Waiting for the next assessment.")
     GuestState.objects.filter(pk=state.pk).update(hotpatch_status=verdict.status, hotpatch_status_reason=verdict.reason)
+
+
+# --- Patch settings -------------------------------------------------------------------------------
+
+
+def check_patch_settings(
+    vm: VirtualMachine, new: PatchSettings, *, creating: bool = False, now: datetime | None = None
+) -> list[Problem]:
+    """The patchSettings rules plus hotpatch re-enrolment: only once a baseline came out after turning it off."""
+    problems = vm.validate_patch_settings(new, creating=creating)
+    if not creating and new.enable_hotpatching and not vm.enable_hotpatching and vm.hotpatch_disabled_at:
+        now = now or timezone.now()
+        released = (
+            Update.objects.baselines()
+            .filter(product=vm.product, published_at__gt=vm.hotpatch_disabled_at, published_at__lte=now)
+            .exists()
+        )
+        if not released:
+            when = calendar.next_baseline_date(vm.product, vm.hotpatch_disabled_at)
+            problems.append(
+                Problem(
+                    "properties.osProfile.windowsConfiguration.patchSettings.enableHotpatching",
+                    f"Hotpatch was turned off on {vm.hotpatch_disabled_at:%Y-%m-%d}. It can be turned on again once "
+                    f"the next baseline has been released, on {when:%Y-%m-%d}.",
+                )
+            )
+    return problems
+
+
+def change_patch_settings(vm: VirtualMachine, new: PatchSettings, *, now: datetime | None = None) -> list[Problem]:
+    """Validate and apply new patchSettings to an existing VM; returns the problems, empty on success."""
+    now = now or timezone.now()
+    problems = check_patch_settings(vm, new, now=now)
+    if problems:
+        return problems
+    if vm.enable_hotpatching and not new.enable_hotpatching:
+        vm.hotpatch_disabled_at = now  # unenrolled: re-enrolment waits for the next baseline
+    vm.apply_patch_settings(new)
+    vm.save()
+    refresh_hotpatch_status(vm, now)
+    return []
 
 
 # --- Provisioning ---------------------------------------------------------------------------------

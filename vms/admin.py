@@ -1,11 +1,13 @@
 from django import forms
 from django.contrib import admin, messages
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from patching import services
-from patching.models import GuestState, OperationKind
+from patching.models import GuestState, OperationKind, StartedBy
 
+from . import images
 from .models import ResourceGroup, RoleAssignment, Subscription, VirtualMachine
 
 
@@ -72,8 +74,13 @@ class VirtualMachineForm(forms.ModelForm):
             provision_vm_agent=data["provision_vm_agent"],
             enable_automatic_updates=data["enable_automatic_updates"],
         )
-        for problem in vm.validate_patch_settings(new, creating=creating):
+        for problem in services.check_patch_settings(vm, new, creating=creating):
             self.add_error(None, problem.message)
+        product = images.product_for_image(data["image_publisher"], data["image_offer"], data["image_sku"])
+        if product is None:
+            self.add_error("image_sku", "This image is not one of the simulated Windows Server images.")
+        elif product.code != data["product"]:
+            self.add_error("product", f"Image {data['image_sku']} installs {product.name}.")
         return data
 
 
@@ -181,6 +188,19 @@ class VirtualMachineAdmin(admin.ModelAdmin):
     def history(self, vm):
         url = reverse("admin:patching_operation_changelist") + f"?vm__id__exact={vm.pk}"
         return format_html('<a href="{}">History</a>', url)
+
+    def save_model(self, request, obj, form, change):
+        """New VMs get a guest on the image's current build and their first assessment."""
+        if not change:
+            super().save_model(request, obj, form, change)
+            services.provision_guest(obj, timezone.now())
+            services.start_operation(obj, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
+            return
+        saved = VirtualMachine.objects.get(pk=obj.pk)
+        if saved.enable_hotpatching and not obj.enable_hotpatching:
+            obj.hotpatch_disabled_at = timezone.now()
+        super().save_model(request, obj, form, change)
+        services.refresh_hotpatch_status(obj)
 
     def _start(self, request, queryset, kind):
         started = joined = 0

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from . import images, regions
 from .patch_settings import ASSESSMENT_MODES, PATCH_MODES, REBOOT_SETTINGS, PatchSettings
@@ -99,7 +100,7 @@ class VirtualMachine(models.Model):
     product = models.CharField(max_length=20, choices=images.PRODUCT_CHOICES)
     time_zone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone, e.g. Europe/Stockholm.")
     power_state = models.CharField(max_length=12, choices=PowerState.choices, default=PowerState.RUNNING)
-    created_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
 
     # osProfile.windowsConfiguration and its patchSettings (azure-api.md §1).
     provision_vm_agent = models.BooleanField(default=True)
