@@ -1,0 +1,217 @@
+"""`make demo`: the whole portal in one foreground command.
+
+Prepares the database (migrate, then the idempotent demo fleet), makes sure the `demo` superuser can
+sign in, collects static files, and then runs three children side by side: the web server
+(gunicorn), a Celery worker and Celery beat, their output interleaved line by line with a prefix.
+Ctrl-C or SIGTERM stops them all; if one of them dies, the others are stopped and the command fails,
+naming the one that died.
+
+With no DATABASE_URL / REDIS_URL this is the embedded default (SQLite and a filesystem broker under
+var/); with them, the same processes run against PostgreSQL and Redis.
+"""
+
+import os
+import secrets
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+STOP_TIMEOUT = 10  # seconds a child gets to exit after SIGTERM before it is killed
+
+
+def prepare() -> str:
+    """Migrate, seed, reset the demo login and collect static files; returns the demo password.
+
+    Everything here finishes before any child starts, so with SQLite nothing else touches the
+    database while the migrations run.
+    """
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.db import connections
+
+    call_command("migrate", interactive=False)
+    call_command("seed_demo")
+    password = os.environ.get("PORTAL_DEMO_PASSWORD") or secrets.token_urlsafe(12)
+    user, _ = get_user_model().objects.get_or_create(username="demo")
+    user.is_active = user.is_staff = user.is_superuser = True
+    # Reset on every start, so the password printed below is always the one that works.
+    user.set_password(password)
+    user.save()
+    call_command("collectstatic", interactive=False, verbosity=0)
+    connections.close_all()
+    return password
+
+
+def set_parent_death_signal() -> None:
+    """Runs in each child before exec: on Linux, if this process is killed outright, so is the child."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str]):
+        self.name = name
+        self.argv = argv
+        self.buffer = b""
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=BASE_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # Its own process group: Ctrl-C reaches only this supervisor, which stops the children
+            # in order; signalling the group also reaches gunicorn's worker processes.
+            process_group=0,
+            preexec_fn=set_parent_death_signal,
+        )
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.argv[2:])  # without "python -m"
+
+    def signal(self, signum: int) -> None:
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+class Supervisor:
+    def __init__(self, commands: dict[str, list[str]]):
+        self.stop_requested: str | None = None
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self.on_signal)
+        self.width = max(len(name) for name in ("demo", *commands))
+        self.children = [Child(name, argv) for name, argv in commands.items()]
+        self.selector = selectors.DefaultSelector()
+        for child in self.children:
+            os.set_blocking(child.proc.stdout.fileno(), False)
+            self.selector.register(child.proc.stdout, selectors.EVENT_READ, child)
+
+    def say(self, text: str) -> None:
+        sys.stdout.write(f"{'demo':<{self.width}} | {text}\n")
+        sys.stdout.flush()
+
+    def pump(self, timeout: float) -> None:
+        """Copy whatever the children printed, whole lines only, each with its child's name."""
+        for key, _ in self.selector.select(timeout):
+            child: Child = key.data
+            chunk = os.read(key.fd, 65536)
+            if not chunk:  # the child closed its output
+                self.selector.unregister(key.fileobj)
+                chunk = b"\n" if child.buffer else b""
+            child.buffer += chunk
+            *lines, child.buffer = child.buffer.split(b"\n")
+            for line in lines:
+                sys.stdout.write(f"{child.name:<{self.width}} | {line.decode(errors='replace')}\n")
+        sys.stdout.flush()
+
+    def on_signal(self, signum: int, frame) -> None:
+        if self.stop_requested:  # a second Ctrl-C: don't wait any longer
+            for child in self.children:
+                child.signal(signal.SIGKILL)
+        self.stop_requested = signal.Signals(signum).name
+
+    def run(self, on_ready) -> int:
+        ready = False
+        died = None
+        while not self.stop_requested:
+            self.pump(0.25)
+            died = next((c for c in self.children if c.proc.poll() is not None), None)
+            if died:
+                break
+            if not ready and on_ready():
+                ready = True
+        if died:
+            self.pump(0)
+            self.say(f"the {died.name} ({died.command}) exited with code {died.proc.returncode}; stopping the others")
+        else:
+            self.say(f"{self.stop_requested} received: stopping the web server, the worker and beat")
+        self.stop()
+        if died:
+            self.say(f"stopped because the {died.name} died")
+            return 1
+        self.say("all stopped")
+        return 0
+
+    def stop(self) -> None:
+        for child in self.children:
+            if child.proc.poll() is None:
+                child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline and any(c.proc.poll() is None for c in self.children):
+            self.pump(0.1)
+        for child in self.children:
+            if child.proc.poll() is None:
+                self.say(f"the {child.name} did not stop within {STOP_TIMEOUT} s: killing it")
+                child.signal(signal.SIGKILL)
+            child.proc.wait()
+        self.pump(0)
+
+
+def port_answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main() -> int:
+    os.chdir(BASE_DIR)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    port = int(os.environ.get("PORT", "8000"))
+    password = prepare()
+
+    from django.conf import settings
+
+    python = [sys.executable, "-m"]
+    # The worker's thread pool suits the filesystem broker and SQLite; with Redis and PostgreSQL it is
+    # just as good for a demo on one machine. Beat keeps its schedule file under var/
+    # (CELERY_BEAT_SCHEDULE_FILENAME in the settings).
+    supervisor = Supervisor(
+        {
+            "web": [*python, "gunicorn", "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
+                    "--workers", "2", "--threads", "4", "--graceful-timeout", "5", "--no-control-socket"],
+            "worker": [*python, "celery", "-A", "portal", "worker", "--loglevel=info",
+                       "--pool=threads", "--concurrency=4", "-n", "demo@%h"],
+            "beat": [*python, "celery", "-A", "portal", "beat", "--loglevel=info"],
+        }
+    )  # fmt: skip
+    database = "PostgreSQL" if os.environ.get("DATABASE_URL") else f"SQLite ({settings.DATABASES['default']['NAME']})"
+    broker = "Redis" if os.environ.get("REDIS_URL") else f"the filesystem broker in {settings.VAR_DIR / 'broker'}"
+
+    def banner() -> bool:
+        if not port_answers(port):
+            return False
+        url = f"http://127.0.0.1:{port}/"
+        for line in (
+            "",
+            "=" * 72,
+            f"Hotpatch Portal is running:  {url}",
+            f"Admin:                       {url}admin/",
+            f"Sign in as:                  demo / {password}",
+            f"Data:                        {database}, tasks through {broker}",
+            "Stop:                        Ctrl-C (stops the web server, the worker and beat)",
+            "More workers:                make worker (in another terminal)",
+            "=" * 72,
+            "",
+        ):
+            supervisor.say(line)
+        return True
+
+    return supervisor.run(on_ready=banner)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
