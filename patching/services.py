@@ -63,31 +63,29 @@ def guest_view(vm: VirtualMachine, state: GuestState) -> sim.Guest:
     )
 
 
-def hotpatch_verdict(vm: VirtualMachine, state: GuestState, catalog: list[sim.Patch], now: datetime):
+def hotpatch_verdict(vm: VirtualMachine, state: GuestState, guest: sim.Guest, catalog: list[sim.Patch], now: datetime):
     baseline = sim.latest_baseline(catalog, now)
-    label = ""
-    if baseline is not None:
-        label = f"the {baseline.published_at:%Y-%m} baseline KB{baseline.kb}"
+    label = f"the {baseline.published_at:%Y-%m} baseline KB{baseline.kb}" if baseline else ""
     return sim.hotpatch_status(
         capable=vm.hotpatch_capable,
         enabled=vm.enable_hotpatching,
         patch_mode=vm.patch_mode,
         assessed=state.assessed_at is not None,
-        guest=guest_view(vm, state),
+        guest=guest,
         baseline=baseline,
         baseline_label=label,
     )
 
 
-def refresh_hotpatch_status(vm: VirtualMachine, now: datetime | None = None) -> None:
+def refresh_hotpatch_status(vm: VirtualMachine, now: datetime | None = None, *, turned_on: bool = False) -> None:
     """Recompute the stored hotpatch status after a settings change.
 
     Turning hotpatch on is only confirmed by the next assessment: until then, PendingEvaluation.
     """
     now = now or timezone.now()
     state = vm.guest
-    verdict = hotpatch_verdict(vm, state, catalog_for(vm.product), now)
-    if vm.enable_hotpatching and verdict.status == HotpatchStatus.ENABLED and state.hotpatch_status != verdict.status:
+    verdict = hotpatch_verdict(vm, state, guest_view(vm, state), catalog_for(vm.product), now)
+    if turned_on and verdict.status in (HotpatchStatus.ENABLED, HotpatchStatus.ACTION_REQUIRED):
         verdict = sim.HotpatchVerdict(HotpatchStatus.PENDING_EVALUATION, "Waiting for the next assessment.")
     GuestState.objects.filter(pk=state.pk).update(hotpatch_status=verdict.status, hotpatch_status_reason=verdict.reason)
 
@@ -125,11 +123,12 @@ def change_patch_settings(vm: VirtualMachine, new: PatchSettings, *, now: dateti
     problems = check_patch_settings(vm, new, now=now)
     if problems:
         return problems
+    turned_on = new.enable_hotpatching and not vm.enable_hotpatching
     if vm.enable_hotpatching and not new.enable_hotpatching:
         vm.hotpatch_disabled_at = now  # unenrolled: re-enrolment waits for the next baseline
     vm.apply_patch_settings(new)
     vm.save()
-    refresh_hotpatch_status(vm, now)
+    refresh_hotpatch_status(vm, now, turned_on=turned_on)
     return []
 
 
@@ -137,29 +136,48 @@ def change_patch_settings(vm: VirtualMachine, new: PatchSettings, *, now: dateti
 
 
 def provision_guest(vm: VirtualMachine, now: datetime, *, behind_by_months: int = 0) -> GuestState:
-    """Install the image's current build: the latest baseline (or monthly update) released by `now`.
+    """Install the image's current build on a new VM (see provision_guests)."""
+    provision_guests([vm], now, behind_by_months=behind_by_months)
+    return GuestState.objects.get(pk=vm.pk)
 
-    `behind_by_months` provisions an older image, e.g. a VM that has fallen off the baseline.
+
+def provision_guests(vms: list[VirtualMachine], now: datetime, *, behind_by_months: int = 0) -> None:
+    """Give new VMs their guest: the image's build is the latest baseline (or monthly update) by `now`.
+
+    `behind_by_months` provisions an older image, e.g. VMs that have fallen off the baseline.
+    Set-based: three queries whatever the number of VMs.
     """
-    catalog = [p for p in catalog_for(vm.product) if p.published_at <= now]
-    if vm.hotpatch_capable:
-        cumulative = [p for p in catalog if p.kind in sim.BASELINE_KINDS]
-    else:
-        cumulative = [p for p in catalog if p.kind in sim.SECURITY_CUMULATIVE_KINDS]
-    cumulative.sort(key=lambda p: p.published_at)
-    image = cumulative[-1 - min(behind_by_months, len(cumulative) - 1)] if cumulative else None
-    state = GuestState.objects.create(
-        vm=vm,
-        build=image.build if image else "",
-        baseline=Update(pk=image.id) if image and image.kind in sim.BASELINE_KINDS else None,
-        last_boot_at=now,
-    )
-    if image:
-        InstalledUpdate.objects.create(guest=state, update_id=image.id, installed_at=now)
-    verdict = hotpatch_verdict(vm, state, catalog, now)
-    state.hotpatch_status, state.hotpatch_status_reason = verdict.status, verdict.reason
-    state.save(update_fields=["hotpatch_status", "hotpatch_status_reason"])
-    return state
+    images: dict[tuple[str, bool], sim.Patch | None] = {}
+    catalogs: dict[str, list[sim.Patch]] = {}
+    states, installs = [], []
+    for vm in vms:
+        if vm.product not in catalogs:
+            catalogs[vm.product] = [p for p in catalog_for(vm.product) if p.published_at <= now]
+        key = (vm.product, vm.hotpatch_capable)
+        if key not in images:
+            kinds = sim.BASELINE_KINDS if vm.hotpatch_capable else sim.SECURITY_CUMULATIVE_KINDS
+            cumulative = sorted((p for p in catalogs[vm.product] if p.kind in kinds), key=lambda p: p.published_at)
+            images[key] = cumulative[-1 - min(behind_by_months, len(cumulative) - 1)] if cumulative else None
+        image = images[key]
+        state = GuestState(
+            vm=vm,
+            build=image.build if image else "",
+            baseline_id=image.id if image and image.kind in sim.BASELINE_KINDS else None,
+            last_boot_at=now,
+        )
+        guest = sim.Guest(
+            vm.enable_hotpatching and vm.hotpatch_capable,
+            state.build,
+            state.baseline_id,
+            frozenset({image.id} if image else ()),
+        )
+        verdict = hotpatch_verdict(vm, state, guest, catalogs[vm.product], now)
+        state.hotpatch_status, state.hotpatch_status_reason = verdict.status, verdict.reason
+        states.append(state)
+        if image:
+            installs.append(InstalledUpdate(guest=state, update_id=image.id, installed_at=now))
+    GuestState.objects.bulk_create(states, batch_size=2000)
+    InstalledUpdate.objects.bulk_create(installs, batch_size=2000)
 
 
 # --- Starting operations --------------------------------------------------------------------------
@@ -202,6 +220,39 @@ def start_operation(
 
         run_operation.delay_on_commit(operation.pk)
     return operation, True
+
+
+def start_operations(vms, kind: str, *, started_by: str = StartedBy.PLATFORM, now: datetime | None = None) -> int:
+    """Queue one operation of `kind` for each VM that has none in flight; set-based, for the platform.
+
+    Returns how many were queued. VMs with one in flight are skipped by the database (ON CONFLICT).
+    """
+    now = now or timezone.now()
+    parameters = CRITICAL_AND_SECURITY.to_json() if kind == OperationKind.INSTALLATION else {}
+    rows = [
+        Operation(
+            vm_id=vm.pk,
+            subscription_id=vm.resource_group.subscription_id,
+            vm_name=vm.name,
+            location=vm.location,
+            kind=kind,
+            started_by=started_by,
+            parameters=parameters,
+            created_at=now,
+        )
+        for vm in vms
+    ]
+    with transaction.atomic():
+        Operation.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+        queued = list(
+            Operation.objects.filter(
+                vm_id__in=[vm.pk for vm in vms], kind=kind, created_at=now, status=OperationStatus.NOT_STARTED
+            ).values_list("pk", flat=True)
+        )
+        from .tasks import run_operation
+
+        transaction.on_commit(lambda: [run_operation.delay(pk) for pk in queued])
+    return len(queued)
 
 
 # --- Running operations ---------------------------------------------------------------------------
@@ -345,7 +396,7 @@ def record_assessment(
         state.last_assessment_id = operation_id
         state.critical_security_count = critical
         state.other_count = len(available) - critical
-        verdict = hotpatch_verdict(vm, state, catalog, finished)
+        verdict = hotpatch_verdict(vm, state, guest, catalog, finished)
         state.hotpatch_status, state.hotpatch_status_reason = verdict.status, verdict.reason
         state.save()
     return Operation.objects.get(pk=operation_id)

@@ -200,7 +200,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
         if saved.enable_hotpatching and not obj.enable_hotpatching:
             obj.hotpatch_disabled_at = timezone.now()
         super().save_model(request, obj, form, change)
-        services.refresh_hotpatch_status(obj)
+        services.refresh_hotpatch_status(obj, turned_on=obj.enable_hotpatching and not saved.enable_hotpatching)
 
     def _start(self, request, queryset, kind):
         started = joined = 0
