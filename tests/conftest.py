@@ -1,0 +1,144 @@
+"""Fixtures for the whole suite.
+
+The suite runs against PostgreSQL and Redis (`make test` points DATABASE_URL and REDIS_URL at the
+local services); pytest-django creates and drops the test database itself.
+
+Live worker: a test that needs tasks to run for real, in a real Celery worker process, asks for
+`live_worker`. The worker is started once per session against the test database and the same Redis
+the test process publishes to. Its data must be committed to be seen, hence `transactional_db`:
+
+    def test_something(live_worker):
+        op, _ = services.start_operation(vm, OperationKind.ASSESSMENT)
+        wait_for(lambda: Operation.objects.get(pk=op.pk).is_finished, timeout=30)
+
+The worker takes its settings from the environment, not from pytest-django's `settings` fixture:
+an override in a test does not reach it.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pytest
+from django.conf import settings
+
+from tests.helpers import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_BOOT_TIMEOUT = 60
+WORKER_STOP_TIMEOUT = 10
+WORKER_IDLE_TIMEOUT = 30
+
+
+@dataclass
+class LiveWorker:
+    node: str  # the worker's node name, for app.control(destination=[node])
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            pytest.fail(
+                f"the live Celery worker exited with code {self.process.returncode}; its log ends:\n{self.log_tail()}",
+                pytrace=False,
+            )
+
+    def busy(self) -> bool:
+        from portal.celery import app
+
+        inspect = app.control.inspect(destination=[self.node], timeout=1)
+        return any((inspect.active() or {}).get(self.node, [])) or any((inspect.reserved() or {}).get(self.node, []))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # warm shutdown: finish the task at hand
+            try:
+                self.process.wait(WORKER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that start the live worker carry the `worker` marker, so `-m "not worker"` leaves them out."""
+    for item in items:
+        if "celery_worker_process" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.worker)
+
+
+def _require_postgres_and_redis() -> None:
+    engine = settings.DATABASES["default"]["ENGINE"]
+    problems = []
+    if "postgresql" not in engine:
+        problems.append(f"DATABASE_URL must point at PostgreSQL (the database engine is {engine})")
+    if not settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        problems.append(f"REDIS_URL must point at Redis (the broker is {settings.CELERY_BROKER_URL})")
+    if problems:
+        pytest.fail(
+            "The live Celery worker needs PostgreSQL and Redis: "
+            + "; ".join(problems)
+            + ". Run `make test`, or set DATABASE_URL=postgres://... and REDIS_URL=redis://...",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, tmp_path_factory):
+    """A real `celery -A portal worker` process on the test database, for the whole session."""
+    _require_postgres_and_redis()
+    from portal.celery import app
+
+    # django_db_setup has created the test database and pointed the settings at it.
+    test_database = settings.DATABASES["default"]["NAME"]
+    database_url = urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + quote(test_database)).geturl()
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
+    node = f"pytest-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+
+    app.control.purge()  # messages left over by an earlier run would run against this database
+    log_path = tmp_path_factory.mktemp("celery") / "worker.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "portal", "worker", "--loglevel=info", "-n", node]
+            + ["--pool=threads", "--concurrency=4", "--without-gossip", "--without-mingle"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    worker = LiveWorker(node=node, process=process, log_path=log_path)
+    try:
+        deadline = time.monotonic() + WORKER_BOOT_TIMEOUT
+        while not app.control.ping(destination=[node], timeout=0.5):
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the live Celery worker {node} did not answer a ping within {WORKER_BOOT_TIMEOUT} s; "
+                    f"its log ends:\n{worker.log_tail()}",
+                    pytrace=False,
+                )
+        yield worker
+    finally:
+        worker.stop()  # before django_db_setup's teardown drops the database it is connected to
+
+
+@pytest.fixture
+def live_worker(transactional_db, celery_worker_process):
+    """The live worker, for a test whose data is committed (so the worker sees it)."""
+    from portal.celery import app
+
+    celery_worker_process.check_alive()
+    yield celery_worker_process
+    # Nothing of this test may run after transactional_db empties the tables for the next one.
+    app.control.purge()
+    wait_for(lambda: not celery_worker_process.busy(), timeout=WORKER_IDLE_TIMEOUT, message="the worker to go idle")

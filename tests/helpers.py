@@ -1,0 +1,20 @@
+"""Small helpers for tests that watch something happen in another process."""
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.1, message: str = "") -> T:
+    """Calls predicate until it returns something truthy, and returns that; AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            what = message or getattr(predicate, "__name__", repr(predicate))
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value: {result!r})")
+        time.sleep(interval)
