@@ -119,7 +119,7 @@ class Command(BaseCommand):
                     assert not vm.validate_patch_settings(settings, creating=True), (vm.name, settings)
                     vm.save()
                     # A few machines were built from an old image and have fallen behind.
-                    services.provision_guest(vm, start, behind_by_months=2 if n % 6 == 5 else 0)
+                    services.provision_guest(vm, start, behind_by_months=1 if n == 6 else 0)
                     vms.append(vm)
         return vms
 
@@ -139,6 +139,11 @@ class DemoHistory:
         self.kinds: dict[tuple[str, int], list] = {}
         self.stopped = {vm.pk for vm in vms if vm.name.endswith("-03") and vm.product == "ws2019"}
         self.user_excluding = next(vm for vm in vms if vm.name == "web-02")
+        # The machines built from an old image were also switched off through October's baseline
+        # rollout: they come back behind the baseline and show what that looks like.
+        self.off_until = {
+            vm.pk: start + timedelta(days=days_off) for vm in vms if vm.name.endswith("-06") for days_off in [25]
+        }
 
     def run(self) -> int:
         day = self.start
@@ -166,6 +171,8 @@ class DemoHistory:
         return services.execute_operation(operation.pk, now=when)
 
     def platform_day(self, vm: VirtualMachine, day: datetime) -> None:
+        if day < self.off_until.get(vm.pk, day):
+            return
         local = ZoneInfo(vm.time_zone)
         stagger = timedelta(minutes=(vm.pk * 37) % 180)
         every = 1 if vm.assessment_mode == "AutomaticByPlatform" else 3
