@@ -10,14 +10,15 @@ With no DATABASE_URL / REDIS_URL this is the embedded default (SQLite and a file
 var/); with them, the same processes run against PostgreSQL and Redis.
 """
 
+import http.client
 import os
 import secrets
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -91,10 +92,11 @@ class Child:
 class Supervisor:
     def __init__(self, commands: dict[str, list[str]]):
         self.stop_requested: str | None = None
+        self.children: list[Child] = []
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self.on_signal)
         self.width = max(len(name) for name in ("demo", *commands))
-        self.children = [Child(name, argv) for name, argv in commands.items()]
+        self.children.extend(Child(name, argv) for name, argv in commands.items())
         self.selector = selectors.DefaultSelector()
         for child in self.children:
             os.set_blocking(child.proc.stdout.fileno(), False)
@@ -136,7 +138,9 @@ class Supervisor:
                 ready = True
         if died:
             self.pump(0)
-            self.say(f"the {died.name} ({died.command}) exited with code {died.proc.returncode}; stopping the others")
+            code = died.proc.returncode
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            self.say(f"the {died.name} ({died.command}) {how}; stopping the others")
         else:
             self.say(f"{self.stop_requested} received: stopping the web server, the worker and beat")
         self.stop()
@@ -161,10 +165,13 @@ class Supervisor:
         self.pump(0)
 
 
-def port_answers(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def web_answers(port: int) -> bool:
+    """True once the portal itself answers (not merely something listening on the port)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=1) as response:
+            return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 def main() -> int:
@@ -192,7 +199,7 @@ def main() -> int:
     broker = "Redis" if os.environ.get("REDIS_URL") else f"the filesystem broker in {settings.VAR_DIR / 'broker'}"
 
     def banner() -> bool:
-        if not port_answers(port):
+        if not web_answers(port):
             return False
         url = f"http://127.0.0.1:{port}/"
         for line in (
