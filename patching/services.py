@@ -474,3 +474,10 @@ def fail_stale_operations(now: datetime | None = None) -> int:
                 power_state=VirtualMachine.PowerState.RUNNING
             )
     return failed
+
+
+def prune_history(now: datetime | None = None) -> int:
+    """Delete finished operations older than the retention period (their per-patch rows go with them)."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
+    deleted, _ = Operation.objects.finished().filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -34,3 +34,9 @@ def fail_stale_operations() -> int:
     if failed:
         log.warning("Failed %d stale operation(s)", failed)
     return failed
+
+
+@shared_task
+def prune_history() -> int:
+    """Beat: keep update history for PORTAL_HISTORY_RETENTION_DAYS, then let it go."""
+    return services.prune_history()

@@ -135,6 +135,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every request without it
 
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", "false")
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
@@ -167,6 +168,10 @@ CELERY_BEAT_SCHEDULE = {
     "fail-stale-operations": {
         "task": "patching.tasks.fail_stale_operations",
         "schedule": timedelta(minutes=1),
+    },
+    "prune-history": {
+        "task": "patching.tasks.prune_history",
+        "schedule": timedelta(hours=6),
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")

@@ -220,6 +220,16 @@ def test_a_stale_operation_is_failed_by_the_periodic_task(settings):
     assert services.record_assessment(stale.pk, vm, [], [], services.guest_view(vm, vm.guest), MARCH) is None
 
 
+def test_history_is_kept_for_the_retention_period_then_pruned(settings):
+    settings.PORTAL_HISTORY_RETENTION_DAYS = 30
+    vm = make_vm(now=MARCH - timedelta(days=60))
+    old = assess(vm, now=MARCH - timedelta(days=40))
+    recent = assess(vm, now=MARCH - timedelta(days=20))
+    assert services.prune_history(now=MARCH) >= 1
+    assert not Operation.objects.filter(pk=old.pk).exists()
+    assert Operation.objects.filter(pk=recent.pk).exists() and recent.results.exists()
+
+
 def test_an_unreachable_agent_is_retried_then_failed(settings):
     settings.PORTAL_AGENT_UNREACHABLE_RATE = 1.0
     vm = make_vm()
