@@ -144,8 +144,10 @@ def next_baseline_date(product_code: str, after: datetime) -> date:
     """
     if timezone.is_naive(after):
         after = timezone.make_aware(after, UTC)
-    wanted = REBOOTING_MONTHS if not PRODUCTS[product_code].has_hotpatch else (MonthKind.BASELINE,)
-    wanted = (*wanted, MonthKind.UNPLANNED_BASELINE)
+    if PRODUCTS[product_code].has_hotpatch:
+        wanted = (MonthKind.BASELINE, MonthKind.UNPLANNED_BASELINE)
+    else:
+        wanted = REBOOTING_MONTHS
     year = after.year
     # The forecast has a baseline every quarter, so this ends within the first two years unless the
     # catalog lists hotpatches only for years on end.

@@ -554,6 +554,8 @@ def _generic_rows(records, problems: list[str]) -> list[Row]:
         baseline_kb = f.get("baseline_kb", normalize_kb, required=False)
         if baseline_kb and kind and kind != UpdateKind.HOTPATCH:
             f.fail("baseline_kb", f"only a hotpatch builds on a baseline, this row is a {kind}")
+        if product and kind in (*BASELINE_KINDS, UpdateKind.HOTPATCH) and not PRODUCTS[product].has_hotpatch:
+            f.fail("kind", f"{product} is not in the hotpatch programme, its cumulative updates are monthly")
         if not f.ok:
             continue
         rows.append(
@@ -798,7 +800,7 @@ def planned_calendar() -> CalendarKinds:
     return kinds
 
 
-def generated_rows(start: date, end: date, real: _RealData, planned: CalendarKinds) -> list[Row]:
+def _generated_rows(start: date, end: date, real: _RealData, planned: CalendarKinds) -> list[Row]:
     """The generated rows for [start, end] around the real data (pure and deterministic)."""
     first, last = _month_index(start.year, start.month), _month_index(end.year, end.month)
     kb = _KbNumbers(real.kbs)
@@ -917,7 +919,7 @@ def generate(start: date, end: date) -> CatalogResult:
         existing = _existing()
         real = _RealData.of(row for row in existing.values() if row["source"] != UpdateSource.GENERATED)
         superseded = {patch_id for patch_id, row in existing.items() if real.supersedes(row)}
-        rows = {row.patch_id: row for row in generated_rows(start, end, real, planned)}
+        rows = {row.patch_id: row for row in _generated_rows(start, end, real, planned)}
         # Hotpatches must not build on a generated baseline that real data has replaced.
         _resolve_baselines(rows, {k: v for k, v in existing.items() if k not in superseded}, [])
         result = _write(rows.values(), existing, generated=True)

@@ -101,6 +101,14 @@ def test_every_month_of_the_real_hotpatch_calendar():
             assert month.source == "forecast", row
             assert month.kb is None
 
+    # Once generated, the planned months come from the catalog, still with the calendar's kinds.
+    generate(date(2026, 6, 1), date(2026, 12, 31))
+    for code in CALENDAR_PRODUCTS.values():
+        generated = month_kinds(code, 2026)[5:]
+        planned = [csv_kind(r) for r in rows if CALENDAR_PRODUCTS[r["product"]] == code and not r["kb"]]
+        assert [m.kind for m in generated] == planned
+        assert all(m.source == "catalog" and m.kb and m.build for m in generated)
+
 
 @pytest.mark.django_db
 def test_august_2024_unplanned_baseline_on_ws2022_only():

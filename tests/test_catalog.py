@@ -421,11 +421,12 @@ def test_every_problem_is_reported_with_line_and_field(tmp_path):
         "ws2019,5099002,A title,patch,Important,Sometimes,2027-02-30\n"
         "ws2019,5099003,,monthly,Security,NeverReboots,12/01/2027\n"
         "ws2022-azure,5099004,A title,hotpatch,Security,NeverReboots,2027-02-09,extra\n"
+        "ws2019,5099005,A title,hotpatch,Security,NeverReboots,2027-02-09\n"
     )
     with pytest.raises(CatalogError) as e:
         import_file(file)
     messages = e.value.messages
-    assert len(messages) == 8, messages
+    assert len(messages) == 9, messages
     expected = [
         "line 2, field 'product': 'ws2016' is not a product",
         "line 3, field 'kind': 'patch' is not a known kind",
@@ -435,6 +436,7 @@ def test_every_problem_is_reported_with_line_and_field(tmp_path):
         "line 4, field 'title': is empty",
         "line 4, field 'published': '12/01/2027' is not a date",
         "line 5: 8 fields, the header has 7",
+        "line 6, field 'kind': ws2019 is not in the hotpatch programme",
     ]
     for message, start in zip(messages, expected, strict=True):
         assert message.startswith(f"{file}, {start}"), message
