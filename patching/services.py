@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from vms.features import preview_gate_problems
 from vms.models import VirtualMachine
 from vms.patch_settings import PatchSettings, Problem
 
@@ -98,6 +99,9 @@ def check_patch_settings(
 ) -> list[Problem]:
     """The patchSettings rules plus hotpatch re-enrolment: only once a baseline came out after turning it off."""
     problems = vm.validate_patch_settings(new, creating=creating)
+    if new.enable_hotpatching and (creating or not vm.enable_hotpatching) and not problems:
+        target = "properties.osProfile.windowsConfiguration.patchSettings.enableHotpatching"
+        problems += [Problem(target, message) for message in preview_gate_problems(vm.resource_group.subscription)]
     if not creating and new.enable_hotpatching and not vm.enable_hotpatching and vm.hotpatch_disabled_at:
         now = now or timezone.now()
         released = (

@@ -169,6 +169,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "patching.tasks.fail_stale_operations",
         "schedule": timedelta(minutes=1),
     },
+    "settle-registrations": {
+        "task": "vms.tasks.settle_due_registrations",
+        "schedule": timedelta(seconds=30),
+    },
     "prune-history": {
         "task": "patching.tasks.prune_history",
         "schedule": timedelta(hours=6),
@@ -187,6 +191,10 @@ PORTAL_AGENT_UNREACHABLE_RATE = envfloat("PORTAL_AGENT_UNREACHABLE_RATE", "0.0")
 PORTAL_STALE_OPERATION_AFTER = timedelta(minutes=envint("PORTAL_STALE_OPERATION_MINUTES", "30"))
 # How many days of update history are kept before being pruned.
 PORTAL_HISTORY_RETENTION_DAYS = envint("PORTAL_HISTORY_RETENTION_DAYS", "180")
+# Preview-feature and provider registration take this long ("up to 15 minutes" in the seed).
+PORTAL_REGISTRATION_SECONDS = envint("PORTAL_REGISTRATION_SECONDS", "60")
+# While on (as in the 2021 preview), turning hotpatch on needs the three features and the provider registered.
+PORTAL_PREVIEW_GATE = envbool("PORTAL_PREVIEW_GATE", "true")
 for _name in ("PORTAL_PATCH_FAILURE_RATE", "PORTAL_AGENT_UNREACHABLE_RATE"):
     if not 0.0 <= globals()[_name] <= 1.0:
         raise ImproperlyConfigured(f"{_name} must be between 0 and 1")

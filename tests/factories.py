@@ -6,7 +6,14 @@ from datetime import UTC, date, datetime
 
 from patching import catalog, services
 from vms import images
-from vms.models import ResourceGroup, RoleAssignment, Subscription, VirtualMachine
+from vms.models import (
+    FeatureRegistration,
+    ProviderRegistration,
+    ResourceGroup,
+    RoleAssignment,
+    Subscription,
+    VirtualMachine,
+)
 from vms.patch_settings import PatchSettings, defaults_for_image
 
 # The catalog is real (Microsoft's data plus generated months) up to this day.
@@ -18,8 +25,17 @@ def load_catalog() -> None:
     catalog.ensure_catalog(until=CATALOG_UNTIL)
 
 
-def make_subscription(name: str = "Contoso", user=None, role: str = "Contributor") -> Subscription:
+def make_subscription(
+    name: str = "Contoso", user=None, role: str = "Contributor", onboarded: bool = True
+) -> Subscription:
+    """A subscription; `onboarded` ones have the hotpatch preview features and provider registered."""
     subscription = Subscription.objects.create(id=uuid.uuid4(), display_name=name)
+    if onboarded:
+        for feature in FeatureRegistration.HOTPATCH_FEATURES:
+            FeatureRegistration.objects.create(subscription=subscription, name=feature, state="Registered")
+        ProviderRegistration.objects.create(
+            subscription=subscription, namespace="Microsoft.Compute", state="Registered"
+        )
     if user is not None:
         RoleAssignment.objects.create(user=user, subscription=subscription, role=role)
     return subscription

@@ -182,3 +182,67 @@ class VirtualMachine(models.Model):
             region=self.location,
             current=None if creating else self.patch_settings,
         )
+
+
+class RegistrationState(models.TextChoices):
+    """Microsoft.Features and provider registration states (azure-api.md §6)."""
+
+    NOT_REGISTERED = "NotRegistered"
+    REGISTERING = "Registering"
+    REGISTERED = "Registered"
+    UNREGISTERING = "Unregistering"
+    UNREGISTERED = "Unregistered"
+
+
+TRANSITIONAL_STATES = (RegistrationState.REGISTERING, RegistrationState.UNREGISTERING)
+
+
+class FeatureRegistration(models.Model):
+    """One preview feature's state on one subscription (the seed's `az feature register`)."""
+
+    # The three features the 2021 preview asked for, in the order the seed lists them.
+    HOTPATCH_FEATURES = ("InGuestHotPatchVMPreview", "InGuestAutoPatchVMPreview", "InGuestPatchVMPreview")
+    NAMESPACE = "Microsoft.Compute"
+
+    subscription = models.ForeignKey(Subscription, models.CASCADE, related_name="features")
+    namespace = models.CharField(max_length=60, default=NAMESPACE)
+    name = models.CharField(max_length=80)
+    state = models.CharField(max_length=16, choices=RegistrationState.choices, default=RegistrationState.NOT_REGISTERED)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["namespace", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "namespace", "name"], name="one_feature_row_per_subscription"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}: {self.state}"
+
+    @property
+    def is_transitioning(self) -> bool:
+        return self.state in TRANSITIONAL_STATES
+
+
+class ProviderRegistration(models.Model):
+    """A resource provider's registration on one subscription (`az provider register`)."""
+
+    subscription = models.ForeignKey(Subscription, models.CASCADE, related_name="providers")
+    namespace = models.CharField(max_length=60)
+    state = models.CharField(max_length=16, choices=RegistrationState.choices, default=RegistrationState.NOT_REGISTERED)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["namespace"]
+        constraints = [
+            models.UniqueConstraint(fields=["subscription", "namespace"], name="one_provider_row_per_subscription")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.namespace}: {self.state}"
+
+    @property
+    def is_transitioning(self) -> bool:
+        return self.state in TRANSITIONAL_STATES

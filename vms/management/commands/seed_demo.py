@@ -15,7 +15,7 @@ from patching.guest import Selection
 from patching.models import OperationKind, StartedBy
 from patching.parameters import InstallParameters
 from vms import images
-from vms.models import ResourceGroup, Subscription, VirtualMachine
+from vms.models import FeatureRegistration, ProviderRegistration, ResourceGroup, Subscription, VirtualMachine
 from vms.patch_settings import PatchSettings
 
 # Fixed ids: seeding twice finds the same fleet instead of building a second one.
@@ -23,7 +23,10 @@ SUBSCRIPTIONS = [
     ("3f2b9c1e-6a1d-4c8e-9f00-0a1b2c3d4e01", "Contoso Production"),
     ("3f2b9c1e-6a1d-4c8e-9f00-0a1b2c3d4e02", "Contoso Development"),
     ("3f2b9c1e-6a1d-4c8e-9f00-0a1b2c3d4e03", "Fabrikam Retail"),
+    # New to hotpatch: its preview features are not registered yet (the seed's onboarding).
+    ("3f2b9c1e-6a1d-4c8e-9f00-0a1b2c3d4e04", "Fabrikam Sandbox"),
 ]
+ONBOARDED = 3  # the first three subscriptions registered the preview features before the history starts
 # (subscription index, name, region, VMs: (name prefix, count, product, zoned, availability set))
 GROUPS = [
     (0, "rg-web-prod", "westeurope", [("web", 8, "ws2022-azure", True, ""), ("api", 4, "ws2025-azure", True, "")]),
@@ -38,6 +41,7 @@ GROUPS = [
         [("pos", 8, "ws2022-azure", False, "avset-pos"), ("legacy", 3, "ws2019", False, "")],
     ),
     (2, "rg-retail-gov", "usgovvirginia", [("gov", 3, "ws2022-azure", False, "")]),
+    (3, "rg-sandbox", "westeurope", []),
 ]
 TIME_ZONES = {
     "westeurope": "Europe/Amsterdam",
@@ -75,6 +79,14 @@ class Command(BaseCommand):
         subscriptions = [
             Subscription.objects.create(id=uuid.UUID(sid), display_name=name) for sid, name in SUBSCRIPTIONS
         ]
+        for subscription in subscriptions[:ONBOARDED]:
+            FeatureRegistration.objects.bulk_create(
+                FeatureRegistration(subscription=subscription, name=name, state="Registered", changed_at=start)
+                for name in FeatureRegistration.HOTPATCH_FEATURES
+            )
+            ProviderRegistration.objects.create(
+                subscription=subscription, namespace="Microsoft.Compute", state="Registered", changed_at=start
+            )
         vms = []
         for sub_index, rg_name, region, families in GROUPS:
             rg = ResourceGroup.objects.create(subscription=subscriptions[sub_index], name=rg_name, location=region)
