@@ -121,16 +121,20 @@ class Supervisor:
         sys.stdout.flush()
 
     def on_signal(self, signum: int, frame) -> None:
-        if self.stop_requested:  # a second Ctrl-C: don't wait any longer
+        # A second Ctrl-C: don't wait any longer. (Only SIGINT: a SIGTERM to the process group
+        # reaches this process twice, directly and forwarded by make.)
+        if self.stop_requested and signum == signal.SIGINT:
             for child in self.children:
                 child.signal(signal.SIGKILL)
-        self.stop_requested = signal.Signals(signum).name
+        self.stop_requested = self.stop_requested or signal.Signals(signum).name
 
     def run(self, on_ready) -> int:
         ready = False
         died = None
-        while not self.stop_requested:
+        while True:
             self.pump(0.25)
+            if self.stop_requested:
+                break
             died = next((c for c in self.children if c.proc.poll() is not None), None)
             if died:
                 break

@@ -46,6 +46,15 @@ def check(condition, message: str) -> None:
     print(f"ok    {message}", flush=True)
 
 
+def wait(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below pid (Linux /proc), so none of the demo's children can escape the checks."""
     children: dict[int, list[int]] = {}
@@ -210,7 +219,8 @@ def smoke(demo: Demo, env: dict[str, str]) -> None:
     started = time.monotonic()
     wait_until_up(demo)
     print(f"ok    `make demo` answers 200 on {BASE}/admin/login/ after {time.monotonic() - started:.0f} s")
-    check("demo / smoke-test-pass" in demo.log_path.read_text(), "the demo prints the login: demo / smoke-test-pass")
+    printed = wait(lambda: "demo / smoke-test-pass" in demo.log_path.read_text(), 15)
+    check(printed, "the demo prints the login: demo / smoke-test-pass")
 
     browser = Browser()
     _, _, page = browser.get("/admin/login/?next=/admin/")
@@ -264,7 +274,7 @@ def smoke(demo: Demo, env: dict[str, str]) -> None:
         not survivors,
         f"all {len(processes)} of the demo's processes exited" + (f"; left: {survivors}" if survivors else ""),
     )
-    check("all stopped" in demo.log_path.read_text(), "the demo reports a clean stop ('all stopped')")
+    check("demo   | all stopped" in demo.log_path.read_text(), "the demo reports a clean stop ('all stopped')")
 
 
 def main() -> int:
