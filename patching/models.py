@@ -129,6 +129,24 @@ class HotpatchStatus(models.TextChoices):
     ENABLED = "Enabled"
 
 
+class PatchDecision(models.TextChoices):
+    """Why automatic patching did (or did not) patch a VM when it last looked."""
+
+    PATCHED = "patched", "Patched"
+    UP_TO_DATE = "up_to_date", "Nothing to install"
+    OFF = "off", "VM not running"
+    OUTSIDE_WINDOW = "outside_window", "Outside its off-peak window"
+    WAITING_PHASE = "waiting_phase", "Waiting for its region's rollout phase"
+    WAITING_ZONE = "waiting_zone", "Waiting for another zone to finish"
+    WAITING_BATCH = "waiting_batch", "Waiting for its update-domain batch"
+    HALTED = "halted", "Rollout halted"
+    MODE_MANUAL = "mode_manual", "Patch orchestration is Manual"
+    MODE_BY_OS = "mode_by_os", "Patch orchestration is AutomaticByOS"
+    BEHIND_BASELINE = "behind_baseline", "Behind the baseline"
+    HELD_FOR_BASELINE = "held_for_baseline", "Rebooting updates held for the baseline month"
+    RETRY = "retry", "Failed or pending: retried in the next window"
+
+
 class GuestState(models.Model):
     """What runs inside one VM, and what its last assessment and installation found (1:1 with the VM)."""
 
@@ -148,6 +166,10 @@ class GuestState(models.Model):
         max_length=20, choices=HotpatchStatus.choices, default=HotpatchStatus.UNKNOWN, db_index=True
     )
     hotpatch_status_reason = models.CharField(max_length=300, blank=True)
+    # The platform's latest decision about automatic patching of this VM ("why wasn't it patched?").
+    patch_decision = models.CharField(max_length=24, choices=PatchDecision.choices, blank=True)
+    patch_decision_detail = models.CharField(max_length=300, blank=True)
+    patch_decision_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.vm} guest ({self.build})"
@@ -306,3 +328,32 @@ class PatchResult(models.Model):
 
     def __str__(self) -> str:
         return f"KB{self.update.kb}: {self.state}"
+
+
+class RolloutHalt(models.Model):
+    """A release's automatic rollout stopped because too many VMs failed; an operator resumes it."""
+
+    release_month = models.CharField(max_length=7, help_text="The release, e.g. 2026-11.")
+    product = models.CharField(max_length=20, choices=PRODUCT_CHOICES)
+    halted_at = models.DateTimeField(default=timezone.now)
+    failed = models.PositiveIntegerField(default=0)
+    attempted = models.PositiveIntegerField(default=0)
+    reason = models.CharField(max_length=300)
+    resumed_at = models.DateTimeField(null=True, blank=True)
+    resumed_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
+
+    class Meta:
+        ordering = ["-halted_at"]
+        constraints = [
+            # At most one open halt per release and product.
+            models.UniqueConstraint(
+                fields=["release_month", "product"], condition=Q(resumed_at=None), name="one_open_halt_per_release"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.release_month} {self.product} halted"
+
+    @property
+    def is_active(self) -> bool:
+        return self.resumed_at is None

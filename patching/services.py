@@ -9,15 +9,17 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from vms import images, regions
 from vms.features import preview_gate_problems
-from vms.models import VirtualMachine
-from vms.patch_settings import PatchSettings, Problem
+from vms.models import RESOURCE_NAME_RE, ResourceGroup, VirtualMachine
+from vms.patch_settings import PatchSettings, Problem, defaults_for_image
 
 from . import calendar
 from . import guest as sim
@@ -182,6 +184,102 @@ def provision_guests(vms: list[VirtualMachine], now: datetime, *, behind_by_mont
             installs.append(InstalledUpdate(guest=state, update_id=image.id, installed_at=now))
     GuestState.objects.bulk_create(states, batch_size=2000)
     InstalledUpdate.objects.bulk_create(installs, batch_size=2000)
+
+
+# --- Creating and deleting VMs --------------------------------------------------------------------
+
+
+def create_virtual_machine(
+    *,
+    resource_group: ResourceGroup,
+    name: str,
+    location: str,
+    image_sku: str,
+    size: str = "Standard_D2s_v5",
+    image_publisher: str = images.PUBLISHER,
+    image_offer: str = images.OFFER,
+    time_zone: str = "UTC",
+    zone: str = "",
+    availability_set: str = "",
+    patch_settings: PatchSettings | None = None,
+    now: datetime | None = None,
+) -> tuple[VirtualMachine | None, list[Problem]]:
+    """Create a VM the way the portal's create form and the API's PUT do (the seed's getting-started path).
+
+    Returns (vm, []) or (None, problems). The guest is provisioned on the image's current baseline and
+    its first assessment is queued. `patch_settings` None means the defaults for the image.
+    """
+    now = now or timezone.now()
+    problems: list[Problem] = []
+    region = regions.normalize_region(location or "")
+    if region is None:
+        problems.append(Problem("location", f"'{location}' is not a known region."))
+    if not RESOURCE_NAME_RE.match(name or ""):
+        problems.append(Problem("name", f"'{name}' is not a valid VM name: use 1-64 letters, digits, '-', '_' or '.'."))
+    elif VirtualMachine.objects.filter(resource_group=resource_group, name__iexact=name).exists():
+        problems.append(Problem("name", f"A VM named '{name}' already exists in resource group '{resource_group}'."))
+    product = images.product_for_image(image_publisher, image_offer, image_sku)
+    if product is None:
+        problems.append(
+            Problem(
+                "properties.storageProfile.imageReference",
+                f"Image {image_publisher}:{image_offer}:{image_sku} is not offered; use one of {', '.join(images.ALL_SKUS)}.",
+            )
+        )
+    if zone and zone not in ("1", "2", "3"):
+        problems.append(Problem("zones", f"Zone '{zone}' does not exist; use 1, 2 or 3."))
+    if zone and availability_set:
+        problems.append(Problem("zones", "A VM is either in an availability zone or in an availability set, not both."))
+    try:
+        ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(
+            Problem("properties.osProfile.windowsConfiguration.timeZone", f"Unknown time zone '{time_zone}'.")
+        )
+    if problems:
+        return None, problems
+
+    settings_ = patch_settings or defaults_for_image(image_publisher, image_offer, image_sku, region)
+    vm = VirtualMachine(
+        resource_group=resource_group,
+        name=name,
+        location=region,
+        zone=zone,
+        availability_set=availability_set,
+        update_domain=_next_update_domain(resource_group, availability_set) if availability_set else None,
+        size=size,
+        image_publisher=images.PUBLISHER,
+        image_offer=images.OFFER,
+        image_sku=image_sku.lower(),
+        product=product.code,
+        time_zone=time_zone,
+        created_at=now,
+    )
+    problems = check_patch_settings(vm, settings_, creating=True, now=now)
+    if problems:
+        return None, problems
+    vm.apply_patch_settings(settings_)
+    with transaction.atomic():
+        vm.save()
+        provision_guests([vm], now)
+        start_operation(vm, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM, now=now)
+    return vm, []
+
+
+def _next_update_domain(resource_group: ResourceGroup, availability_set: str, domains: int = 5) -> int:
+    """Azure spreads an availability set's VMs round-robin over its update domains."""
+    return (
+        VirtualMachine.objects.filter(resource_group=resource_group, availability_set=availability_set).count()
+        % domains
+    )
+
+
+def delete_virtual_machine(vm: VirtualMachine) -> None:
+    """Delete a VM; its operations in flight fail cleanly, its history stays (without the VM link)."""
+    with transaction.atomic():
+        for pk in vm.operations.in_flight().values_list("pk", flat=True):
+            fail_operation(pk, "VMDeleted", f"The virtual machine '{vm.name}' was deleted.")
+        vm.delete()
 
 
 # --- Starting operations --------------------------------------------------------------------------
@@ -372,6 +470,16 @@ def execute_operation(
     return recorded
 
 
+def _fail_deleted(operation_id: int, vm_name: str, when: datetime) -> None:
+    PatchResult.objects.filter(operation_id=operation_id).delete()
+    Operation.objects.filter(pk=operation_id).update(
+        status=OperationStatus.FAILED,
+        error_code="VMDeleted",
+        error_message=f"The virtual machine '{vm_name}' was deleted while the operation ran.",
+        finished_at=when,
+    )
+
+
 def record_assessment(
     operation_id: int,
     vm: VirtualMachine,
@@ -395,7 +503,10 @@ def record_assessment(
         PatchResult.objects.bulk_create(
             PatchResult(operation_id=operation_id, update_id=p.id, state=PatchState.AVAILABLE) for p in available
         )
-        state = GuestState.objects.select_for_update().get(pk=vm.pk)
+        state = GuestState.objects.select_for_update().filter(pk=vm.pk).first()
+        if state is None:  # the VM was deleted while the guest worked
+            _fail_deleted(operation_id, vm.name, finished)
+            return None
         state.assessed_at = finished
         state.last_assessment_id = operation_id
         state.critical_security_count = critical
@@ -440,7 +551,10 @@ def record_installation(
             )
             for p in available
         )
-        state = GuestState.objects.select_for_update().get(pk=vm.pk)
+        state = GuestState.objects.select_for_update().filter(pk=vm.pk).first()
+        if state is None:  # the VM was deleted while the guest worked
+            _fail_deleted(operation_id, vm.name, finished)
+            return None
         InstalledUpdate.objects.bulk_create(
             [InstalledUpdate(guest=state, update_id=p.id, installed_at=finished) for p in outcome.installed],
             ignore_conflicts=True,

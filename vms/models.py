@@ -1,5 +1,6 @@
 """Inventory: subscriptions, resource groups, virtual machines, and who may see them."""
 
+import re
 import uuid
 
 from django.conf import settings
@@ -12,8 +13,9 @@ from . import images, regions
 from .patch_settings import ASSESSMENT_MODES, PATCH_MODES, REBOOT_SETTINGS, PatchSettings
 from .patch_settings import validate as validate_settings
 
+RESOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9_]$|^[A-Za-z0-9]$")
 RESOURCE_NAME = RegexValidator(
-    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9_]$|^[A-Za-z0-9]$",
+    RESOURCE_NAME_RE,
     "Use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit.",
 )
 
