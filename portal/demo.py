@@ -72,8 +72,8 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            # Its own process group: Ctrl-C reaches only this supervisor, which stops the children
-            # in order; signalling the group also reaches gunicorn's worker processes.
+            # Its own process group: Ctrl-C reaches only this supervisor, which then stops the
+            # children itself; signalling the group also reaches gunicorn's worker processes.
             process_group=0,
             preexec_fn=set_parent_death_signal,
         )
