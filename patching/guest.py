@@ -214,6 +214,7 @@ def install(
     errors: dict[int, str] = {}
     installed: list[Patch] = []
     window_exceeded = False
+    reboot_reserved = False
     build, baseline_id = guest.build, guest.baseline_id
 
     for patch in sorted(available, key=install_order):
@@ -221,13 +222,17 @@ def install(
             states[patch.id] = fate[patch.id]
             continue
         seconds = INSTALL_SECONDS.get(patch.kind, 300)
-        # Leave room for the reboot the patch needs: Azure stops starting installs it can't finish.
-        needed = seconds + (REBOOT_SECONDS if patch.requires_reboot else 0)
+        # Leave room for the reboot that will follow: Azure doesn't start an install it can't finish.
+        reboots = reboot_setting != "Never" and (
+            patch.requires_reboot or reboot_setting == "Always" or guest.reboot_pending
+        )
+        needed = seconds + (REBOOT_SECONDS if reboots or reboot_reserved else 0)
         if elapsed + needed > budget:
             states[patch.id] = "Pending"
             window_exceeded = True
             continue
         elapsed += seconds
+        reboot_reserved = reboot_reserved or reboots
         if fails(vm_key, patch, today, failure_rate):
             states[patch.id] = "Failed"
             errors[patch.id] = f"KB{patch.kb} failed to install (0x80070643)."

@@ -28,10 +28,16 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from django.conf import settings
+from hypothesis import settings as hypothesis_settings
 
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# CI runs the property tests derandomized, so a red run is reproducible; locally they explore.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 WORKER_BOOT_TIMEOUT = 60
 WORKER_STOP_TIMEOUT = 10
 WORKER_IDLE_TIMEOUT = 30

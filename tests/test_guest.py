@@ -172,10 +172,10 @@ def run(patches, selection, reboot, duration, rate, reboot_pending=False):
 
 
 @settings(max_examples=300, deadline=None)
-@given(install_cases())
-def test_every_available_update_ends_in_exactly_one_state_and_counts_add_up(case):
+@given(install_cases(), st.booleans())
+def test_every_available_update_ends_in_exactly_one_state_and_counts_add_up(case, reboot_pending):
     patches, selection, reboot, duration, rate = case
-    outcome = run(patches, selection, reboot, duration, rate)
+    outcome = run(patches, selection, reboot, duration, rate, reboot_pending)
     assert set(outcome.states) == {p.id for p in patches}
     assert sum(outcome.counts.values()) == len(patches)
     for state, count in outcome.counts.items():
