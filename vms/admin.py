@@ -8,7 +8,15 @@ from patching import services
 from patching.models import GuestState, OperationKind, StartedBy
 
 from . import images
-from .models import ResourceGroup, RoleAssignment, Subscription, VirtualMachine
+from . import features
+from .models import (
+    FeatureRegistration,
+    ProviderRegistration,
+    ResourceGroup,
+    RoleAssignment,
+    Subscription,
+    VirtualMachine,
+)
 
 
 class RoleAssignmentInline(admin.TabularInline):
@@ -22,6 +30,35 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_display = ["display_name", "id"]
     search_fields = ["display_name", "id"]
     inlines = [RoleAssignmentInline]
+
+
+@admin.register(FeatureRegistration)
+class FeatureRegistrationAdmin(admin.ModelAdmin):
+    list_display = ["name", "namespace", "subscription", "state", "changed_at"]
+    list_filter = ["state", "namespace", "name"]
+    list_select_related = ["subscription"]
+    search_fields = ["name", "subscription__display_name"]
+    actions = ["register", "unregister"]
+
+    @admin.action(description="Register (the seed's az feature register)", permissions=["change"])
+    def register(self, request, queryset):
+        for row in queryset.select_related("subscription"):
+            features.register_feature(row.subscription, row.name, row.namespace)
+        self.message_user(request, "Registration started; it completes in the background.")
+
+    @admin.action(description="Unregister", permissions=["change"])
+    def unregister(self, request, queryset):
+        for row in queryset.select_related("subscription"):
+            features.unregister_feature(row.subscription, row.name, row.namespace)
+        self.message_user(request, "Unregistration started; it completes in the background.")
+
+
+@admin.register(ProviderRegistration)
+class ProviderRegistrationAdmin(admin.ModelAdmin):
+    list_display = ["namespace", "subscription", "state", "changed_at"]
+    list_filter = ["state", "namespace"]
+    list_select_related = ["subscription"]
+    search_fields = ["namespace", "subscription__display_name"]
 
 
 @admin.register(ResourceGroup)
