@@ -7,8 +7,7 @@ from django.utils.html import format_html
 from patching import services
 from patching.models import GuestState, OperationKind, StartedBy
 
-from . import images
-from . import features
+from . import features, images
 from .models import (
     FeatureRegistration,
     ProviderRegistration,
