@@ -74,6 +74,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: under /arm/ every response, even one of Django's own errors, is an ARM JSON answer.
+    "portal.arm.ArmMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -201,6 +203,17 @@ for _name in ("PORTAL_PATCH_FAILURE_RATE", "PORTAL_AGENT_UNREACHABLE_RATE"):
         raise ImproperlyConfigured(f"{_name} must be between 0 and 1")
 if PORTAL_SIM_SPEED < 0:
     raise ImproperlyConfigured("PORTAL_SIM_SPEED must be 0 (no sleeping) or positive")
+
+# --- The ARM-compatible API (/arm/) -----------------------------------------------------------------
+# Seconds a client should wait between polls of a long-running operation (the SDK prefers this over
+# its own polling_interval); 0 in tests.
+PORTAL_ARM_RETRY_AFTER = envint("PORTAL_ARM_RETRY_AFTER", "2")
+# Items per page of a list (nextLink follows).
+PORTAL_ARM_PAGE_SIZE = envint("PORTAL_ARM_PAGE_SIZE", "100")
+# The tenant GUID the API reports for every subscription (az login --tenant takes it).
+PORTAL_ARM_TENANT_ID = env("PORTAL_ARM_TENANT_ID", "8c5b1f3a-4d2e-4f6b-9a7c-0e1d2c3b4a59")
+if PORTAL_ARM_RETRY_AFTER < 0 or PORTAL_ARM_PAGE_SIZE < 1:
+    raise ImproperlyConfigured("PORTAL_ARM_RETRY_AFTER must be >= 0 and PORTAL_ARM_PAGE_SIZE >= 1")
 
 LOGGING = {
     "version": 1,

@@ -1,7 +1,11 @@
 """Inventory: subscriptions, resource groups, virtual machines, and who may see them."""
 
+import hashlib
+import hmac
 import re
+import secrets
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -248,3 +252,76 @@ class ProviderRegistration(models.Model):
     @property
     def is_transitioning(self) -> bool:
         return self.state in TRANSITIONAL_STATES
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def active(self, now=None) -> "ApiTokenQuerySet":
+        """Not revoked and not expired."""
+        now = now or timezone.now()
+        return self.filter(revoked_at=None).filter(Q(expires_at=None) | Q(expires_at__gt=now))
+
+
+class ApiToken(models.Model):
+    """A personal bearer token for the ARM API. Only its SHA-256 is stored: the secret is shown once.
+
+    The API authenticates `Authorization: Bearer <secret>` by hashing the secret and looking the hash
+    up; the user behind the token then has exactly their portal roles (vms.access).
+    """
+
+    PREFIX = "hpp_"
+    # Writing last_used_at on every request would turn each API read into a write.
+    LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. 'CI pipeline'.")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    # The first characters of the secret, so a user can tell their tokens apart.
+    hint = models.CharField(max_length=16, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.hint}…)"
+
+    @staticmethod
+    def hash(secret: str) -> str:
+        return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name: str, *, expires_at=None) -> tuple["ApiToken", str]:
+        """Create a token for `user`; returns the row and the secret, which is not stored anywhere."""
+        secret = cls.PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(
+            user=user, name=name, token_hash=cls.hash(secret), hint=secret[: len(cls.PREFIX) + 6], expires_at=expires_at
+        )
+        return token, secret
+
+    @classmethod
+    def authenticate(cls, secret: str, now=None) -> "ApiToken | None":
+        """The active token with this secret (its user active too), or None. Records when it was used."""
+        now = now or timezone.now()
+        digest = cls.hash(secret)
+        token = cls.objects.active(now).select_related("user").filter(token_hash=digest).first()
+        # The lookup is by a one-way hash; compare_digest keeps the final check constant-time anyway.
+        if token is None or not hmac.compare_digest(token.token_hash, digest) or not token.user.is_active:
+            return None
+        if token.last_used_at is None or token.last_used_at < now - cls.LAST_USED_RESOLUTION:
+            cls.objects.filter(pk=token.pk).update(last_used_at=now)
+            token.last_used_at = now
+        return token
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])

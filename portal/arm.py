@@ -1,0 +1,455 @@
+"""The plumbing of the ARM-compatible API (azure-api.md §5, §8): routing, authentication, errors.
+
+Every request under /arm/ goes through `dispatch`: one view that matches the path against the route
+table case-insensitively (ARM path segments are case-insensitive), authenticates the bearer token,
+requires an api-version (any value), calls the handler and turns every failure into the ARM error
+envelope. `ArmMiddleware` makes sure that nothing else under /arm/, not even an error raised by
+Django before the view runs, reaches a client as an HTML page, and stamps x-ms-request-id.
+
+Handlers are plain functions `handler(arm: ArmRequest, **path_params) -> HttpResponse` registered on
+`router`; vms/api.py and patching/api.py hold them, portal/openapi.py describes them.
+"""
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core import signing
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from vms import access
+from vms.models import ApiToken, ResourceGroup, Role, Subscription, VirtualMachine
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/arm/"
+API_VERSION = "api-version"
+
+
+# --- Errors ---------------------------------------------------------------------------------------
+
+
+class ArmError(Exception):
+    """An ARM error response: `{"error": {"code", "message", "target"?, "details"?}}` with a status."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        target: str | None = None,
+        details: list[dict] | None = None,
+        headers: dict | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.target, self.details, self.headers = target, details, headers or {}
+
+    def body(self) -> dict:
+        error = {"code": self.code, "message": self.message}
+        if self.target is not None:
+            error["target"] = self.target
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+    def response(self) -> HttpResponse:
+        response = JsonResponse(self.body(), status=self.status)
+        for name, value in self.headers.items():
+            response[name] = value
+        return response
+
+
+def invalid_parameters(problems, code: str = "InvalidParameter") -> ArmError:
+    """400 with the first problem as the error and every problem in `details` (targets are property paths)."""
+    details = [{"code": code, "target": p.target, "message": p.message} for p in problems]
+    first = problems[0]
+    return ArmError(400, code, first.message, target=first.target, details=details if len(details) > 1 else None)
+
+
+def bad_request(message: str, target: str | None = None, code: str = "InvalidParameter") -> ArmError:
+    return ArmError(400, code, message, target=target)
+
+
+# Status codes Django (or a middleware) may answer with before our view runs, as ARM codes.
+GENERIC_CODES = {
+    400: "BadRequest",
+    401: "InvalidAuthenticationToken",
+    403: "AuthorizationFailed",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "RequestEntityTooLarge",
+    500: "InternalServerError",
+}
+
+
+# --- The request as a handler sees it -------------------------------------------------------------
+
+
+@dataclass
+class ArmRequest:
+    request: HttpRequest
+    user: object
+    token: ApiToken | None
+    api_version: str
+    query: dict[str, str] = field(default_factory=dict)  # lower-cased names, first value
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        return self.query.get(name.lower(), default)
+
+    def json(self, *, required: bool = False):
+        """The request body parsed as JSON; None for an empty body (unless required)."""
+        raw = self.request.body  # RequestDataTooBig surfaces in dispatch as 413
+        if not raw.strip():
+            if required:
+                raise ArmError(400, "InvalidRequestContent", "The request content is empty: a JSON object is needed.")
+            return None
+        try:
+            text = raw.decode("utf-8-sig")
+            return json.loads(text, parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ArmError(
+                400,
+                "InvalidRequestFormat",
+                f"The request content was invalid and could not be deserialized: {_short(e)}",
+            ) from None
+
+    def json_object(self, *, required: bool = False) -> dict:
+        body = self.json(required=required)
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise ArmError(400, "InvalidRequestContent", "The request content must be a JSON object.")
+        return body
+
+    def absolute(self, arm_path: str, **params: str) -> str:
+        """An absolute URL of an ARM path as this client reaches us (scheme, host and any prefix)."""
+        url = self.request.build_absolute_uri(reverse("arm", kwargs={"path": arm_path.lstrip("/")}))
+        query = {**params, API_VERSION: self.api_version}
+        return f"{url}?{urlencode(query)}"
+
+    # --- access ---
+
+    def subscription(self, subscription_id: str, *, act: bool = False) -> Subscription:
+        """The subscription if this caller holds a role on it (404 otherwise); `act` needs Contributor."""
+        try:
+            pk = uuid.UUID(subscription_id)
+        except ValueError:
+            pk = None
+        role = access.role_on(self.user, pk) if pk else None
+        subscription = Subscription.objects.filter(pk=pk).first() if role else None
+        if subscription is None:
+            raise ArmError(404, "SubscriptionNotFound", f"The subscription '{subscription_id}' could not be found.")
+        if act and access.RANK[Role(role)] < access.RANK[Role.CONTRIBUTOR]:
+            raise ArmError(
+                403,
+                "AuthorizationFailed",
+                f"The client '{self.user.get_username()}' does not have authorization to perform action "
+                f"'{self.method} {self.request.path}' over scope '/subscriptions/{subscription.pk}': "
+                f"the role '{role}' may read but not act. Ask an Owner for the Contributor role.",
+            )
+        return subscription
+
+    def resource_group(self, subscription: Subscription, name: str) -> ResourceGroup:
+        rg = ResourceGroup.objects.filter(subscription=subscription, name__iexact=name).first()
+        if rg is None:
+            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{name}' could not be found.")
+        return rg
+
+    def virtual_machine(self, rg: ResourceGroup, name: str, queryset=None) -> VirtualMachine:
+        vm = (queryset or VirtualMachine.objects).filter(resource_group=rg, name__iexact=name).first()
+        if vm is None:
+            raise vm_not_found(rg, name)
+        vm.resource_group = rg  # spare a query: the caller already holds it
+        return vm
+
+
+def vm_not_found(rg: ResourceGroup, name: str) -> ArmError:
+    return ArmError(
+        404,
+        "ResourceNotFound",
+        f"The Resource 'Microsoft.Compute/virtualMachines/{name}' under resource group '{rg.name}' was not found.",
+    )
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+# --- Authentication -------------------------------------------------------------------------------
+
+
+def api_token_user(secret: str):
+    """A personal API token (vms.ApiToken): (user, token) or None."""
+    token = ApiToken.authenticate(secret)
+    return (token.user, token) if token else None
+
+
+# Each takes the bearer secret and returns (user, token-or-None) or None. A later kind of credential
+# (the Azure CLI's service-principal tokens, issue 6) is one more function here.
+AUTHENTICATORS: list[Callable[[str], tuple | None]] = [api_token_user]
+
+
+def authenticate(request: HttpRequest):
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.strip().partition(" ")
+    secret = secret.strip()
+    if not header:
+        raise ArmError(
+            401,
+            "InvalidAuthenticationToken",
+            "The request has no 'Authorization' header: send 'Authorization: Bearer <token>' with an API token.",
+        )
+    if scheme.lower() != "bearer" or not secret:
+        raise ArmError(401, "InvalidAuthenticationToken", "The 'Authorization' header must be 'Bearer <token>'.")
+    for authenticator in AUTHENTICATORS:
+        found = authenticator(secret)
+        if found:
+            return found
+    # Deliberately no WWW-Authenticate challenge: the SDK's ARMChallengeAuthenticationPolicy would
+    # treat one as a claims challenge (azure-api.md §5).
+    raise ArmError(
+        401,
+        "InvalidAuthenticationToken",
+        "The access token is invalid, expired or revoked. Create a new API token in the portal.",
+    )
+
+
+# --- Routing --------------------------------------------------------------------------------------
+
+
+Handler = Callable[..., HttpResponse]
+
+
+@dataclass
+class Route:
+    template: str  # OpenAPI-style, e.g. /subscriptions/{subscriptionId}
+    regex: re.Pattern
+    handlers: dict[str, Handler]
+    authenticated: bool = True
+
+
+class Router:
+    def __init__(self):
+        self.routes: list[Route] = []
+
+    def route(self, template: str, *, authenticated: bool = True, **handlers: Handler) -> None:
+        """Register handlers by method for a path template; `{name}` matches one path segment."""
+        parts = re.split(r"(\{[A-Za-z]+\})", template.strip("/"))
+        pattern = "".join(
+            f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") and p.endswith("}") else re.escape(p) for p in parts
+        )
+        regex = re.compile(f"^{pattern}$", re.IGNORECASE)
+        self.routes.append(Route(template, regex, {m.upper(): h for m, h in handlers.items()}, authenticated))
+
+    def match(self, path: str) -> tuple[Route | None, dict]:
+        path = path.strip("/")
+        for route in self.routes:
+            found = route.regex.match(path)
+            if found:
+                return route, found.groupdict()
+        return None, {}
+
+
+router = Router()
+
+
+def _first_values(request: HttpRequest) -> dict[str, str]:
+    query = {}
+    for name, values in request.GET.lists():
+        query.setdefault(name.lower(), values[0] if values else "")
+    return query
+
+
+@csrf_exempt
+def dispatch(request: HttpRequest, path: str) -> HttpResponse:
+    """The one view under /arm/: route, authenticate, check api-version, handle; errors as ARM envelopes."""
+    try:
+        response = _dispatch(request, path)
+    except ArmError as e:
+        response = e.response()
+    except RequestDataTooBig:
+        response = ArmError(413, "RequestEntityTooLarge", "The request content is too large.").response()
+    except SuspiciousOperation as e:
+        response = ArmError(400, "BadRequest", f"The request was rejected: {_short(e)}").response()
+    except Exception:
+        log.exception("ARM request %s %s failed", request.method, request.path)
+        response = ArmError(
+            500, "InternalServerError", "The server encountered an internal error; please retry the request."
+        ).response()
+    return response
+
+
+def _dispatch(request: HttpRequest, path: str) -> HttpResponse:
+    route, params = router.match(path)
+    user, token = authenticate(request) if route is None or route.authenticated else (None, None)
+    query = _first_values(request)
+    api_version = query.get(API_VERSION, "").strip()
+    if not api_version:
+        raise ArmError(
+            400,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        )
+    if route is None:
+        raise ArmError(404, "NotFound", f"No ARM operation matches '{request.method} /{path.strip('/')}'.")
+    method = request.method.upper()
+    handler = route.handlers.get(method)
+    if handler is None and method == "HEAD" and "GET" in route.handlers:
+        handler = route.handlers["GET"]
+    if handler is None:
+        allowed = ", ".join(sorted(route.handlers))
+        raise ArmError(
+            405,
+            "MethodNotAllowed",
+            f"The method '{method}' is not allowed on '/{path.strip('/')}'; use {allowed}.",
+            headers={"Allow": allowed},
+        )
+    arm = ArmRequest(request=request, user=user, token=token, api_version=api_version, query=query)
+    response = handler(arm, **params)
+    if method == "HEAD":
+        response.content = b""
+    return response
+
+
+# --- Responses ------------------------------------------------------------------------------------
+
+
+def ok(body, status: int = 200, headers: dict | None = None) -> JsonResponse:
+    response = JsonResponse(body, status=status, safe=False)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def empty(status: int, headers: dict | None = None) -> HttpResponse:
+    response = HttpResponse(status=status, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def page(arm: ArmRequest, items, to_arm: Callable | None = None, *, many: Callable | None = None) -> JsonResponse:
+    """`{"value": [...], "nextLink"}` paging over a queryset or list; the skip token is an offset.
+
+    `to_arm` serialises one item; `many` serialises a whole page at once (to load related rows in bulk).
+    """
+    size = settings.PORTAL_ARM_PAGE_SIZE
+    top = arm.param("$top")
+    if top is not None:
+        if not top.isdigit() or not 0 < int(top) <= 100_000:
+            raise bad_request(f"$top must be a positive integer, not '{top}'.", "$top")
+        size = min(size, int(top))
+    token = arm.param("$skiptoken", "0")
+    if not token.isdigit() or len(token) > 9:
+        raise bad_request(f"The skip token '{token}' is not valid; follow nextLink as returned.", "$skiptoken")
+    offset = int(token)
+    chunk = list(items[offset : offset + size + 1])
+    more, chunk = len(chunk) > size, chunk[:size]
+    body = {"value": many(chunk) if many else [to_arm(item) for item in chunk]}
+    if more:
+        params = {k: v for k, v in arm.query.items() if k not in (API_VERSION, "$skiptoken")}
+        params["$skiptoken"] = str(offset + size)
+        body["nextLink"] = arm.absolute(arm.request.path_info.removeprefix(PREFIX), **params)
+    return ok(body)
+
+
+def arm_time(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, as ARM writes times."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- Long-running operations ----------------------------------------------------------------------
+
+
+def operation_path(subscription_id, location: str, name: str) -> str:
+    return f"subscriptions/{subscription_id}/providers/Microsoft.Compute/locations/{location}/operations/{name}"
+
+
+def lro_headers(arm: ArmRequest, subscription_id, location: str, name: str) -> dict[str, str]:
+    """Azure-AsyncOperation (status), Location (result) and Retry-After: always all three (§8.2)."""
+    path = operation_path(subscription_id, location, name)
+    return {
+        "Azure-AsyncOperation": arm.absolute(path),
+        "Location": arm.absolute(path, monitor="true"),
+        "Retry-After": str(settings.PORTAL_ARM_RETRY_AFTER),
+    }
+
+
+# Create, update, delete and power actions on a VM finish inside the request; their operation name
+# is a signed record of what was done, so the status URL answers without storing anything.
+_SIGNING_SALT = "portal.arm.operation"
+
+
+def completed_operation_name(subscription_id, kind: str, resource_id: str, started: datetime) -> str:
+    payload = {
+        "s": str(subscription_id),
+        "k": kind,
+        "r": resource_id,
+        "t": arm_time(started),
+        "e": arm_time(timezone.now()),
+    }
+    return signing.dumps(payload, salt=_SIGNING_SALT, compress=True)
+
+
+def read_completed_operation(name: str) -> dict | None:
+    try:
+        return signing.loads(name, salt=_SIGNING_SALT)
+    except signing.BadSignature:
+        return None
+
+
+# --- Middleware -----------------------------------------------------------------------------------
+
+
+class ArmMiddleware:
+    """Under /arm/: x-ms-request-id on every response, and never an HTML error page.
+
+    Outermost in MIDDLEWARE, so it also sees the responses Django makes for errors raised before the
+    view (a disallowed Host header, for one) and rewrites them as ARM error envelopes.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path_info.startswith(PREFIX):
+            return self.get_response(request)
+        request_id = str(uuid.uuid4())
+        response = self.get_response(request)
+        if response.status_code >= 400 and not response.get("Content-Type", "").startswith("application/json"):
+            status = response.status_code
+            code = GENERIC_CODES.get(status, "BadRequest" if status < 500 else "InternalServerError")
+            message = f"The request failed with HTTP status {status} ({response.reason_phrase})."
+            replacement = ArmError(status, code, message).response()
+            if response.has_header("Allow"):
+                replacement["Allow"] = response["Allow"]
+            response = replacement
+        response["x-ms-request-id"] = request_id
+        correlation = request.headers.get("x-ms-correlation-request-id", "")[:100]
+        response["x-ms-correlation-request-id"] = correlation or request_id
+        client_id = request.headers.get("x-ms-client-request-id", "")[:100]
+        if client_id:
+            response["x-ms-client-request-id"] = client_id
+        return response

@@ -1,0 +1,739 @@
+"""The OpenAPI 3.0 description of the ARM API, served at /arm/openapi.json.
+
+Written by hand from azure-api.md (the wire contract) and kept honest by tests: every route in
+portal.arm.router is described here with the same methods and nothing else is
+(tests/test_arm_openapi.py), and schemathesis checks real responses against these schemas
+(tests/test_arm_fuzz.py).
+"""
+
+from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
+
+# --- Building blocks ------------------------------------------------------------------------------
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict, required: list[str] | None = None, **extra) -> dict:
+    schema = {"type": "object", "properties": properties, **extra}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def array(items: dict) -> dict:
+    return {"type": "array", "items": items}
+
+
+def enum(*values: str, nullable: bool = False) -> dict:
+    schema = {"type": "string", "enum": list(values)}
+    if nullable:
+        schema["nullable"] = True
+    return schema
+
+
+def nullable(schema: dict) -> dict:
+    return {**schema, "nullable": True}
+
+
+STR = {"type": "string"}
+BOOL = {"type": "boolean"}
+INT = {"type": "integer", "minimum": 0}
+TIME = {"type": "string", "format": "date-time"}
+NTIME = {"type": "string", "format": "date-time", "nullable": True}
+
+
+def listing(item: str) -> dict:
+    return obj({"value": array(ref(item)), "nextLink": STR}, ["value"])
+
+
+PATCH_STATUS = enum("Unknown", "InProgress", "Failed", "Succeeded", "CompletedWithWarnings")
+REBOOT_BEHAVIOR = enum("Unknown", "NeverReboots", "AlwaysRequiresReboot", "CanRequestReboot")
+CLASSIFICATIONS = (
+    "Critical",
+    "Security",
+    "UpdateRollUp",
+    "FeaturePack",
+    "ServicePack",
+    "Definition",
+    "Tools",
+    "Updates",
+)
+
+SCHEMAS = {
+    "ErrorDetail": obj({"code": STR, "message": STR, "target": STR}, ["code", "message"]),
+    "ErrorResponse": obj(
+        {
+            "error": obj(
+                {"code": STR, "message": STR, "target": STR, "details": array(ref("ErrorDetail"))},
+                ["code", "message"],
+            )
+        },
+        ["error"],
+    ),
+    "ApiError": nullable(
+        obj({"code": STR, "message": STR, "target": STR, "details": array(ref("ErrorDetail"))}, ["code", "message"])
+    ),
+    "Subscription": obj(
+        {
+            "id": STR,
+            "subscriptionId": {"type": "string", "format": "uuid"},
+            "displayName": STR,
+            "state": enum("Enabled", "Warned", "PastDue", "Disabled", "Deleted"),
+            "tenantId": STR,
+            "authorizationSource": STR,
+            "managedByTenants": array(obj({"tenantId": STR})),
+            "subscriptionPolicies": obj({"locationPlacementId": STR, "quotaId": STR, "spendingLimit": STR}),
+        },
+        ["id", "subscriptionId", "displayName", "state", "tenantId"],
+    ),
+    "SubscriptionListResult": listing("Subscription"),
+    "Tenant": obj(
+        {
+            "id": STR,
+            "tenantId": STR,
+            "tenantCategory": STR,
+            "displayName": STR,
+            "defaultDomain": STR,
+            "domains": array(STR),
+        },
+        ["id", "tenantId"],
+    ),
+    "TenantListResult": listing("Tenant"),
+    "Location": obj(
+        {
+            "id": STR,
+            "subscriptionId": STR,
+            "name": STR,
+            "type": STR,
+            "displayName": STR,
+            "regionalDisplayName": STR,
+            "metadata": obj({"regionType": STR, "pairedRegion": array(obj({"name": STR, "id": STR}))}),
+        },
+        ["id", "name", "displayName"],
+    ),
+    "LocationListResult": listing("Location"),
+    "ResourceGroup": obj(
+        {
+            "id": STR,
+            "name": STR,
+            "type": STR,
+            "location": STR,
+            "properties": obj({"provisioningState": STR}),
+        },
+        ["id", "name", "location"],
+    ),
+    "ResourceGroupCreate": obj({"location": STR, "tags": {"type": "object"}}, ["location"]),
+    "ResourceGroupListResult": listing("ResourceGroup"),
+    "PatchSettings": obj(
+        {
+            "patchMode": enum("Manual", "AutomaticByOS", "AutomaticByPlatform"),
+            "enableHotpatching": BOOL,
+            "assessmentMode": enum("ImageDefault", "AutomaticByPlatform"),
+            "automaticByPlatformSettings": obj(
+                {
+                    "rebootSetting": enum("Unknown", "IfRequired", "Never", "Always"),
+                    "bypassPlatformSafetyChecksOnUserSchedule": BOOL,
+                }
+            ),
+        }
+    ),
+    "WindowsConfiguration": obj(
+        {
+            "provisionVMAgent": BOOL,
+            "enableAutomaticUpdates": BOOL,
+            "timeZone": STR,
+            "patchSettings": ref("PatchSettings"),
+        }
+    ),
+    "ImageReference": obj(
+        {"publisher": STR, "offer": STR, "sku": STR, "version": STR, "exactVersion": {**STR, "readOnly": True}}
+    ),
+    "VirtualMachineProperties": obj(
+        {
+            "vmId": {**STR, "readOnly": True},
+            "hardwareProfile": obj({"vmSize": STR}),
+            "storageProfile": obj(
+                {"imageReference": ref("ImageReference"), "osDisk": {"type": "object"}, "dataDisks": array({})}
+            ),
+            "osProfile": obj(
+                {
+                    "computerName": STR,
+                    "adminUsername": STR,
+                    "adminPassword": {**STR, "writeOnly": True},
+                    "windowsConfiguration": ref("WindowsConfiguration"),
+                    "secrets": array({}),
+                    "allowExtensionOperations": BOOL,
+                }
+            ),
+            "availabilitySet": obj({"id": STR}),
+            "provisioningState": {**STR, "readOnly": True},
+            "timeCreated": {**TIME, "readOnly": True},
+            "instanceView": {**ref("VirtualMachineInstanceView"), "readOnly": True},
+        }
+    ),
+    "VirtualMachine": obj(
+        {
+            "id": {**STR, "readOnly": True},
+            "name": {**STR, "readOnly": True},
+            "type": {**STR, "readOnly": True},
+            "location": STR,
+            "tags": {"type": "object", "additionalProperties": STR},
+            "zones": array(STR),
+            "properties": ref("VirtualMachineProperties"),
+        },
+        ["location"],
+    ),
+    "VirtualMachineUpdate": obj(
+        {
+            "tags": {"type": "object", "additionalProperties": STR},
+            "zones": array(STR),
+            "properties": ref("VirtualMachineProperties"),
+        }
+    ),
+    "VirtualMachineListResult": listing("VirtualMachine"),
+    "InstanceViewStatus": obj(
+        {
+            "code": STR,
+            "level": enum("Info", "Warning", "Error"),
+            "displayStatus": STR,
+            "message": STR,
+            "time": TIME,
+        }
+    ),
+    "AvailablePatchSummary": obj(
+        {
+            "status": PATCH_STATUS,
+            "assessmentActivityId": STR,
+            "rebootPending": BOOL,
+            "criticalAndSecurityPatchCount": INT,
+            "otherPatchCount": INT,
+            "startTime": TIME,
+            "lastModifiedTime": TIME,
+            "error": ref("ApiError"),
+        }
+    ),
+    "LastPatchInstallationSummary": obj(
+        {
+            "status": PATCH_STATUS,
+            "installationActivityId": STR,
+            "maintenanceWindowExceeded": BOOL,
+            "notSelectedPatchCount": INT,
+            "excludedPatchCount": INT,
+            "pendingPatchCount": INT,
+            "installedPatchCount": INT,
+            "failedPatchCount": INT,
+            "startTime": TIME,
+            "lastModifiedTime": TIME,
+            "error": ref("ApiError"),
+        }
+    ),
+    "VirtualMachinePatchStatus": obj(
+        {
+            "availablePatchSummary": ref("AvailablePatchSummary"),
+            "lastPatchInstallationSummary": ref("LastPatchInstallationSummary"),
+            "configurationStatuses": array(ref("InstanceViewStatus")),
+        }
+    ),
+    "VirtualMachineInstanceView": obj(
+        {
+            "computerName": STR,
+            "osName": STR,
+            "osVersion": STR,
+            "hyperVGeneration": STR,
+            "platformUpdateDomain": INT,
+            "platformFaultDomain": INT,
+            "vmAgent": obj({"vmAgentVersion": STR, "statuses": array(ref("InstanceViewStatus"))}),
+            "patchStatus": ref("VirtualMachinePatchStatus"),
+            "statuses": array(ref("InstanceViewStatus")),
+        }
+    ),
+    "VirtualMachineInstallPatchesParameters": obj(
+        {
+            "maximumDuration": {
+                "type": "string",
+                "description": "ISO 8601, 10 minutes to 4 hours; PT4H and PT04H00M00S both parse.",
+            },
+            "rebootSetting": enum("IfRequired", "Never", "Always"),
+            "windowsParameters": obj(
+                {
+                    "classificationsToInclude": array(enum(*CLASSIFICATIONS)),
+                    "kbNumbersToInclude": array(STR),
+                    "kbNumbersToExclude": array(STR),
+                    "excludeKbsRequiringReboot": BOOL,
+                    "maxPatchPublishDate": TIME,
+                }
+            ),
+            "linuxParameters": {"type": "object", "description": "Accepted and ignored: the fleet is Windows."},
+        },
+        ["rebootSetting"],
+    ),
+    "VirtualMachineAssessPatchesResult": obj(
+        {
+            "status": PATCH_STATUS,
+            "assessmentActivityId": STR,
+            "rebootPending": BOOL,
+            "criticalAndSecurityPatchCount": INT,
+            "otherPatchCount": INT,
+            "startDateTime": TIME,
+            "availablePatches": array(
+                obj(
+                    {
+                        "patchId": STR,
+                        "name": STR,
+                        "version": STR,
+                        "kbId": STR,
+                        "classifications": array(STR),
+                        "rebootBehavior": REBOOT_BEHAVIOR,
+                        "activityId": STR,
+                        "publishedDate": TIME,
+                        "lastModifiedDateTime": NTIME,
+                        "assessmentState": enum("Unknown", "Available"),
+                    }
+                )
+            ),
+            "error": ref("ApiError"),
+        },
+        ["status", "assessmentActivityId", "availablePatches"],
+    ),
+    "VirtualMachineInstallPatchesResult": obj(
+        {
+            "status": PATCH_STATUS,
+            "installationActivityId": STR,
+            "rebootStatus": enum("Unknown", "NotNeeded", "Required", "Started", "Failed", "Completed"),
+            "maintenanceWindowExceeded": BOOL,
+            "excludedPatchCount": INT,
+            "notSelectedPatchCount": INT,
+            "pendingPatchCount": INT,
+            "installedPatchCount": INT,
+            "failedPatchCount": INT,
+            "patches": array(
+                obj(
+                    {
+                        "patchId": STR,
+                        "name": STR,
+                        "version": STR,
+                        "kbId": STR,
+                        "classifications": array(STR),
+                        "installationState": enum(
+                            "Unknown", "Installed", "Failed", "Excluded", "NotSelected", "Pending"
+                        ),
+                    }
+                )
+            ),
+            "startDateTime": TIME,
+            "error": ref("ApiError"),
+        },
+        ["status", "installationActivityId", "patches"],
+    ),
+    "OperationStatusResponse": obj(
+        {
+            "name": STR,
+            "status": enum("InProgress", "Succeeded", "Failed", "Canceled"),
+            "startTime": TIME,
+            "endTime": TIME,
+            "properties": obj({"output": {"type": "object"}}),
+            "error": obj({"code": STR, "message": STR}),
+        },
+        ["name", "status", "startTime"],
+    ),
+    "FeatureResult": obj(
+        {"id": STR, "name": STR, "type": STR, "properties": obj({"state": STR})},
+        ["id", "name", "type", "properties"],
+    ),
+    "FeatureOperationsListResult": listing("FeatureResult"),
+    "Operation": obj({"name": STR, "display": obj({"provider": STR, "resource": STR, "operation": STR})}),
+    "OperationListResult": listing("Operation"),
+    "Provider": obj(
+        {
+            "id": STR,
+            "namespace": STR,
+            "registrationState": enum("NotRegistered", "Registering", "Registered", "Unregistering", "Unregistered"),
+            "registrationPolicy": STR,
+            "resourceTypes": array(
+                obj({"resourceType": STR, "locations": array(STR), "apiVersions": array(STR), "capabilities": STR})
+            ),
+        },
+        ["id", "namespace", "registrationState"],
+    ),
+    "ProviderListResult": listing("Provider"),
+}
+
+# --- Parameters and responses ---------------------------------------------------------------------
+
+
+def path_param(name: str, description: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": STR, "description": description}
+
+
+PARAMETERS = {
+    "ApiVersion": {
+        "name": "api-version",
+        "in": "query",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1},
+        "description": "Any value is accepted (the SDKs send 2015-12-01 to 2026-04-01).",
+    },
+    "SubscriptionId": path_param("subscriptionId", "A subscription GUID the caller holds a role on."),
+    "ResourceGroupName": path_param("resourceGroupName", "Case-insensitive."),
+    "VmName": path_param("vmName", "Case-insensitive."),
+    "ProviderNamespace": path_param("providerNamespace", "Microsoft.Compute or Microsoft.Features."),
+    "FeatureName": path_param(
+        "featureName", "InGuestHotPatchVMPreview, InGuestAutoPatchVMPreview, InGuestPatchVMPreview."
+    ),
+    "Location": path_param("location", "The region of the operation, e.g. westeurope."),
+    "OperationId": path_param("operationId", "The operation's name, from the Azure-AsyncOperation URL."),
+    "Expand": {"name": "$expand", "in": "query", "schema": enum("instanceView", "userData")},
+    "SkipToken": {"name": "$skiptoken", "in": "query", "schema": STR, "description": "From nextLink."},
+    "Top": {"name": "$top", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    "Monitor": {
+        "name": "monitor",
+        "in": "query",
+        "schema": enum("true", "false"),
+        "description": "true: the Location (result) view of the operation.",
+    },
+}
+
+
+def p(name: str) -> dict:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+def error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": ref("ErrorResponse")}}}
+
+
+ERRORS = {
+    "400": error("InvalidParameter, InvalidRequestFormat, InvalidRequestContent, MissingApiVersionParameter."),
+    "401": error("InvalidAuthenticationToken: no valid bearer token (no WWW-Authenticate challenge)."),
+    "403": error("AuthorizationFailed: the caller's role may read but not act."),
+    "404": error("SubscriptionNotFound, ResourceGroupNotFound, ResourceNotFound, FeatureNotFound, NotFound."),
+    "405": error("MethodNotAllowed."),
+    "409": error("A conflicting operation (OperationNotAllowed) or property change (PropertyChangeNotAllowed)."),
+    "413": error("RequestEntityTooLarge."),
+}
+
+LRO_HEADERS = {
+    "Azure-AsyncOperation": {"description": "Absolute URL of the operation status.", "schema": STR},
+    "Location": {"description": "Absolute URL of the operation result (?monitor=true).", "schema": STR},
+    "Retry-After": {"description": "Seconds to wait between polls.", "schema": STR},
+}
+ASYNC_HEADER = {k: v for k, v in LRO_HEADERS.items() if k != "Location"}
+
+
+def body(schema: str, description: str = "") -> dict:
+    return {"description": description or schema, "content": {"application/json": {"schema": ref(schema)}}}
+
+
+def op(operation_id: str, summary: str, responses: dict, *, params=(), request=None, tags=()) -> dict:
+    operation = {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": list(tags),
+        "parameters": [p(name) for name in params] + [p("ApiVersion")],
+        "responses": {**responses, **ERRORS},
+    }
+    if request:
+        operation["requestBody"] = request
+    return operation
+
+
+S = ("SubscriptionId",)
+RG = (*S, "ResourceGroupName")
+VM = (*RG, "VmName")
+FEAT = (*S, "ProviderNamespace")
+LIST = ("SkipToken", "Top")
+
+SUB = "/subscriptions/{subscriptionId}"
+RGP = SUB + "/resourceGroups/{resourceGroupName}"
+VMP = RGP + "/providers/Microsoft.Compute/virtualMachines/{vmName}"
+FEATURES = SUB + "/providers/Microsoft.Features/providers/{providerNamespace}/features"
+LRO_202 = {"202": {"description": "Accepted: poll Azure-AsyncOperation, then GET Location.", "headers": LRO_HEADERS}}
+
+PATHS = {
+    "/subscriptions": {
+        "get": op(
+            "Subscriptions_List",
+            "The subscriptions the caller holds a role on.",
+            {"200": body("SubscriptionListResult")},
+            params=LIST,
+            tags=["Subscriptions"],
+        ),
+    },
+    SUB: {
+        "get": op(
+            "Subscriptions_Get", "One subscription.", {"200": body("Subscription")}, params=S, tags=["Subscriptions"]
+        )
+    },
+    "/tenants": {
+        "get": op("Tenants_List", "The portal's one tenant.", {"200": body("TenantListResult")}, tags=["Subscriptions"])
+    },
+    SUB + "/locations": {
+        "get": op(
+            "Subscriptions_ListLocations",
+            "The regions.",
+            {"200": body("LocationListResult")},
+            params=S,
+            tags=["Subscriptions"],
+        )
+    },
+    SUB + "/resourceGroups": {
+        "get": op(
+            "ResourceGroups_List",
+            "Resource groups of a subscription.",
+            {"200": body("ResourceGroupListResult")},
+            params=(*S, *LIST),
+            tags=["ResourceGroups"],
+        ),
+    },
+    RGP: {
+        "get": op(
+            "ResourceGroups_Get",
+            "A resource group.",
+            {"200": body("ResourceGroup")},
+            params=RG,
+            tags=["ResourceGroups"],
+        ),
+        "head": op(
+            "ResourceGroups_CheckExistence",
+            "204 if it exists, else 404.",
+            {"204": {"description": "It exists."}},
+            params=RG,
+            tags=["ResourceGroups"],
+        ),
+        "put": op(
+            "ResourceGroups_CreateOrUpdate",
+            "Create a resource group (Contributor).",
+            {"200": body("ResourceGroup"), "201": body("ResourceGroup")},
+            params=RG,
+            request=body("ResourceGroupCreate"),
+            tags=["ResourceGroups"],
+        ),
+    },
+    SUB + "/providers/Microsoft.Compute/virtualMachines": {
+        "get": op(
+            "VirtualMachines_ListAll",
+            "The subscription's VMs, paged.",
+            {"200": body("VirtualMachineListResult")},
+            params=(*S, "Expand", *LIST),
+            tags=["VirtualMachines"],
+        ),
+    },
+    RGP + "/providers/Microsoft.Compute/virtualMachines": {
+        "get": op(
+            "VirtualMachines_List",
+            "The resource group's VMs, paged.",
+            {"200": body("VirtualMachineListResult")},
+            params=(*RG, "Expand", *LIST),
+            tags=["VirtualMachines"],
+        ),
+    },
+    VMP: {
+        "get": op(
+            "VirtualMachines_Get",
+            "A VM; $expand=instanceView adds properties.instanceView.",
+            {"200": body("VirtualMachine")},
+            params=(*VM, "Expand"),
+            tags=["VirtualMachines"],
+        ),
+        "put": op(
+            "VirtualMachines_CreateOrUpdate",
+            "Create a VM (201) or change an existing VM's patchSettings (200); a long-running operation.",
+            {
+                "200": {**body("VirtualMachine"), "headers": ASYNC_HEADER},
+                "201": {**body("VirtualMachine"), "headers": ASYNC_HEADER},
+            },
+            params=VM,
+            request=body("VirtualMachine"),
+            tags=["VirtualMachines"],
+        ),
+        "patch": op(
+            "VirtualMachines_Update",
+            "Change patchSettings (or the size); a long-running operation.",
+            {"200": {**body("VirtualMachine"), "headers": ASYNC_HEADER}},
+            params=VM,
+            request=body("VirtualMachineUpdate"),
+            tags=["VirtualMachines"],
+        ),
+        "delete": op(
+            "VirtualMachines_Delete",
+            "Delete a VM; a long-running operation (204 if there is none).",
+            {**LRO_202, "204": {"description": "No such VM."}},
+            params=VM,
+            tags=["VirtualMachines"],
+        ),
+    },
+    VMP + "/instanceView": {
+        "get": op(
+            "VirtualMachines_InstanceView",
+            "Power state and patchStatus.",
+            {"200": body("VirtualMachineInstanceView")},
+            params=VM,
+            tags=["VirtualMachines"],
+        ),
+    },
+    VMP + "/assessPatches": {
+        "post": op(
+            "VirtualMachines_AssessPatches",
+            "Assess available patches; a long-running operation.",
+            LRO_202,
+            params=VM,
+            tags=["Patches"],
+        ),
+    },
+    VMP + "/installPatches": {
+        "post": op(
+            "VirtualMachines_InstallPatches",
+            "Install patches; a long-running operation.",
+            LRO_202,
+            params=VM,
+            request=body("VirtualMachineInstallPatchesParameters"),
+            tags=["Patches"],
+        ),
+    },
+    SUB + "/providers/Microsoft.Compute/locations/{location}/operations/{operationId}": {
+        "get": op(
+            "Operations_Get",
+            "Status of an operation (Azure-AsyncOperation); with monitor=true its result (Location): 202 until "
+            "done, then 200 with VirtualMachineAssessPatchesResult / VirtualMachineInstallPatchesResult, or the "
+            "VM for a create/update, or 204 for a delete.",
+            {
+                "200": {
+                    "description": "The status, or the result.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    ref("OperationStatusResponse"),
+                                    ref("VirtualMachineAssessPatchesResult"),
+                                    ref("VirtualMachineInstallPatchesResult"),
+                                    ref("VirtualMachine"),
+                                ]
+                            }
+                        }
+                    },
+                },
+                "202": {"description": "monitor=true: still running.", "headers": LRO_HEADERS},
+                "204": {"description": "monitor=true: a finished delete."},
+            },
+            params=(*S, "Location", "OperationId", "Monitor"),
+            tags=["Patches"],
+        ),
+    },
+    "/providers/Microsoft.Features/operations": {
+        "get": op(
+            "Features_ListOperations",
+            "Microsoft.Features operations.",
+            {"200": body("OperationListResult")},
+            tags=["Features"],
+        ),
+    },
+    SUB + "/providers/Microsoft.Features/features": {
+        "get": op(
+            "Features_ListAll",
+            "All preview features of the subscription.",
+            {"200": body("FeatureOperationsListResult")},
+            params=S,
+            tags=["Features"],
+        ),
+    },
+    FEATURES: {
+        "get": op(
+            "Features_List",
+            "The preview features of a namespace.",
+            {"200": body("FeatureOperationsListResult")},
+            params=FEAT,
+            tags=["Features"],
+        ),
+    },
+    FEATURES + "/{featureName}": {
+        "get": op(
+            "Features_Get",
+            "One preview feature's state.",
+            {"200": body("FeatureResult")},
+            params=(*FEAT, "FeatureName"),
+            tags=["Features"],
+        ),
+    },
+    FEATURES + "/{featureName}/register": {
+        "post": op(
+            "Features_Register",
+            "Register: Registering, then Registered.",
+            {"200": body("FeatureResult")},
+            params=(*FEAT, "FeatureName"),
+            tags=["Features"],
+        ),
+    },
+    FEATURES + "/{featureName}/unregister": {
+        "post": op(
+            "Features_Unregister",
+            "Unregister: Unregistering, then Unregistered.",
+            {"200": body("FeatureResult")},
+            params=(*FEAT, "FeatureName"),
+            tags=["Features"],
+        ),
+    },
+    SUB + "/providers": {
+        "get": op(
+            "Providers_List",
+            "The resource providers.",
+            {"200": body("ProviderListResult")},
+            params=S,
+            tags=["Providers"],
+        ),
+    },
+    SUB + "/providers/{providerNamespace}": {
+        "get": op(
+            "Providers_Get",
+            "A resource provider's registration.",
+            {"200": body("Provider")},
+            params=FEAT,
+            tags=["Providers"],
+        ),
+    },
+    SUB + "/providers/{providerNamespace}/register": {
+        "post": op(
+            "Providers_Register",
+            "Register: Registering, then Registered.",
+            {"200": body("Provider")},
+            params=FEAT,
+            tags=["Providers"],
+        ),
+    },
+    SUB + "/providers/{providerNamespace}/unregister": {
+        "post": op("Providers_Unregister", "Unregister.", {"200": body("Provider")}, params=FEAT, tags=["Providers"]),
+    },
+}
+
+
+def document(server_url: str) -> dict:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Hotpatch Portal ARM-compatible API",
+            "version": "2026-04-01",
+            "description": (
+                "The subset of Azure Resource Manager that the Azure SDK for Python (azure-mgmt-compute, "
+                "azure-mgmt-resource, azure-mgmt-resource-features, azure-mgmt-resource-subscriptions) uses for "
+                "VM patching, served over the portal's simulated fleet. Paths match case-insensitively; any "
+                "api-version is accepted; errors use the ARM envelope. Authenticate with a personal API token "
+                "from the portal's API tokens page: Authorization: Bearer <token>."
+            ),
+        },
+        "servers": [{"url": server_url}],
+        "security": [{"bearer": []}],
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "parameters": PARAMETERS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A portal API token."}},
+        },
+    }
+
+
+def openapi_json(request: HttpRequest) -> JsonResponse:
+    """GET /arm/openapi.json: no authentication, so tools can read it before they have a token."""
+    server = request.build_absolute_uri(reverse("arm", kwargs={"path": ""})).rstrip("/")
+    return JsonResponse(document(server), json_dumps_params={"indent": 1})

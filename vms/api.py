@@ -1,0 +1,760 @@
+"""ARM API of the inventory: subscriptions, resource groups, virtual machines, features, providers.
+
+Shapes follow azure-api.md §1, §2 and §6; every handler reads through the caller's roles (vms.access
+via ArmRequest.subscription): another user's subscription is a 404, a Reader may read but not act.
+"""
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from patching import services
+from patching.api import latest_operations, patch_status
+from portal.arm import (
+    ArmError,
+    ArmRequest,
+    arm_time,
+    bad_request,
+    completed_operation_name,
+    empty,
+    invalid_parameters,
+    lro_headers,
+    ok,
+    page,
+    router,
+)
+
+from . import access, features, images, regions
+from .models import RESOURCE_NAME_RE, FeatureRegistration, ResourceGroup, Subscription, VirtualMachine
+from .patch_settings import Problem, defaults_for_image
+
+VM_TYPE = "Microsoft.Compute/virtualMachines"
+DEFAULT_SIZE = "Standard_D2s_v5"
+ADMIN_USERNAME = "azureuser"  # the simulation has no accounts; ARM clients expect one
+
+
+# --- Subscriptions, tenants, locations ------------------------------------------------------------
+
+
+def subscription_to_arm(subscription: Subscription) -> dict:
+    return {
+        "id": f"/subscriptions/{subscription.pk}",
+        "subscriptionId": str(subscription.pk),
+        "displayName": subscription.display_name,
+        "state": "Enabled",
+        "tenantId": settings.PORTAL_ARM_TENANT_ID,
+        "authorizationSource": "RoleBased",
+        "managedByTenants": [],
+        "subscriptionPolicies": {
+            "locationPlacementId": "Public_2014-09-01",
+            "quotaId": "Internal_2014-09-01",
+            "spendingLimit": "Off",
+        },
+    }
+
+
+def list_subscriptions(arm: ArmRequest):
+    return page(arm, access.subscriptions_for(arm.user).order_by("display_name", "pk"), subscription_to_arm)
+
+
+def get_subscription(arm: ArmRequest, subscriptionId: str):
+    return ok(subscription_to_arm(arm.subscription(subscriptionId)))
+
+
+def list_tenants(arm: ArmRequest):
+    tenant = settings.PORTAL_ARM_TENANT_ID
+    return ok(
+        {
+            "value": [
+                {
+                    "id": f"/tenants/{tenant}",
+                    "tenantId": tenant,
+                    "tenantCategory": "Home",
+                    "displayName": "Hotpatch Portal",
+                    "defaultDomain": "hotpatch-portal.local",
+                    "domains": ["hotpatch-portal.local"],
+                }
+            ]
+        }
+    )
+
+
+def list_locations(arm: ArmRequest, subscriptionId: str):
+    subscription = arm.subscription(subscriptionId)
+    return ok(
+        {
+            "value": [
+                {
+                    "id": f"/subscriptions/{subscription.pk}/locations/{name}",
+                    "subscriptionId": str(subscription.pk),
+                    "name": name,
+                    "type": "Region",
+                    "displayName": display,
+                    "regionalDisplayName": display,
+                    "metadata": {"regionType": "Physical", "pairedRegion": _paired(subscription, name)},
+                }
+                for name, display in regions.REGIONS.items()
+            ]
+        }
+    )
+
+
+def _paired(subscription: Subscription, name: str) -> list[dict]:
+    pair = regions.PAIRS.get(name)
+    return [{"name": pair, "id": f"/subscriptions/{subscription.pk}/locations/{pair}"}] if pair else []
+
+
+# --- Resource groups ------------------------------------------------------------------------------
+
+
+def rg_to_arm(rg: ResourceGroup) -> dict:
+    return {
+        "id": f"/subscriptions/{rg.subscription_id}/resourceGroups/{rg.name}",
+        "name": rg.name,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": rg.location,
+        "properties": {"provisioningState": "Succeeded"},
+    }
+
+
+def list_resource_groups(arm: ArmRequest, subscriptionId: str):
+    subscription = arm.subscription(subscriptionId)
+    return page(arm, subscription.resource_groups.order_by("name", "pk"), rg_to_arm)
+
+
+def get_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
+    subscription = arm.subscription(subscriptionId)
+    return ok(rg_to_arm(arm.resource_group(subscription, resourceGroupName)))
+
+
+def resource_group_exists(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
+    subscription = arm.subscription(subscriptionId)
+    arm.resource_group(subscription, resourceGroupName)
+    return empty(204)
+
+
+def put_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
+    subscription = arm.subscription(subscriptionId, act=True)
+    body = arm.json_object(required=True)
+    location = body.get("location")
+    region = regions.normalize_region(location) if isinstance(location, str) else None
+    if region is None:
+        raise bad_request(f"'{location}' is not a known location.", "location", "LocationNotAvailableForResourceGroup")
+    existing = ResourceGroup.objects.filter(subscription=subscription, name__iexact=resourceGroupName).first()
+    if existing is not None:
+        if existing.location != region:
+            raise ArmError(
+                409,
+                "InvalidResourceGroupLocation",
+                f"Invalid resource group location '{location}'. The Resource group already exists in location "
+                f"'{existing.location}'.",
+            )
+        return ok(rg_to_arm(existing))
+    if not RESOURCE_NAME_RE.match(resourceGroupName) or len(resourceGroupName) > 90:
+        raise bad_request(f"'{resourceGroupName}' is not a valid resource group name.", "resourceGroupName")
+    try:
+        with transaction.atomic():
+            rg = ResourceGroup.objects.create(subscription=subscription, name=resourceGroupName, location=region)
+    except IntegrityError:  # created by a concurrent request
+        rg = arm.resource_group(subscription, resourceGroupName)
+        return ok(rg_to_arm(rg))
+    return ok(rg_to_arm(rg), status=201)
+
+
+# --- Virtual machines: shape ----------------------------------------------------------------------
+
+
+def vm_queryset():
+    return VirtualMachine.objects.select_related("resource_group", "guest")
+
+
+def vm_to_arm(vm: VirtualMachine, instance_view: dict | None = None) -> dict:
+    """The VM as ARM shows it (azure-api.md §1); `instance_view` goes to properties.instanceView."""
+    rg = vm.resource_group
+    guest = getattr(vm, "guest", None)
+    patch_settings = {
+        "patchMode": vm.patch_mode,
+        "enableHotpatching": vm.enable_hotpatching,
+        "assessmentMode": vm.assessment_mode,
+        "automaticByPlatformSettings": {
+            "rebootSetting": vm.reboot_setting,
+            "bypassPlatformSafetyChecksOnUserSchedule": vm.bypass_platform_safety_checks,
+        },
+    }
+    properties = {
+        "vmId": str(vm.vm_id),
+        "hardwareProfile": {"vmSize": vm.size},
+        "storageProfile": {
+            "imageReference": {
+                "publisher": vm.image_publisher,
+                "offer": vm.image_offer,
+                "sku": vm.image_sku,
+                "version": vm.image_version,
+                "exactVersion": guest.build if guest and guest.build else vm.image_version,
+            },
+            "osDisk": {
+                "osType": "Windows",
+                "name": f"{vm.name}_OsDisk",
+                "createOption": "FromImage",
+                "caching": "ReadWrite",
+            },
+            "dataDisks": [],
+        },
+        "osProfile": {
+            "computerName": vm.name[:15],
+            "adminUsername": ADMIN_USERNAME,
+            "windowsConfiguration": {
+                "provisionVMAgent": vm.provision_vm_agent,
+                "enableAutomaticUpdates": vm.enable_automatic_updates,
+                "timeZone": vm.time_zone,
+                "patchSettings": patch_settings,
+            },
+            "secrets": [],
+            "allowExtensionOperations": True,
+        },
+        "provisioningState": "Succeeded",
+        "timeCreated": arm_time(vm.created_at),
+    }
+    if vm.availability_set:
+        properties["availabilitySet"] = {
+            "id": f"/subscriptions/{rg.subscription_id}/resourceGroups/{rg.name}/providers/Microsoft.Compute"
+            f"/availabilitySets/{vm.availability_set}"
+        }
+    if instance_view is not None:
+        properties["instanceView"] = instance_view
+    body = {"id": vm.arm_id, "name": vm.name, "type": VM_TYPE, "location": vm.location, "tags": {}}
+    if vm.zone:
+        body["zones"] = [vm.zone]
+    body["properties"] = properties
+    return body
+
+
+def instance_view(vm: VirtualMachine, latest: dict) -> dict:
+    """VirtualMachineInstanceView: power state in statuses, patchStatus (azure-api.md §2)."""
+    guest = getattr(vm, "guest", None)
+    product = images.PRODUCTS.get(vm.product)
+    created = arm_time(vm.created_at)
+    view = {
+        "computerName": vm.name[:15],
+        "osName": product.name if product else "Windows Server",
+        "osVersion": guest.build if guest and guest.build else "",
+        "hyperVGeneration": "V2",
+        "vmAgent": {
+            "vmAgentVersion": "2.7.41491.1102",
+            "statuses": [
+                {
+                    "code": "ProvisioningState/succeeded",
+                    "level": "Info",
+                    "displayStatus": "Ready" if vm.is_running else "Not Ready",
+                    "message": "GuestAgent is running and processing the extensions."
+                    if vm.is_running
+                    else "VM status blob is found but not yet populated.",
+                    "time": arm_time(timezone.now()),
+                }
+            ],
+        },
+        "patchStatus": patch_status(vm, latest),
+        "statuses": [
+            {
+                "code": "ProvisioningState/succeeded",
+                "level": "Info",
+                "displayStatus": "Provisioning succeeded",
+                "time": created,
+            },
+            {"code": f"PowerState/{vm.power_state}", "level": "Info", "displayStatus": vm.get_power_state_display()},
+        ],
+    }
+    if vm.zone:
+        view["platformFaultDomain"] = 0
+    if vm.update_domain is not None:
+        view["platformUpdateDomain"] = vm.update_domain
+    return view
+
+
+def vm_by_arm_id(subscription: Subscription, resource_id: str) -> VirtualMachine | None:
+    parts = resource_id.strip("/").split("/")
+    if len(parts) != 8:
+        return None
+    return (
+        vm_queryset()
+        .filter(resource_group__subscription=subscription, resource_group__name__iexact=parts[3], name__iexact=parts[7])
+        .first()
+    )
+
+
+def _expand_instance_view(arm: ArmRequest) -> bool:
+    expand = arm.param("$expand") or ""
+    return "instanceview" in expand.lower()
+
+
+# --- Virtual machines: reads ----------------------------------------------------------------------
+
+
+def _vm_page(arm: ArmRequest, queryset):
+    queryset = queryset.order_by("resource_group__name", "name", "pk")
+    if not _expand_instance_view(arm):
+        return page(arm, queryset, vm_to_arm)
+
+    def with_instance_views(vms: list[VirtualMachine]) -> list[dict]:
+        latest = latest_operations(vms)  # the page's operations in one go: constant queries per page
+        return [vm_to_arm(vm, instance_view(vm, latest)) for vm in vms]
+
+    return page(arm, queryset, many=with_instance_views)
+
+
+def list_all_vms(arm: ArmRequest, subscriptionId: str):
+    subscription = arm.subscription(subscriptionId)
+    return _vm_page(arm, vm_queryset().filter(resource_group__subscription=subscription))
+
+
+def list_vms(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
+    subscription = arm.subscription(subscriptionId)
+    rg = arm.resource_group(subscription, resourceGroupName)
+    return _vm_page(arm, vm_queryset().filter(resource_group=rg))
+
+
+def get_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
+    subscription = arm.subscription(subscriptionId)
+    rg = arm.resource_group(subscription, resourceGroupName)
+    vm = arm.virtual_machine(rg, vmName, vm_queryset())
+    view = instance_view(vm, latest_operations([vm])) if _expand_instance_view(arm) else None
+    return ok(vm_to_arm(vm, view))
+
+
+def get_instance_view(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
+    subscription = arm.subscription(subscriptionId)
+    rg = arm.resource_group(subscription, resourceGroupName)
+    vm = arm.virtual_machine(rg, vmName, vm_queryset())
+    return ok(instance_view(vm, latest_operations([vm])))
+
+
+# --- Virtual machines: reading a request body -----------------------------------------------------
+
+MISSING = object()
+WINDOWS = "properties.osProfile.windowsConfiguration"
+PATCH = f"{WINDOWS}.patchSettings"
+# patchSettings on the wire -> PatchSettings field, with the JSON type each must have.
+SETTINGS_FIELDS = {
+    f"{WINDOWS}.provisionVMAgent": ("provision_vm_agent", bool),
+    f"{WINDOWS}.enableAutomaticUpdates": ("enable_automatic_updates", bool),
+    f"{PATCH}.patchMode": ("patch_mode", str),
+    f"{PATCH}.enableHotpatching": ("enable_hotpatching", bool),
+    f"{PATCH}.assessmentMode": ("assessment_mode", str),
+    f"{PATCH}.automaticByPlatformSettings.rebootSetting": ("reboot_setting", str),
+    f"{PATCH}.automaticByPlatformSettings.bypassPlatformSafetyChecksOnUserSchedule": (
+        "bypass_platform_safety_checks",
+        bool,
+    ),
+}
+
+
+class Body:
+    """Typed reads of a JSON body by property path; every type problem is kept with its path."""
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.problems: list[Problem] = []
+
+    def get(self, path: str, kind: type, default=MISSING):
+        node = self.data
+        for key in path.split("."):
+            if node is None:
+                return default
+            if not isinstance(node, dict):
+                self.problems.append(Problem(path, f"'{path}' must be inside a JSON object."))
+                return default
+            # ARM reads property names case-insensitively.
+            node = node.get(key, next((v for k, v in node.items() if k.lower() == key.lower()), MISSING))
+            if node is MISSING:
+                return default
+        if node is None:
+            return default
+        if kind is bool and not isinstance(node, bool) or kind is not bool and not isinstance(node, kind):
+            names = {bool: "true or false", str: "a string", list: "an array", dict: "an object"}
+            self.problems.append(Problem(path, f"'{path}' must be {names.get(kind, kind.__name__)}."))
+            return default
+        return node
+
+
+def read_patch_settings(body: Body) -> dict:
+    """The patch-settings fields the body gives, as PatchSettings field names."""
+    changes = {}
+    for path, (name, kind) in SETTINGS_FIELDS.items():
+        value = body.get(path, kind)
+        if value is not MISSING:
+            changes[name] = value
+    return changes
+
+
+def _raise_problems(problems: list[Problem]):
+    if problems:
+        raise invalid_parameters(problems)
+
+
+def _image(body: Body) -> tuple[str, str, str] | None:
+    ref = "properties.storageProfile.imageReference"
+    publisher, offer, sku = (body.get(f"{ref}.{key}", str, None) for key in ("publisher", "offer", "sku"))
+    if body.get(ref, dict, None) is None:
+        return None
+    return publisher or "", offer or "", sku or ""
+
+
+def _zone(body: Body) -> str | None:
+    zones = body.get("zones", list, None)
+    if zones is None:
+        return None
+    if len(zones) > 1 or not all(isinstance(z, str) for z in zones):
+        body.problems.append(Problem("zones", 'Give at most one availability zone, as a string: ["1"].'))
+        return None
+    return zones[0] if zones else ""
+
+
+def _availability_set(body: Body) -> str | None:
+    set_id = body.get("properties.availabilitySet.id", str, None)
+    if set_id is None:
+        return None
+    name = set_id.rstrip("/").rsplit("/", 1)[-1]
+    if not RESOURCE_NAME_RE.match(name) or len(name) > 80:
+        body.problems.append(Problem("properties.availabilitySet.id", f"'{set_id}' is not an availability set id."))
+        return None
+    return name
+
+
+def _size(body: Body) -> str | None:
+    size = body.get("properties.hardwareProfile.vmSize", str, None)
+    if size is not None and not (0 < len(size) <= 40 and size.replace("_", "").replace("-", "").isalnum()):
+        body.problems.append(Problem("properties.hardwareProfile.vmSize", f"'{size}' is not a VM size."))
+        return None
+    return size
+
+
+# --- Virtual machines: writes ---------------------------------------------------------------------
+
+
+def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
+    """Create a VM (201) or update an existing one's patch settings (200), as long-running operations."""
+    subscription = arm.subscription(subscriptionId, act=True)
+    rg = arm.resource_group(subscription, resourceGroupName)
+    body = Body(arm.json_object(required=True))
+    started = timezone.now()
+    existing = vm_queryset().filter(resource_group=rg, name__iexact=vmName).first()
+    if existing is not None:
+        return _update_vm(arm, subscription, existing, body, started)
+
+    if body.get("properties.osProfile.linuxConfiguration", object, None) is not None:
+        body.problems.append(
+            Problem("properties.osProfile.linuxConfiguration", "Only Windows Server images are simulated.")
+        )
+    location = body.get("location", str, None)
+    image = _image(body)
+    size = _size(body)
+    zone = _zone(body)
+    availability_set = _availability_set(body)
+    time_zone = body.get(f"{WINDOWS}.timeZone", str, "UTC")
+    given = read_patch_settings(body)
+    if location is None:
+        body.problems.append(Problem("location", "The location of the VM is required, e.g. 'westeurope'."))
+    if image is None:
+        body.problems.append(
+            Problem(
+                "properties.storageProfile.imageReference",
+                f"An imageReference (publisher, offer, sku) is required; offered SKUs: {', '.join(images.ALL_SKUS)}.",
+            )
+        )
+    _raise_problems(body.problems)
+
+    publisher, offer, sku = image
+    region = regions.normalize_region(location) or location
+    settings_ = None  # none given: the image's defaults, as in the portal's create form
+    if given:
+        settings_ = defaults_for_image(publisher, offer, sku, region).with_changes(**given)
+        if "patch_mode" in given and settings_.patch_mode != "AutomaticByPlatform":
+            # The image's hotpatch default goes with Azure orchestration: another mode drops it.
+            for name in ("enable_hotpatching", "bypass_platform_safety_checks"):
+                given.setdefault(name, False)
+            settings_ = settings_.with_changes(**given)
+    try:
+        vm, problems = services.create_virtual_machine(
+            resource_group=rg,
+            name=vmName,
+            location=location,
+            image_sku=sku,
+            image_publisher=publisher,
+            image_offer=offer,
+            size=size or DEFAULT_SIZE,
+            time_zone=time_zone,
+            zone=zone or "",
+            availability_set=availability_set or "",
+            patch_settings=settings_,
+        )
+    except IntegrityError:
+        raise ArmError(409, "Conflict", f"The VM '{vmName}' was created by another request meanwhile.") from None
+    if problems:
+        _raise_problems([_vm_name_target(p) for p in problems])
+    vm = vm_queryset().get(pk=vm.pk)
+    name = completed_operation_name(subscription.pk, "create", vm.arm_id, started)
+    return ok(vm_to_arm(vm), status=201, headers=_async_headers(arm, subscription, vm, name))
+
+
+def _vm_name_target(problem: Problem) -> Problem:
+    return Problem("vmName", problem.message) if problem.target == "name" else problem
+
+
+def _async_headers(arm: ArmRequest, subscription, vm: VirtualMachine, name: str) -> dict:
+    """Azure-AsyncOperation only: a PUT/PATCH result is the resource itself, fetched from its own URL."""
+    headers = lro_headers(arm, subscription.pk, vm.location, name)
+    del headers["Location"]
+    return headers
+
+
+def patch_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
+    """Update an existing VM's patch settings (the SDK's begin_update)."""
+    subscription = arm.subscription(subscriptionId, act=True)
+    rg = arm.resource_group(subscription, resourceGroupName)
+    vm = arm.virtual_machine(rg, vmName, vm_queryset())
+    body = Body(arm.json_object(required=True))
+    return _update_vm(arm, subscription, vm, body, timezone.now())
+
+
+def _update_vm(arm: ArmRequest, subscription, vm: VirtualMachine, body: Body, started: datetime):
+    """Only patchSettings (and the size) change after creation; other differences are refused."""
+    location = body.get("location", str, None)
+    image = _image(body)
+    zone = _zone(body)
+    availability_set = _availability_set(body)
+    size = _size(body)
+    time_zone = body.get(f"{WINDOWS}.timeZone", str, None)
+    new = vm.patch_settings.with_changes(**read_patch_settings(body))
+    _raise_problems(body.problems)
+
+    refused = []
+    if location is not None and regions.normalize_region(location) != vm.location:
+        refused.append(("location", location))
+    if image is not None and any(
+        given and given.lower() != current.lower()
+        for given, current in zip(image, (vm.image_publisher, vm.image_offer, vm.image_sku), strict=True)
+    ):
+        refused.append(("properties.storageProfile.imageReference", ":".join(image)))
+    if zone is not None and zone != vm.zone:
+        refused.append(("zones", zone))
+    if availability_set is not None and availability_set.lower() != vm.availability_set.lower():
+        refused.append(("properties.availabilitySet", availability_set))
+    if time_zone is not None and time_zone != vm.time_zone:
+        refused.append((f"{WINDOWS}.timeZone", time_zone))
+    if refused:
+        target, _value = refused[0]
+        raise ArmError(
+            409,
+            "PropertyChangeNotAllowed",
+            f"Changing property '{target}' is not allowed: only patchSettings and the size of an existing VM change.",
+            target=target,
+        )
+
+    with transaction.atomic():
+        if size and size != vm.size:
+            VirtualMachine.objects.filter(pk=vm.pk).update(size=size)
+            vm.size = size
+        if new != vm.patch_settings:
+            # Raising inside the block rolls the size back too: nothing is half-written.
+            _raise_problems(services.change_patch_settings(vm, new))
+    vm = vm_queryset().get(pk=vm.pk)
+    name = completed_operation_name(subscription.pk, "update", vm.arm_id, started)
+    return ok(vm_to_arm(vm), headers=_async_headers(arm, subscription, vm, name))
+
+
+def delete_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
+    """202 with the LRO headers; 204 when there is no such VM (ARM's idempotent delete)."""
+    subscription = arm.subscription(subscriptionId, act=True)
+    rg = arm.resource_group(subscription, resourceGroupName)
+    vm = VirtualMachine.objects.filter(resource_group=rg, name__iexact=vmName).first()
+    if vm is None:
+        return empty(204)
+    started = timezone.now()
+    arm_id, location = vm.arm_id, vm.location
+    services.delete_virtual_machine(vm)
+    name = completed_operation_name(subscription.pk, "delete", arm_id, started)
+    return empty(202, lro_headers(arm, subscription.pk, location, name))
+
+
+# --- Microsoft.Features ---------------------------------------------------------------------------
+
+
+def feature_to_arm(row: FeatureRegistration) -> dict:
+    return {
+        "id": f"/subscriptions/{row.subscription_id}/providers/Microsoft.Features/providers/{row.namespace}"
+        f"/features/{row.name}",
+        "name": f"{row.namespace}/{row.name}",
+        "type": "Microsoft.Features/providers/features",
+        "properties": {"state": row.state},
+    }
+
+
+def _known_feature(subscription: Subscription, namespace: str, name: str) -> FeatureRegistration:
+    """The feature, if the preview offers it (or this subscription has a row for it); else 404."""
+    row = features.feature(subscription, name, namespace)
+    known = row.pk is not None or (
+        namespace.lower() == FeatureRegistration.NAMESPACE.lower()
+        and name.lower() in {n.lower() for n in FeatureRegistration.HOTPATCH_FEATURES}
+    )
+    if not known:
+        raise ArmError(
+            404,
+            "FeatureNotFound",
+            f"The feature '{name}' could not be found in namespace '{namespace}'. The preview offers "
+            f"{', '.join(FeatureRegistration.HOTPATCH_FEATURES)} in {FeatureRegistration.NAMESPACE}.",
+        )
+    return row
+
+
+def get_feature(arm: ArmRequest, subscriptionId: str, providerNamespace: str, featureName: str):
+    subscription = arm.subscription(subscriptionId)
+    return ok(feature_to_arm(_known_feature(subscription, providerNamespace, featureName)))
+
+
+def register_feature(arm: ArmRequest, subscriptionId: str, providerNamespace: str, featureName: str):
+    subscription = arm.subscription(subscriptionId, act=True)
+    _known_feature(subscription, providerNamespace, featureName)
+    return ok(feature_to_arm(features.register_feature(subscription, featureName, providerNamespace)))
+
+
+def unregister_feature(arm: ArmRequest, subscriptionId: str, providerNamespace: str, featureName: str):
+    subscription = arm.subscription(subscriptionId, act=True)
+    _known_feature(subscription, providerNamespace, featureName)
+    return ok(feature_to_arm(features.unregister_feature(subscription, featureName, providerNamespace)))
+
+
+def list_features(arm: ArmRequest, subscriptionId: str, providerNamespace: str):
+    subscription = arm.subscription(subscriptionId)
+    return ok({"value": [feature_to_arm(f) for f in features.features(subscription, providerNamespace)]})
+
+
+def list_all_features(arm: ArmRequest, subscriptionId: str):
+    subscription = arm.subscription(subscriptionId)
+    return ok({"value": [feature_to_arm(f) for f in features.features(subscription)]})
+
+
+def feature_operations(arm: ArmRequest):
+    """The operations Microsoft.Features offers (FeatureClient.list_operations)."""
+
+    def op(name: str, description: str) -> dict:
+        return {
+            "name": f"Microsoft.Features/{name}",
+            "display": {"provider": "Microsoft.Features", "resource": "Features", "operation": description},
+        }
+
+    return ok(
+        {
+            "value": [
+                op("features/read", "Gets the features of a subscription."),
+                op("providers/features/read", "Gets a feature of a subscription in a resource provider."),
+                op("providers/features/register/action", "Registers a feature in a resource provider."),
+                op("providers/features/unregister/action", "Unregisters a feature in a resource provider."),
+            ]
+        }
+    )
+
+
+# --- Resource providers ---------------------------------------------------------------------------
+
+PROVIDERS = {
+    "Microsoft.Compute": [
+        ("virtualMachines", "SupportsTags, SupportsLocation"),
+        ("locations/operations", "None"),
+    ],
+    "Microsoft.Features": [("features", "None"), ("providers", "None")],
+}
+
+
+def _known_provider(namespace: str) -> str:
+    canonical = next((n for n in PROVIDERS if n.lower() == namespace.lower()), None)
+    if canonical is None:
+        raise ArmError(
+            404,
+            "InvalidResourceNamespace",
+            f"The resource namespace '{namespace}' is invalid; this portal serves {', '.join(PROVIDERS)}.",
+        )
+    return canonical
+
+
+def provider_to_arm(subscription: Subscription, namespace: str, state: str) -> dict:
+    locations = [regions.REGIONS[r] for r in regions.REGIONS]
+    return {
+        "id": f"/subscriptions/{subscription.pk}/providers/{namespace}",
+        "namespace": namespace,
+        "registrationState": state,
+        "registrationPolicy": "RegistrationRequired",
+        "resourceTypes": [
+            {
+                "resourceType": resource_type,
+                "locations": locations if resource_type == "virtualMachines" else [],
+                "apiVersions": ["2026-04-01", "2025-04-01", "2024-11-01"],
+                "capabilities": capabilities,
+            }
+            for resource_type, capabilities in PROVIDERS[namespace]
+        ],
+    }
+
+
+def get_provider(arm: ArmRequest, subscriptionId: str, providerNamespace: str):
+    subscription = arm.subscription(subscriptionId)
+    namespace = _known_provider(providerNamespace)
+    return ok(provider_to_arm(subscription, namespace, features.provider(subscription, namespace).state))
+
+
+def list_providers(arm: ArmRequest, subscriptionId: str):
+    subscription = arm.subscription(subscriptionId)
+    return ok(
+        {
+            "value": [
+                provider_to_arm(subscription, namespace, features.provider(subscription, namespace).state)
+                for namespace in PROVIDERS
+            ]
+        }
+    )
+
+
+def register_provider(arm: ArmRequest, subscriptionId: str, providerNamespace: str):
+    # The optional body ({"thirdPartyProviderConsent": ...}) changes nothing here, and the Azure CLI
+    # sends Content-Type: application/json with no body at all: the body is not read.
+    subscription = arm.subscription(subscriptionId, act=True)
+    namespace = _known_provider(providerNamespace)
+    row = features.register_provider(subscription, namespace)
+    return ok(provider_to_arm(subscription, namespace, row.state))
+
+
+def unregister_provider(arm: ArmRequest, subscriptionId: str, providerNamespace: str):
+    subscription = arm.subscription(subscriptionId, act=True)
+    namespace = _known_provider(providerNamespace)
+    row = features.unregister_provider(subscription, namespace)
+    return ok(provider_to_arm(subscription, namespace, row.state))
+
+
+# --- Routes ---------------------------------------------------------------------------------------
+
+SUB = "/subscriptions/{subscriptionId}"
+RG = SUB + "/resourceGroups/{resourceGroupName}"
+VM = RG + "/providers/Microsoft.Compute/virtualMachines/{vmName}"
+FEATURES = SUB + "/providers/Microsoft.Features/providers/{providerNamespace}/features"
+
+router.route("/subscriptions", GET=list_subscriptions)
+router.route(SUB, GET=get_subscription)
+router.route("/tenants", GET=list_tenants)
+router.route(SUB + "/locations", GET=list_locations)
+router.route(SUB + "/resourceGroups", GET=list_resource_groups)
+router.route(RG, GET=get_resource_group, HEAD=resource_group_exists, PUT=put_resource_group)
+router.route(SUB + "/providers/Microsoft.Compute/virtualMachines", GET=list_all_vms)
+router.route(RG + "/providers/Microsoft.Compute/virtualMachines", GET=list_vms)
+router.route(VM, GET=get_vm, PUT=put_vm, PATCH=patch_vm, DELETE=delete_vm)
+router.route(VM + "/instanceView", GET=get_instance_view)
+router.route("/providers/Microsoft.Features/operations", GET=feature_operations)
+router.route(SUB + "/providers/Microsoft.Features/features", GET=list_all_features)
+router.route(FEATURES, GET=list_features)
+router.route(FEATURES + "/{featureName}", GET=get_feature)
+router.route(FEATURES + "/{featureName}/register", POST=register_feature)
+router.route(FEATURES + "/{featureName}/unregister", POST=unregister_feature)
+router.route(SUB + "/providers", GET=list_providers)
+router.route(SUB + "/providers/{providerNamespace}", GET=get_provider)
+router.route(SUB + "/providers/{providerNamespace}/register", POST=register_provider)
+router.route(SUB + "/providers/{providerNamespace}/unregister", POST=unregister_provider)
