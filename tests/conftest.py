@@ -11,8 +11,8 @@ the test process publishes to. Its data must be committed to be seen, hence `tra
         op, _ = services.start_operation(vm, OperationKind.ASSESSMENT)
         wait_for(lambda: Operation.objects.get(pk=op.pk).is_finished, timeout=30)
 
-The worker takes its settings from the environment, not from pytest-django's `settings` fixture:
-an override in a test does not reach it.
+The worker takes its settings from the environment (plus WORKER_SETTINGS), not from pytest-django's
+`settings` fixture: an override in a test does not reach it.
 """
 
 import os
@@ -41,6 +41,11 @@ if os.environ.get("CI"):
 WORKER_BOOT_TIMEOUT = 60
 WORKER_STOP_TIMEOUT = 10
 WORKER_IDLE_TIMEOUT = 30
+# Settings the live worker runs with, whatever the environment says. Fast simulated work, and a
+# registration delay short enough to watch Registering -> Registered; a test whose own process must
+# agree (the live server schedules the settle task with its PORTAL_REGISTRATION_SECONDS) sets the
+# same value through the `settings` fixture.
+WORKER_SETTINGS = {"PORTAL_SIM_SPEED": "1200", "PORTAL_REGISTRATION_SECONDS": "1"}
 
 
 @dataclass
@@ -107,7 +112,13 @@ def celery_worker_process(django_db_setup, tmp_path_factory):
     # django_db_setup has created the test database and pointed the settings at it.
     test_database = settings.DATABASES["default"]["NAME"]
     database_url = urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + quote(test_database)).geturl()
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        **WORKER_SETTINGS,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": settings.REDIS_URL,
+        "PYTHONUNBUFFERED": "1",
+    }
     node = f"pytest-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
 
     app.control.purge()  # messages left over by an earlier run would run against this database
