@@ -127,7 +127,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "vms:list"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -180,6 +181,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "patching.tasks.prune_history",
         "schedule": timedelta(hours=6),
     },
+    # Automatic VM guest patching (SPEC §3.5): cheap rounds, so a window opening is caught within minutes.
+    "patch-fleet": {
+        "task": "patching.tasks.patch_fleet",
+        "schedule": timedelta(seconds=envint("PORTAL_PATCH_BEAT_SECONDS", "300")),
+    },
+    "assess-fleet": {
+        "task": "patching.tasks.assess_fleet",
+        "schedule": timedelta(seconds=envint("PORTAL_ASSESSMENT_BEAT_SECONDS", "300")),
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
@@ -203,6 +213,38 @@ for _name in ("PORTAL_PATCH_FAILURE_RATE", "PORTAL_AGENT_UNREACHABLE_RATE"):
         raise ImproperlyConfigured(f"{_name} must be between 0 and 1")
 if PORTAL_SIM_SPEED < 0:
     raise ImproperlyConfigured("PORTAL_SIM_SPEED must be 0 (no sleeping) or positive")
+
+# --- Automatic patching (patching/orchestrator) ---------------------------------------------------
+from patching.orchestrator.rules import DEFAULT_PHASES, DEFAULT_WINDOW, from_settings_values  # noqa: E402 (pure)
+
+# The off-peak window in each VM's own time zone (HH:MM-HH:MM, may cross midnight; 00:00-24:00 is all day).
+PORTAL_OFF_PEAK_WINDOW = env("PORTAL_OFF_PEAK_WINDOW", DEFAULT_WINDOW)
+# Rollout phases: regions separated by ',', phases by ';' (the default: three phases, geo pairs
+# apart). Geo pairs may not share a phase; regions not listed roll out after the listed phases.
+PORTAL_ROLLOUT_PHASES = env("PORTAL_ROLLOUT_PHASES", DEFAULT_PHASES)
+# A release's rollout halts when more than this share of its automatic installations failed, once
+# at least PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS have finished (an operator resumes it in the admin).
+PORTAL_ROLLOUT_HALT_FAILURE_RATE = envfloat("PORTAL_ROLLOUT_HALT_FAILURE_RATE", "0.25")
+PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS = envint("PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS", "10")
+# An enrolled VM that missed a baseline (it was off) takes it at its next window even in a hotpatch
+# month (true), or waits for the next baseline month (false).
+PORTAL_BASELINE_CATCH_UP = envbool("PORTAL_BASELINE_CATCH_UP", "true")
+# Periodic assessment: every 24 h with assessmentMode AutomaticByPlatform, every this many days otherwise.
+PORTAL_ASSESSMENT_INTERVAL_DAYS = envint("PORTAL_ASSESSMENT_INTERVAL_DAYS", "3")
+try:
+    from_settings_values(
+        window=PORTAL_OFF_PEAK_WINDOW,
+        phases=PORTAL_ROLLOUT_PHASES,
+        halt_failure_rate=PORTAL_ROLLOUT_HALT_FAILURE_RATE,
+        halt_min_attempts=PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS,
+        catch_up_baseline=PORTAL_BASELINE_CATCH_UP,
+        assessment_interval_days=PORTAL_ASSESSMENT_INTERVAL_DAYS,
+    )
+except ValueError as e:
+    raise ImproperlyConfigured(str(e)) from None
+for _name in ("PORTAL_PATCH_BEAT_SECONDS", "PORTAL_ASSESSMENT_BEAT_SECONDS"):
+    if envint(_name, "300") < 1:
+        raise ImproperlyConfigured(f"{_name} must be at least 1 (seconds between beat rounds)")
 
 # --- The ARM-compatible API (/arm/) -----------------------------------------------------------------
 # Seconds a client should wait between polls of a long-running operation (the SDK prefers this over

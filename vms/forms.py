@@ -1,0 +1,217 @@
+"""Forms of the inventory pages. They collect input; the rules live in the services they feed.
+
+Each form maps the services' problems (ARM property paths) back onto its own fields, so an error
+shows next to the field it is about.
+"""
+
+from zoneinfo import available_timezones
+
+from django import forms
+
+from . import images, regions
+from .models import ResourceGroup, Subscription
+from .patch_settings import ASSESSMENT_MODES, PATCH_MODES, REBOOT_SETTINGS, PatchSettings, Problem
+from .templatetags.portal import ASSESSMENT_MODE_LABELS, PATCH_MODE_LABELS, REBOOT_SETTING_LABELS
+
+PS = "properties.osProfile.windowsConfiguration.patchSettings"
+# Problem targets (services, patch_settings) -> the field that shows the message.
+SETTINGS_FIELDS = {
+    f"{PS}.patchMode": "patch_mode",
+    f"{PS}.enableHotpatching": "enable_hotpatching",
+    f"{PS}.assessmentMode": "assessment_mode",
+    f"{PS}.automaticByPlatformSettings.rebootSetting": "reboot_setting",
+    "properties.osProfile.windowsConfiguration.enableAutomaticUpdates": "patch_mode",
+}
+CREATE_FIELDS = {
+    **SETTINGS_FIELDS,
+    "name": "name",
+    "location": "location",
+    "zones": "zone",
+    "properties.storageProfile.imageReference": "image_sku",
+    "properties.osProfile.windowsConfiguration.timeZone": "time_zone",
+}
+
+SIZES = [
+    "Standard_B2ms",
+    "Standard_D2s_v5",
+    "Standard_D4s_v5",
+    "Standard_D8s_v5",
+    "Standard_E4s_v5",
+    "Standard_E8s_v5",
+    "Standard_F4s_v2",
+]
+TIME_ZONES = sorted(available_timezones())
+
+
+def add_problems(form: forms.Form, problems: list[Problem], fields: dict[str, str]) -> None:
+    """Attach each problem to the field its target names, or to the form as a whole."""
+    for problem in problems:
+        field = fields.get(problem.target)
+        form.add_error(field if field in form.fields else None, problem.message)
+
+
+class PatchSettingsFields(forms.Form):
+    """Guest OS updates: the part of patchSettings a person sets in the portal."""
+
+    patch_mode = forms.ChoiceField(
+        label="Patch orchestration",
+        choices=[(mode, PATCH_MODE_LABELS[mode]) for mode in PATCH_MODES],
+        widget=forms.RadioSelect,
+    )
+    enable_hotpatching = forms.BooleanField(
+        label="Enable hotpatch",
+        required=False,
+        help_text="Install security updates without rebooting, between quarterly baselines.",
+    )
+    reboot_setting = forms.ChoiceField(
+        label="Reboot option",
+        choices=[(value, REBOOT_SETTING_LABELS[value]) for value in REBOOT_SETTINGS],
+        help_text="How Azure-orchestrated patching reboots the VM when an update needs it.",
+    )
+    assessment_mode = forms.ChoiceField(
+        label="Periodic assessment",
+        choices=[(mode, ASSESSMENT_MODE_LABELS[mode]) for mode in ASSESSMENT_MODES],
+        help_text="Periodic assessment checks for missing updates every 24 hours.",
+    )
+
+    def patch_settings(self, current: PatchSettings) -> PatchSettings:
+        data = self.cleaned_data
+        return current.with_changes(
+            patch_mode=data["patch_mode"],
+            enable_hotpatching=data["enable_hotpatching"],
+            reboot_setting=data["reboot_setting"],
+            assessment_mode=data["assessment_mode"],
+        )
+
+
+class PatchSettingsForm(PatchSettingsFields):
+    @classmethod
+    def for_vm(cls, vm, data=None) -> "PatchSettingsForm":
+        initial = {
+            "patch_mode": vm.patch_mode,
+            "enable_hotpatching": vm.enable_hotpatching,
+            "reboot_setting": vm.reboot_setting,
+            "assessment_mode": vm.assessment_mode,
+        }
+        return cls(data=data, initial=initial)
+
+    def add_problems(self, problems: list[Problem]) -> None:
+        add_problems(self, problems, SETTINGS_FIELDS)
+
+
+def image_choices() -> list:
+    """SKUs grouped by product, hotpatch-capable ones marked, as the create form's image list."""
+    groups = []
+    for product in images.PRODUCTS.values():
+        options = [(sku, f"{sku}{'  (hotpatch)' if sku in product.hotpatch_skus else ''}") for sku in product.skus]
+        groups.append((product.name, options))
+    return groups
+
+
+DEFAULT_IMAGE = images.PRODUCTS["ws2025-azure"].default_sku
+
+
+class CreateVmForm(PatchSettingsFields):
+    """Create a virtual machine: Basics, then Management › Guest OS updates (the seed's getting started)."""
+
+    subscription = forms.ModelChoiceField(queryset=Subscription.objects.none(), empty_label=None)
+    resource_group = forms.ChoiceField(label="Resource group")
+    name = forms.CharField(label="Virtual machine name", max_length=64)
+    location = forms.ChoiceField(label="Region", choices=regions.REGION_CHOICES, initial="westeurope")
+    zone = forms.ChoiceField(
+        label="Availability zone",
+        required=False,
+        choices=[("", "No infrastructure redundancy required"), ("1", "Zone 1"), ("2", "Zone 2"), ("3", "Zone 3")],
+    )
+    availability_set = forms.CharField(
+        label="Availability set",
+        required=False,
+        max_length=80,
+        help_text="Or put the VM in an availability set (not both).",
+    )
+    image_sku = forms.ChoiceField(label="Image", choices=image_choices, initial=DEFAULT_IMAGE)
+    size = forms.ChoiceField(choices=[(s, s) for s in SIZES], initial="Standard_D2s_v5")
+    time_zone = forms.CharField(
+        label="Time zone",
+        initial="UTC",
+        widget=forms.TextInput(attrs={"list": "time-zones", "autocomplete": "off"}),
+        help_text="IANA name, e.g. Europe/Stockholm. Automatic patching runs at night in this zone.",
+    )
+
+    field_order = [
+        "subscription",
+        "resource_group",
+        "name",
+        "location",
+        "zone",
+        "availability_set",
+        "image_sku",
+        "size",
+        "time_zone",
+        "patch_mode",
+        "enable_hotpatching",
+        "reboot_setting",
+        "assessment_mode",
+    ]
+
+    def __init__(self, *args, subscriptions, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["subscription"].queryset = subscriptions
+        groups: dict[str, list] = {}
+        for rg in ResourceGroup.objects.filter(subscription__in=subscriptions).select_related("subscription"):
+            groups.setdefault(rg.subscription.display_name, []).append(
+                (str(rg.pk), f"{rg.name} ({regions.REGIONS.get(rg.location, rg.location)})")
+            )
+        self.fields["resource_group"].choices = sorted(groups.items())
+        self.resource_groups = subscriptions  # for clean_resource_group
+        self.fields["reboot_setting"].initial = "IfRequired"
+
+    def selected(self, name: str, default: str = "") -> str:
+        """The value the user picked (bound) or the initial one, before validation."""
+        if self.is_bound:
+            return self.data.get(self.add_prefix(name), default) or default
+        value = self.initial.get(name, self.fields[name].initial)
+        return str(value.pk if hasattr(value, "pk") else value or default)
+
+    def clean_resource_group(self) -> ResourceGroup:
+        pk = self.cleaned_data["resource_group"]
+        rg = ResourceGroup.objects.filter(pk=pk, subscription__in=self.resource_groups).first()
+        if rg is None:
+            raise forms.ValidationError("Choose one of your resource groups.")
+        return rg
+
+    def clean(self):
+        data = super().clean()
+        rg, subscription = data.get("resource_group"), data.get("subscription")
+        if rg and subscription and rg.subscription_id != subscription.pk:
+            self.add_error("resource_group", f"Resource group '{rg.name}' is not in subscription '{subscription}'.")
+        return data
+
+    def new_patch_settings(self) -> PatchSettings:
+        # enableAutomaticUpdates follows the orchestration: Manual needs it off, the others on.
+        return self.patch_settings(PatchSettings(enable_automatic_updates=self.cleaned_data["patch_mode"] != "Manual"))
+
+    def add_problems(self, problems: list[Problem]) -> None:
+        add_problems(self, problems, CREATE_FIELDS)
+
+
+class DeleteVmForm(forms.Form):
+    confirm_name = forms.CharField(label="Type the virtual machine name to confirm", max_length=64)
+
+    def __init__(self, *args, vm, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vm = vm
+
+    def clean_confirm_name(self) -> str:
+        value = self.cleaned_data["confirm_name"].strip()
+        if value.lower() != self.vm.name.lower():
+            raise forms.ValidationError(f"Type '{self.vm.name}' to delete this virtual machine.")
+        return value
+
+
+class TimeZoneForm(forms.Form):
+    time_zone = forms.ChoiceField(
+        label="Show times in",
+        choices=[("", "My browser's time zone")] + [(tz, tz) for tz in TIME_ZONES],
+        required=False,
+    )
