@@ -346,5 +346,6 @@ def hotpatch_calendar(request: HtmxHttpRequest) -> HttpResponse:
         "hotpatch_months": sum(1 for m in months if m.kind == calendar.MonthKind.HOTPATCH),
         "unplanned_months": sum(1 for m in months if m.kind == calendar.MonthKind.UNPLANNED_BASELINE),
         "forecast_months": sum(1 for m in months if m.source == "forecast"),
+        "nav": "calendar",
     }
     return render(request, "patching/calendar.html", context)

@@ -20,7 +20,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -678,7 +678,7 @@ def subscriptions(request: HttpRequest) -> HttpResponse:
         s.onboarded = s.features_registered == len(FeatureRegistration.HOTPATCH_FEATURES) and (
             s.provider_state == RegistrationState.REGISTERED
         )
-    context = {"rows": rows, "feature_total": len(FeatureRegistration.HOTPATCH_FEATURES)}
+    context = {"rows": rows, "feature_total": len(FeatureRegistration.HOTPATCH_FEATURES), "nav": "subscriptions"}
     return render(request, "vms/subscriptions.html", context)
 
 
@@ -694,10 +694,12 @@ FEATURES_PAGE = "vms/preview_features.html"
 
 
 def features_context(subscription: Subscription, can_act: bool) -> dict:
-    rows = [f for f in features.features(subscription, FeatureRegistration.NAMESPACE)]
-    rows = [f for f in rows if f.name in FeatureRegistration.HOTPATCH_FEATURES] + [
-        f for f in rows if f.name not in FeatureRegistration.HOTPATCH_FEATURES
-    ]
+    order = {name: i for i, name in enumerate(FeatureRegistration.HOTPATCH_FEATURES)}
+    # The seed's three features first, in its order; any other Microsoft.Compute feature after them.
+    rows = sorted(
+        features.features(subscription, FeatureRegistration.NAMESPACE),
+        key=lambda f: (order.get(f.name, len(order)), f.name),
+    )
     provider = features.provider(subscription)
     return {
         "subscription": subscription,
@@ -705,7 +707,10 @@ def features_context(subscription: Subscription, can_act: bool) -> dict:
         "provider": provider,
         "can_act": can_act,
         "transitioning": any(f.is_transitioning for f in rows) or provider.is_transitioning,
+        "all_registered": all(f.state == RegistrationState.REGISTERED for f in rows),
         "gate_problems": features.preview_gate_problems(subscription),
+        "nav": "subscriptions",
+        "poll_every": "2s",
     }
 
 
@@ -736,13 +741,17 @@ def _after_registration(request: HtmxHttpRequest, subscription: Subscription, me
 def feature_action(request: HtmxHttpRequest, subscription_id, name: str, action: str) -> HttpResponse:
     """Register or unregister one Microsoft.Compute preview feature (a Celery task settles it)."""
     subscription, _ = get_subscription(request, subscription_id, act=True)
-    if name not in FeatureRegistration.HOTPATCH_FEATURES:
-        raise PermissionDenied("Only the hotpatch preview features are managed here.")
-    if action == "register":
-        row = features.register_feature(subscription, name)
+    if action not in ("register", "unregister"):
+        raise Http404("No such action.")
+    if name == "all":  # "Register all": the seed's three commands in one click
+        names = list(FeatureRegistration.HOTPATCH_FEATURES)
+    elif name in FeatureRegistration.HOTPATCH_FEATURES:
+        names = [name]
     else:
-        row = features.unregister_feature(subscription, name)
-    return _after_registration(request, subscription, f"{name}: {row.state}.")
+        raise Http404("Only the hotpatch preview features are managed here.")
+    change = features.register_feature if action == "register" else features.unregister_feature
+    rows = [change(subscription, n) for n in names]
+    return _after_registration(request, subscription, "; ".join(f"{row.name}: {row.state}" for row in rows) + ".")
 
 
 @require_POST
@@ -750,6 +759,8 @@ def feature_action(request: HtmxHttpRequest, subscription_id, name: str, action:
 def provider_action(request: HtmxHttpRequest, subscription_id, action: str) -> HttpResponse:
     """Register (or unregister) the Microsoft.Compute resource provider: the seed's last onboarding step."""
     subscription, _ = get_subscription(request, subscription_id, act=True)
+    if action not in ("register", "unregister"):
+        raise Http404("No such action.")
     if action == "register":
         row = features.register_provider(subscription)
     else:

@@ -30,6 +30,7 @@ HOTPATCH_STATUS_LABELS = {
     "Unknown": "Unknown",
 }
 PATCH_STATE_LABELS = {"NotSelected": "Not selected"}
+REGISTRATION_LABELS = {"NotRegistered": "Not registered"}
 
 # Every status word the portal shows, and the colour family it is drawn in.
 TONES = {
@@ -77,6 +78,11 @@ def hotpatch_label(value: str) -> str:
 @register.filter
 def patch_state_label(value: str) -> str:
     return PATCH_STATE_LABELS.get(value, value)
+
+
+@register.filter
+def registration_label(value: str) -> str:
+    return REGISTRATION_LABELS.get(value, value)
 
 
 @register.filter
