@@ -40,6 +40,7 @@ BLADE = "patching/hotpatch.html"
 INSTALL_PAGE = "patching/install.html"
 POLL_EVERY = "1s"
 FINISHED_EVENT = "operation-finished"  # the compliance, history and summary panels re-fetch on it
+STARTED_EVENT = "operation-started"  # the history panel re-fetches, to list the new operation
 
 HISTORY_RANGES = {
     "30d": ("Last 30 days", timedelta(days=30)),
@@ -232,9 +233,10 @@ def assess(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     vm, _ = get_vm(request, pk, act=True)
     operation, created = services.start_operation(vm, OperationKind.ASSESSMENT, user=request.user)
     if request.htmx:
-        return render(
+        response = render(
             request, f"{BLADE}#operation-status", status_context(operation, operation.kind, joined=not created)
         )
+        return trigger_client_event(response, STARTED_EVENT)
     if created:
         messages.info(request, f"Assessment of {vm.name} queued.")
     else:
@@ -256,11 +258,12 @@ def install(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             )
             if request.htmx:
                 # Close the dialog and show the operation's live status in its slot on the blade.
-                return render(
+                response = render(
                     request,
                     f"{INSTALL_PAGE}#install-started",
                     status_context(operation, operation.kind, joined=not created, oob=True),
                 )
+                return trigger_client_event(response, STARTED_EVENT)
             if created:
                 messages.info(request, f"Installation on {vm.name} queued.")
             else:
