@@ -24,7 +24,7 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseStopPolling
+from django_htmx.http import HttpResponseStopPolling, push_url
 from django_htmx.middleware import HtmxDetails
 
 from patching import services
@@ -339,6 +339,13 @@ def can_create_anywhere(user) -> bool:
 @portal_view
 def fleet(request: HtmxHttpRequest) -> HttpResponse:
     """Virtual machines: filters in the URL, summary tiles, a sortable, paginated table."""
+    # The filter form sends every field; the URL people share and go back to keeps only the chosen ones.
+    chosen = request.GET.copy()
+    for key in [k for k, v in request.GET.items() if not v.strip()]:
+        del chosen[key]
+    clean_url = f"{request.path}?{chosen.urlencode()}" if chosen else request.path
+    if len(chosen) != len(request.GET) and not request.htmx:
+        return redirect(clean_url)
     found = fleet_for(request)
     page = Paginator(found.vms.select_related("resource_group__subscription", "guest"), PAGE_SIZE).get_page(
         request.GET.get("page")
@@ -358,12 +365,12 @@ def fleet(request: HtmxHttpRequest) -> HttpResponse:
         ],
         "halts": active_halts(),
         "can_create": can_create_anywhere(request.user),
-        "export_query": request.GET.urlencode(),
+        "export_query": chosen.urlencode(),
         "nav": "vms",
     }
     template = "vms/fleet.html"
     if partial_for(request, ("fleet",)):
-        template += "#fleet"
+        return push_url(render(request, template + "#fleet", context), clean_url)
     return render(request, template, context)
 
 

@@ -158,10 +158,18 @@ def duration(value) -> str:
     return f"{seconds} s"
 
 
+def _chosen(query):
+    """A copy of the query string without its empty parameters (a GET form sends every field)."""
+    query = query.copy()
+    for key in [k for k, v in query.items() if not v.strip()]:
+        del query[key]
+    return query
+
+
 @register.simple_tag(takes_context=True)
 def query_with(context, **changes) -> str:
     """The current query string with some parameters changed (None or "" drops one); for sort and page links."""
-    query = context["request"].GET.copy()
+    query = _chosen(context["request"].GET)
     for key, value in changes.items():
         if value in (None, ""):
             query.pop(key, None)
@@ -174,7 +182,7 @@ def query_with(context, **changes) -> str:
 @register.simple_tag(takes_context=True)
 def query_drop(context, *names: str) -> str:
     """The current query string without these parameters (and without the page number)."""
-    query = context["request"].GET.copy()
+    query = _chosen(context["request"].GET)
     for name in (*names, "page"):
         query.pop(name, None)
     encoded = query.urlencode()
