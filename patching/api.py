@@ -242,6 +242,8 @@ def assess_patches(arm: ArmRequest, subscriptionId: str, resourceGroupName: str,
 def install_patches(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
     # Validate the body before anything else about the VM: a bad request is a 400 whatever the VM.
     body = arm.json_object(required=True)
+    if not isinstance(body.get("linuxParameters") or {}, dict):  # the Azure CLI sends {} even for Windows
+        raise ArmError(400, "InvalidParameter", "linuxParameters must be an object.", target="linuxParameters")
     try:
         parameters = from_arm(body)
     except InvalidParameters as e:

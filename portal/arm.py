@@ -121,17 +121,19 @@ class ArmRequest:
             return None
         try:
             text = raw.decode("utf-8-sig")
-            return json.loads(text, parse_constant=_reject_constant)
+            body = json.loads(text, parse_constant=_reject_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise ArmError(
                 400,
                 "InvalidRequestFormat",
                 f"The request content was invalid and could not be deserialized: {_short(e)}",
             ) from None
+        _refuse_unstorable_strings(body)
+        return body
 
     def json_object(self, *, required: bool = False) -> dict:
         body = self.json(required=required)
-        if body is None:
+        if body is None and not self.request.body.strip():
             return {}
         if not isinstance(body, dict):
             raise ArmError(400, "InvalidRequestContent", "The request content must be a JSON object.")
@@ -185,6 +187,29 @@ def vm_not_found(rg: ResourceGroup, name: str) -> ArmError:
         "ResourceNotFound",
         f"The Resource 'Microsoft.Compute/virtualMachines/{name}' under resource group '{rg.name}' was not found.",
     )
+
+
+# NUL and unpaired surrogates are valid JSON escapes that no PostgreSQL text column can hold.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def _refuse_unstorable_strings(body) -> None:
+    """400 for strings (or keys) with NUL or unpaired surrogates anywhere in the body: iterative, any depth."""
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and UNSTORABLE.search(node):
+            raise ArmError(
+                400,
+                "InvalidRequestContent",
+                "The request content has a string with a NUL character or an unpaired surrogate.",
+            )
 
 
 def _reject_constant(name: str):
@@ -312,6 +337,9 @@ def _dispatch(request: HttpRequest, path: str) -> HttpResponse:
         )
     if route is None:
         raise ArmError(404, "NotFound", f"No ARM operation matches '{request.method} /{path.strip('/')}'.")
+    for name, value in params.items():
+        if CONTROL.search(value):
+            raise ArmError(400, "InvalidParameter", f"The {name} has control characters.", target=name)
     method = request.method.upper()
     handler = route.handlers.get(method)
     if handler is None and method == "HEAD" and "GET" in route.handlers:
@@ -356,11 +384,11 @@ def page(arm: ArmRequest, items, to_arm: Callable | None = None, *, many: Callab
     size = settings.PORTAL_ARM_PAGE_SIZE
     top = arm.param("$top")
     if top is not None:
-        if not top.isdigit() or not 0 < int(top) <= 100_000:
+        if not re.fullmatch("[0-9]{1,6}", top) or int(top) < 1:
             raise bad_request(f"$top must be a positive integer, not '{top}'.", "$top")
         size = min(size, int(top))
     token = arm.param("$skiptoken", "0")
-    if not token.isdigit() or len(token) > 9:
+    if not re.fullmatch("[0-9]{1,9}", token):
         raise bad_request(f"The skip token '{token}' is not valid; follow nextLink as returned.", "$skiptoken")
     offset = int(token)
     chunk = list(items[offset : offset + size + 1])

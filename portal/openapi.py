@@ -23,6 +23,25 @@ def obj(properties: dict, required: list[str] | None = None, **extra) -> dict:
     return schema
 
 
+def tolerant(properties: dict, required: list[str] | None = None, *, not_null: tuple[str, ...] = ()) -> dict:
+    """A request object whose optional properties may also be null, which the API reads as absent.
+
+    Properties not listed are accepted and ignored (a client may send back a whole GET body).
+    """
+    required = required or []
+
+    def allow_null(name: str, schema: dict) -> dict:
+        if name in required or name in not_null:
+            return schema
+        if "$ref" in schema:
+            return {"allOf": [schema], "nullable": True}
+        if "enum" in schema:  # OpenAPI 3.0.3: with an enum, null must be one of its values
+            return {**schema, "enum": [*schema["enum"], None], "nullable": True}
+        return {**schema, "nullable": True}
+
+    return obj({name: allow_null(name, schema) for name, schema in properties.items()}, required)
+
+
 def array(items: dict) -> dict:
     return {"type": "array", "items": items}
 
@@ -125,7 +144,7 @@ SCHEMAS = {
         },
         ["id", "name", "location"],
     ),
-    "ResourceGroupCreate": obj({"location": STR, "tags": {"type": "object"}}, ["location"]),
+    "ResourceGroupCreate": tolerant({"location": STR, "tags": ref("Tags")}, ["location"]),
     "ResourceGroupListResult": listing("ResourceGroup"),
     "PatchSettings": obj(
         {
@@ -180,17 +199,60 @@ SCHEMAS = {
             "name": {**STR, "readOnly": True},
             "type": {**STR, "readOnly": True},
             "location": STR,
-            "tags": {"type": "object", "additionalProperties": STR},
+            "tags": ref("Tags"),
             "zones": array(STR),
             "properties": ref("VirtualMachineProperties"),
         },
         ["location"],
     ),
-    "VirtualMachineUpdate": obj(
+    "Tags": {"type": "object", "additionalProperties": STR},
+    # What PUT and PATCH read; anything else in the body (read-only fields of a GET body) is ignored.
+    "PatchSettingsInput": tolerant(
         {
-            "tags": {"type": "object", "additionalProperties": STR},
-            "zones": array(STR),
-            "properties": ref("VirtualMachineProperties"),
+            "patchMode": enum("Manual", "AutomaticByOS", "AutomaticByPlatform"),
+            "enableHotpatching": BOOL,
+            "assessmentMode": enum("ImageDefault", "AutomaticByPlatform"),
+            "automaticByPlatformSettings": tolerant(
+                {
+                    "rebootSetting": enum("Unknown", "IfRequired", "Never", "Always"),
+                    "bypassPlatformSafetyChecksOnUserSchedule": BOOL,
+                }
+            ),
+        }
+    ),
+    "VirtualMachinePropertiesInput": tolerant(
+        {
+            "hardwareProfile": tolerant({"vmSize": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"}}),
+            "storageProfile": tolerant({"imageReference": tolerant({"publisher": STR, "offer": STR, "sku": STR})}),
+            "osProfile": tolerant(
+                {
+                    "windowsConfiguration": tolerant(
+                        {
+                            "provisionVMAgent": BOOL,
+                            "enableAutomaticUpdates": BOOL,
+                            "timeZone": {**STR, "description": "An IANA time zone, e.g. Europe/Stockholm."},
+                            "patchSettings": ref("PatchSettingsInput"),
+                        }
+                    )
+                }
+            ),
+            "availabilitySet": tolerant({"id": STR}),
+        }
+    ),
+    "VirtualMachineCreateOrUpdate": tolerant(
+        {
+            "location": STR,
+            "tags": ref("Tags"),
+            "zones": {**array(STR), "maxItems": 1},
+            "properties": ref("VirtualMachinePropertiesInput"),
+        },
+        ["location"],
+    ),
+    "VirtualMachineUpdate": tolerant(
+        {
+            "tags": ref("Tags"),
+            "zones": {**array(STR), "maxItems": 1},
+            "properties": ref("VirtualMachinePropertiesInput"),
         }
     ),
     "VirtualMachineListResult": listing("VirtualMachine"),
@@ -250,23 +312,24 @@ SCHEMAS = {
             "statuses": array(ref("InstanceViewStatus")),
         }
     ),
-    "VirtualMachineInstallPatchesParameters": obj(
+    "VirtualMachineInstallPatchesParameters": tolerant(
         {
             "maximumDuration": {
                 "type": "string",
                 "description": "ISO 8601, 10 minutes to 4 hours; PT4H and PT04H00M00S both parse.",
             },
             "rebootSetting": enum("IfRequired", "Never", "Always"),
-            "windowsParameters": obj(
+            "windowsParameters": tolerant(
                 {
                     "classificationsToInclude": array(enum(*CLASSIFICATIONS)),
                     "kbNumbersToInclude": array(STR),
                     "kbNumbersToExclude": array(STR),
                     "excludeKbsRequiringReboot": BOOL,
                     "maxPatchPublishDate": TIME,
-                }
+                },
+                not_null=("excludeKbsRequiringReboot",),
             ),
-            "linuxParameters": {"type": "object", "description": "Accepted and ignored: the fleet is Windows."},
+            "linuxParameters": {"type": "object", "description": "Accepted (the Azure CLI sends {}) and ignored."},
         },
         ["rebootSetting"],
     ),
@@ -391,8 +454,8 @@ PARAMETERS = {
     "Monitor": {
         "name": "monitor",
         "in": "query",
-        "schema": enum("true", "false"),
-        "description": "true: the Location (result) view of the operation.",
+        "schema": STR,
+        "description": "true: the Location (result) view of the operation; anything else: its status.",
     },
 }
 

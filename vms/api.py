@@ -4,6 +4,7 @@ Shapes follow azure-api.md §1, §2 and §6; every handler reads through the cal
 via ArmRequest.subscription): another user's subscription is a 404, a Reader may read but not act.
 """
 
+import re
 from datetime import datetime
 
 from django.conf import settings
@@ -137,8 +138,10 @@ def resource_group_exists(arm: ArmRequest, subscriptionId: str, resourceGroupNam
 
 def put_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
     subscription = arm.subscription(subscriptionId, act=True)
-    body = arm.json_object(required=True)
-    location = body.get("location")
+    body = Body(arm.json_object(required=True))
+    _tags(body)
+    _raise_problems(body.problems)
+    location = body.get("location", object, None)
     region = regions.normalize_region(location) if isinstance(location, str) else None
     if region is None:
         raise bad_request(f"'{location}' is not a known location.", "location", "LocationNotAvailableForResourceGroup")
@@ -284,9 +287,18 @@ def vm_by_arm_id(subscription: Subscription, resource_id: str) -> VirtualMachine
     )
 
 
+EXPANDS = {"instanceview", "userdata"}
+
+
 def _expand_instance_view(arm: ArmRequest) -> bool:
-    expand = arm.param("$expand") or ""
-    return "instanceview" in expand.lower()
+    """$expand=instanceView (userData is accepted: the simulation has none to add)."""
+    expand = arm.param("$expand")
+    if expand is None:
+        return False
+    values = {value.strip().lower() for value in expand.split(",")}
+    if not values <= EXPANDS:
+        raise bad_request(f"$expand must be instanceView or userData, not '{expand}'.", "$expand")
+    return "instanceview" in values
 
 
 # --- Virtual machines: reads ----------------------------------------------------------------------
@@ -422,9 +434,19 @@ def _availability_set(body: Body) -> str | None:
     return name
 
 
+def _tags(body: Body) -> None:
+    """Tags are not kept, but must be what ARM accepts: an object of strings."""
+    tags = body.get("tags", dict, None)
+    if tags is not None and not all(isinstance(v, str) for v in tags.values()):
+        body.problems.append(Problem("tags", "Tag values must be strings."))
+
+
+VM_SIZE_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
 def _size(body: Body) -> str | None:
     size = body.get("properties.hardwareProfile.vmSize", str, None)
-    if size is not None and not (0 < len(size) <= 40 and size.replace("_", "").replace("-", "").isalnum()):
+    if size is not None and not VM_SIZE_RE.fullmatch(size):
         body.problems.append(Problem("properties.hardwareProfile.vmSize", f"'{size}' is not a VM size."))
         return None
     return size
@@ -451,6 +473,7 @@ def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
     image = _image(body)
     size = _size(body)
     zone = _zone(body)
+    _tags(body)
     availability_set = _availability_set(body)
     time_zone = body.get(f"{WINDOWS}.timeZone", str, "UTC")
     given = read_patch_settings(body)
@@ -525,6 +548,7 @@ def _update_vm(arm: ArmRequest, subscription, vm: VirtualMachine, body: Body, st
     zone = _zone(body)
     availability_set = _availability_set(body)
     size = _size(body)
+    _tags(body)
     time_zone = body.get(f"{WINDOWS}.timeZone", str, None)
     new = vm.patch_settings.with_changes(**read_patch_settings(body))
     _raise_problems(body.problems)

@@ -11,8 +11,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template import TemplateDoesNotExist
-from django.template.loader import select_template
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -32,14 +30,6 @@ class ApiTokenForm(forms.Form):
         return timezone.now() + timedelta(days=int(days)) if days else None
 
 
-def _base_template() -> str:
-    """The portal's base template; a minimal page of our own until it exists."""
-    try:
-        return select_template(["base.html", "vms/api_tokens_base.html"]).template.name
-    except TemplateDoesNotExist:  # pragma: no cover - the fallback ships with this module
-        return "vms/api_tokens_base.html"
-
-
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
@@ -53,7 +43,6 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
     else:
         form = ApiTokenForm()
     context = {
-        "base_template": _base_template(),
         "form": form,
         "secret": secret,
         "tokens": request.user.api_tokens.all(),
