@@ -47,6 +47,16 @@ def test_overview_shows_essentials_the_patch_decision_and_an_active_halt(client,
     assert reverse("patching:hotpatch", args=[vm.pk]) in text  # Go to Hotpatch
 
 
+def test_overview_shows_a_running_operation_live(client, vm):
+    Operation.objects.create(
+        vm=vm, subscription_id=vm.resource_group.subscription_id, vm_name=vm.name, location=vm.location,
+        kind=OperationKind.ASSESSMENT, started_by="Platform",
+    )  # fmt: skip
+    text = client.get(reverse("vms:overview", args=[vm.pk])).text
+    assert 'id="operation-assessment"' in text and 'Assessment</span>: <span class="op-state">Queued' in text
+    assert "Started by the platform" in text and 'hx-trigger="every 1s"' in text
+
+
 def test_guest_updates_page_has_the_hotpatch_card_and_go_to_hotpatch(client, vm):
     text = client.get(settings_url(vm)).text
     assert (

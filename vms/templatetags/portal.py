@@ -50,6 +50,20 @@ TONES = {
 }
 
 
+# Product names short enough for a table column.
+PRODUCT_SHORT = {
+    "ws2025-azure": "2025 Azure Edition",
+    "ws2022-azure": "2022 Azure Edition",
+    "ws2022": "2022 Datacenter",
+    "ws2019": "2019 Datacenter",
+}
+
+
+@register.filter
+def product_short(code: str) -> str:
+    return PRODUCT_SHORT.get(code, code)
+
+
 @register.filter
 def patch_mode_label(value: str) -> str:
     return PATCH_MODE_LABELS.get(value, value)
