@@ -8,7 +8,8 @@ Path parameters are pinned to Alice's fleet part of the time, or nearly every re
 at a 404 for an unknown subscription. No Celery is needed: the test's transaction never commits,
 so the operations the fuzzer starts are never enqueued.
 
-`PORTAL_FUZZ_EXAMPLES` raises the number of examples per operation (bench/fuzz_arm.sh uses 400).
+`PORTAL_FUZZ_EXAMPLES` sets the number of examples per operation (default 40; a longer run:
+`PORTAL_FUZZ_EXAMPLES=300 make test PYTEST_ARGS=tests/test_arm_fuzz.py`).
 """
 
 # ruff: noqa: F811 (the fixtures imported from tests.arm_fixtures are what pytest passes in)
