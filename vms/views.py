@@ -321,10 +321,13 @@ def fleet_tiles(vms) -> dict:
         patches_failed=Coalesce(Sum("failed_count"), 0),
     )
     total = counts["total"] or 1
-    statuses = [
-        {"key": key, "label": label, "count": counts[f"status_{key}"], "share": 100 * counts[f"status_{key}"] / total}
-        for key, (label, _) in UPDATE_STATUS.items()
-    ]
+    statuses, offset = [], 0.0
+    for key, (label, _) in UPDATE_STATUS.items():
+        share = 100 * counts[f"status_{key}"] / total
+        statuses.append(
+            {"key": key, "label": label, "count": counts[f"status_{key}"], "share": share, "offset": offset}
+        )
+        offset += share
     modes = [{"key": mode, "label": PATCH_MODE_LABELS[mode], "count": counts[f"mode_{mode}"]} for mode in PATCH_MODES]
     return {"total": counts["total"], "statuses": statuses, "modes": modes, "installs": installs, **counts}
 
