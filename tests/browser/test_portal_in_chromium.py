@@ -145,3 +145,37 @@ def test_a_reader_sees_no_buttons(page: Page, live_server, transactional_db):
     expect(page.get_by_text("read-only for you")).to_be_visible()
     expect(page.get_by_role("button", name="Save")).to_have_count(0)
     expect(page.get_by_label("Enable hotpatch")).to_be_disabled()
+
+
+def test_everything_works_without_javascript(browser, live_server, live_worker):
+    """Forms POST and redirect: the same flows with JavaScript switched off (htmx only enhances)."""
+    user = make_user("olivia")
+    _, vms = contoso_fleet(user)
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, java_script_enabled=False)
+    page = context.new_page()
+    try:
+        sign_in(page, live_server.url, "olivia")
+        page.get_by_label("Location").select_option("northeurope")
+        page.get_by_role("button", name="Apply").click()
+        expect(page).to_have_url(re.compile(r"/vms/\?location=northeurope$"))  # empty fields dropped
+        expect(page.locator("#vm-table tbody tr")).to_have_count(2)
+
+        page.goto(f"{live_server.url}/vms/{vms['sql-01'].pk}/hotpatch/")
+        page.get_by_role("button", name="Assess now").click()
+        expect(page.locator(".messages")).to_contain_text("Assessment of sql-01 queued.")
+        expect(page.locator("#operation-assessment")).to_contain_text(QUEUED_OR_RUNNING)
+
+        page.get_by_role("link", name="Install updates now").click()  # a page of its own
+        expect(page).to_have_url(re.compile(r"/hotpatch/install/$"))
+        page.get_by_label("Maximum duration (minutes)").fill("500")
+        page.get_by_role("button", name="Install").click()
+        expect(page.locator("#field-maximum_duration .errorlist")).to_contain_text("between 10 minutes and 4 hours")
+        page.get_by_label("Maximum duration (minutes)").fill("60")
+        page.get_by_role("button", name="Install").click()
+        expect(page).to_have_url(re.compile(r"\?tab=history$"))
+        expect(page.locator("#operation-installation")).to_contain_text("Installation")
+
+        page.get_by_role("tab", name="Update compliance").click()
+        expect(page).to_have_url(re.compile(r"\?tab=compliance$"))
+    finally:
+        context.close()
