@@ -227,15 +227,17 @@ def fleet_for(request: HttpRequest) -> Fleet:
     """Apply the URL's filters to the user's VMs; unknown values are dropped, with a notice each."""
     vms = access.vms_for(request.user)
     subscriptions = list(access.subscriptions_for(request.user).values_list("pk", "display_name"))
+    # Distinct in the database: one row per name or region, not one per VM.
     groups = sorted(
         set(
-            ResourceGroup.objects.filter(subscription__in=[pk for pk, _ in subscriptions]).values_list(
-                "name", flat=True
-            )
+            ResourceGroup.objects.filter(subscription__in=[pk for pk, _ in subscriptions])
+            .order_by()
+            .values_list("name", flat=True)
+            .distinct()
         ),
         key=str.lower,
     )
-    locations = sorted(set(vms.values_list("location", flat=True)))
+    locations = sorted(vms.order_by().values_list("location", flat=True).distinct())
     filters = [
         FleetFilter(
             "subscription",
