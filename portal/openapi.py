@@ -637,6 +637,23 @@ PATHS = {
             tags=["VirtualMachines"],
         ),
     },
+    **{
+        f"{VMP}/{action}": {
+            "post": op(
+                f"VirtualMachines_{action[0].upper()}{action[1:]}",
+                f"{summary}; a long-running operation (Contributor).",
+                LRO_202,
+                params=VM,
+                tags=["VirtualMachines"],
+            )
+        }
+        for action, summary in (
+            ("start", "Start the VM"),
+            ("powerOff", "Stop the VM (it stays allocated)"),
+            ("deallocate", "Stop and deallocate the VM"),
+            ("restart", "Restart a running VM (409 if it is not running)"),
+        )
+    },
     VMP + "/assessPatches": {
         "post": op(
             "VirtualMachines_AssessPatches",

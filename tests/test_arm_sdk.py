@@ -196,17 +196,24 @@ def test_a_missing_vm_raises_resource_not_found(lab):
 
 
 def test_a_platform_failure_fails_the_operation(lab):
-    VirtualMachine.objects.filter(pk=lab["classic_vm"].pk).update(power_state="stopped")
-    poller = lab["sdk"]["compute"].virtual_machines.begin_assess_patches("rg-web", "web-02")
+    compute = lab["sdk"]["compute"]
+    assert compute.virtual_machines.begin_deallocate("rg-web", "web-02").result() is None
+    view = compute.virtual_machines.instance_view("rg-web", "web-02")
+    assert "PowerState/deallocated" in [s.code for s in view.statuses]
+
+    poller = compute.virtual_machines.begin_assess_patches("rg-web", "web-02")
     with pytest.raises(HttpResponseError) as raised:
         poller.result()
     assert raised.value.error.code == "VMNotRunning"
     assert poller.status() == "Failed"
 
+    compute.virtual_machines.begin_start("rg-web", "web-02").result()
+    assert compute.virtual_machines.begin_assess_patches("rg-web", "web-02").result().status == "Succeeded"
+
 
 def test_a_wrong_token_raises_client_authentication_error(lab):
     compute = clients("hpp_not-a-token", f"{lab['url']}/arm", str(lab["subscription"].pk))["compute"]
-    with pytest.raises(ClientAuthenticationError) as raised:
+    with compute, pytest.raises(ClientAuthenticationError) as raised:
         compute.virtual_machines.get("rg-web", "web-01")
     assert raised.value.error.code == "InvalidAuthenticationToken"
     assert "WWW-Authenticate" not in raised.value.response.headers

@@ -314,3 +314,19 @@ def test_an_operation_name_cannot_be_forged_or_reused_elsewhere(api, fleet):
     assert api.client.get(url.replace("/operations/", "/operations/x"), headers=auth).status_code == 404
     other = url.replace(str(fleet["contoso"].pk), str(fleet["fabrikam"].pk))
     assert api.client.get(other, headers=auth).status_code == 404
+
+
+def test_power_actions_are_long_running_operations(api, fleet):
+    vm = fleet["web1"]
+    auth = {"Authorization": f"Bearer {api.token}"}
+    for action, state in (("powerOff", "stopped"), ("start", "running"), ("deallocate", "deallocated")):
+        response = api.post(vm_path(vm, f"/{action}"))
+        assert response.status_code == 202, action
+        assert api.client.get(response["Azure-AsyncOperation"], headers=auth).json()["status"] == "Succeeded"
+        vm.refresh_from_db()
+        assert vm.power_state == state
+    refused = api.post(vm_path(vm, "/restart"))
+    assert refused.status_code == 409 and "deallocated" in error_of(refused)["message"]
+    api.post(vm_path(vm, "/start"))
+    assert api.post(vm_path(vm, "/restart")).status_code == 202
+    assert api.post(vm_path(fleet["ro1"], "/powerOff")).status_code == 403  # a Reader

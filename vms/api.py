@@ -602,6 +602,37 @@ def delete_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmNa
     return empty(202, lro_headers(arm, subscription.pk, location, name))
 
 
+# Power actions: start, powerOff, deallocate, restart. A VM that is off fails its patch operations
+# with VMNotRunning, as on Azure.
+POWER_ACTIONS = {
+    "start": VirtualMachine.PowerState.RUNNING,
+    "powerOff": VirtualMachine.PowerState.STOPPED,
+    "deallocate": VirtualMachine.PowerState.DEALLOCATED,
+    "restart": VirtualMachine.PowerState.RUNNING,
+}
+
+
+def _power_action(action: str):
+    def handler(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
+        subscription = arm.subscription(subscriptionId, act=True)
+        rg = arm.resource_group(subscription, resourceGroupName)
+        vm = arm.virtual_machine(rg, vmName)
+        started = timezone.now()
+        if action == "restart" and not vm.is_running:
+            raise ArmError(
+                409,
+                "OperationNotAllowed",
+                f"Operation 'restart' is not allowed on VM '{vm.name}' since the VM is "
+                f"{vm.get_power_state_display().removeprefix('VM ')}: start it instead.",
+            )
+        VirtualMachine.objects.filter(pk=vm.pk).update(power_state=POWER_ACTIONS[action])
+        name = completed_operation_name(subscription.pk, action, vm.arm_id, started)
+        return empty(202, lro_headers(arm, subscription.pk, vm.location, name))
+
+    handler.__name__ = f"{action}_vm"
+    return handler
+
+
 # --- Microsoft.Features ---------------------------------------------------------------------------
 
 
@@ -772,6 +803,8 @@ router.route(SUB + "/providers/Microsoft.Compute/virtualMachines", GET=list_all_
 router.route(RG + "/providers/Microsoft.Compute/virtualMachines", GET=list_vms)
 router.route(VM, GET=get_vm, PUT=put_vm, PATCH=patch_vm, DELETE=delete_vm)
 router.route(VM + "/instanceView", GET=get_instance_view)
+for _action in POWER_ACTIONS:
+    router.route(f"{VM}/{_action}", POST=_power_action(_action))
 router.route("/providers/Microsoft.Features/operations", GET=feature_operations)
 router.route(SUB + "/providers/Microsoft.Features/features", GET=list_all_features)
 router.route(FEATURES, GET=list_features)
