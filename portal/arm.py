@@ -174,7 +174,8 @@ class ArmRequest:
         return rg
 
     def virtual_machine(self, rg: ResourceGroup, name: str, queryset=None) -> VirtualMachine:
-        vm = (queryset or VirtualMachine.objects).filter(resource_group=rg, name__iexact=name).first()
+        queryset = VirtualMachine.objects.all() if queryset is None else queryset  # (never `or`: that runs it)
+        vm = queryset.filter(resource_group=rg, name__iexact=name).first()
         if vm is None:
             raise vm_not_found(rg, name)
         vm.resource_group = rg  # spare a query: the caller already holds it

@@ -330,3 +330,11 @@ def test_power_actions_are_long_running_operations(api, fleet):
     api.post(vm_path(vm, "/start"))
     assert api.post(vm_path(vm, "/restart")).status_code == 202
     assert api.post(vm_path(fleet["ro1"], "/powerOff")).status_code == 403  # a Reader
+
+
+def test_reading_one_vm_takes_a_few_queries_whatever_the_fleet(api, fleet, django_assert_max_num_queries):
+    for n in range(5):
+        make_vm(resource_group=fleet["web"], name=f"extra-{n}")
+    # token, role, subscription, resource group, VM with guest, latest operations (2)
+    with django_assert_max_num_queries(8):
+        assert api.get(vm_path(fleet["web1"]), **{"$expand": "instanceView"}).status_code == 200
