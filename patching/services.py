@@ -7,13 +7,17 @@ views, the API, the admin, the platform's beat tasks and the demo seeder's simul
 import hashlib
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from vms import images, regions
@@ -48,12 +52,37 @@ class AgentUnreachable(Exception):
 # --- Reading state into the pure simulation -------------------------------------------------------
 
 
+_fixed_catalogs: ContextVar[dict | None] = ContextVar("fixed_catalogs", default=None)
+
+
+@contextmanager
+def fixed_catalog():
+    """Within this block each product's catalog is read once: for runs that know it does not change
+    meanwhile (the fleet simulation, the demo's history), where reading it per operation dominates."""
+    token = _fixed_catalogs.set({})
+    try:
+        yield
+    finally:
+        _fixed_catalogs.reset(token)
+
+
+def fixed_catalogs() -> dict | None:
+    """The catalogs memo of the enclosing fixed_catalog() block, or None outside one."""
+    return _fixed_catalogs.get()
+
+
 def catalog_for(product: str) -> list[sim.Patch]:
     """The product's whole catalog as the guest sees it (a few hundred rows, one query)."""
+    fixed = _fixed_catalogs.get()
+    if fixed is not None and product in fixed:
+        return fixed[product]
     rows = Update.objects.filter(product=product).values_list(
         "id", "kb", "kind", "classification", "reboot_behavior", "published_at", "build", "baseline_id"
     )
-    return [sim.Patch(*row) for row in rows]
+    patches = [sim.Patch(*row) for row in rows]
+    if fixed is not None:
+        fixed[product] = patches
+    return patches
 
 
 def guest_view(vm: VirtualMachine, state: GuestState) -> sim.Guest:
@@ -324,13 +353,36 @@ def start_operation(
     return operation, True
 
 
-def start_operations(vms, kind: str, *, started_by: str = StartedBy.PLATFORM, now: datetime | None = None) -> int:
+def start_operations(
+    vms,
+    kind: str,
+    *,
+    started_by: str = StartedBy.PLATFORM,
+    parameters: InstallParameters | None = None,
+    now: datetime | None = None,
+) -> int:
     """Queue one operation of `kind` for each VM that has none in flight; set-based, for the platform.
 
     Returns how many were queued. VMs with one in flight are skipped by the database (ON CONFLICT).
     """
+    return len(queue_operations(vms, kind, started_by=started_by, parameters=parameters, now=now))
+
+
+def queue_operations(
+    vms,
+    kind: str,
+    *,
+    started_by: str = StartedBy.PLATFORM,
+    parameters: InstallParameters | None = None,
+    now: datetime | None = None,
+    enqueue: bool = True,
+) -> list[int]:
+    """start_operations, returning the new operations' ids; `enqueue=False` leaves running them to the
+    caller (a simulated clock runs them with execute_operation(pk, now=...))."""
     now = now or timezone.now()
-    parameters = CRITICAL_AND_SECURITY.to_json() if kind == OperationKind.INSTALLATION else {}
+    if kind == OperationKind.INSTALLATION:
+        parameters = parameters or CRITICAL_AND_SECURITY
+    body = parameters.to_json() if parameters else {}
     rows = [
         Operation(
             vm_id=vm.pk,
@@ -339,7 +391,7 @@ def start_operations(vms, kind: str, *, started_by: str = StartedBy.PLATFORM, no
             location=vm.location,
             kind=kind,
             started_by=started_by,
-            parameters=parameters,
+            parameters=body,
             created_at=now,
         )
         for vm in vms
@@ -351,10 +403,11 @@ def start_operations(vms, kind: str, *, started_by: str = StartedBy.PLATFORM, no
                 vm_id__in=[vm.pk for vm in vms], kind=kind, created_at=now, status=OperationStatus.NOT_STARTED
             ).values_list("pk", flat=True)
         )
-        from .tasks import run_operation
+        if enqueue:
+            from .tasks import run_operation
 
-        transaction.on_commit(lambda: [run_operation.delay(pk) for pk in queued])
-    return len(queued)
+            transaction.on_commit(lambda: [run_operation.delay(pk) for pk in queued])
+    return queued
 
 
 # --- Running operations ---------------------------------------------------------------------------
@@ -418,13 +471,7 @@ def execute_operation(
         fail_operation(operation_id, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock)
         return None
     if not vm.is_running:
-        fail_operation(
-            operation_id,
-            "VMNotRunning",
-            f"The virtual machine '{vm.name}' is {vm.get_power_state_display().removeprefix('VM ')}: "
-            "start it before assessing or installing updates.",
-            clock,
-        )
+        fail_operation(operation_id, "VMNotRunning", _not_running(vm), clock)
         return None
     if not _agent_answers(operation):
         raise AgentUnreachable(f"The VM agent on '{vm.name}' did not answer.")
@@ -441,17 +488,7 @@ def execute_operation(
         finished = clock + timedelta(seconds=sim.ASSESSMENT_SECONDS) if now else timezone.now()
         return record_assessment(operation_id, vm, available, catalog, guest, finished)
 
-    parameters = from_arm(operation.parameters)
-    outcome = sim.install(
-        guest,
-        available,
-        parameters.selection,
-        reboot_setting=parameters.reboot_setting,
-        maximum_duration=parameters.maximum_duration,
-        vm_key=str(vm.vm_id),
-        today=clock.date(),
-        failure_rate=settings.PORTAL_PATCH_FAILURE_RATE,
-    )
+    outcome = _install(operation, vm, guest, available, clock)
     if speed:
         install_seconds = outcome.simulated_seconds - (
             sim.REBOOT_SECONDS if outcome.reboot_status == "Completed" else 0
@@ -467,6 +504,207 @@ def execute_operation(
     if recorded is not None and now is None:
         # What is left to install changed: refresh the compliance view, as the real agent does.
         start_operation(vm, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
+    return recorded
+
+
+def execute_operations(operation_ids: list[int], *, now: datetime) -> list[int]:
+    """Run many queued operations on a simulated clock, set-based; returns the ids it recorded.
+
+    The same claim, guest simulation and recording as execute_operation(pk, now=...), with a handful
+    of queries for the whole batch instead of a dozen per operation: the platform's rounds on a
+    simulated clock (the fleet simulation, the demo's history) start hundreds at a time. For callers
+    that own the operations they pass (nothing else runs them: they were queued without enqueueing).
+    An agent that does not answer fails its operation at once: there is no task to retry.
+    """
+    if not operation_ids:
+        return []
+    Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.NOT_STARTED).update(
+        status=OperationStatus.IN_PROGRESS, started_at=now, attempts=F("attempts") + 1
+    )
+    operations = list(
+        Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS, started_at=now)
+    )
+    vms = VirtualMachine.objects.select_related("resource_group", "guest").in_bulk(
+        [op.vm_id for op in operations if op.vm_id]
+    )
+    installed: dict[int, set[int]] = {pk: set() for pk in vms}
+    for guest_id, update_id in InstalledUpdate.objects.filter(guest_id__in=list(vms)).values_list(
+        "guest_id", "update_id"
+    ):
+        installed[guest_id].add(update_id)
+    findings = []
+    for operation in operations:
+        vm = vms.get(operation.vm_id)
+        state = getattr(vm, "guest", None) if vm is not None else None
+        if state is None:
+            fail_operation(operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", now)
+        elif not vm.is_running:
+            fail_operation(operation.pk, "VMNotRunning", _not_running(vm), now)
+        elif not _agent_answers(operation):
+            fail_operation(
+                operation.pk, "VMAgentStatusCommunicationError", f"The VM agent on '{vm.name}' did not answer.", now
+            )
+        else:
+            guest = sim.Guest(
+                hotpatch_enrolled=vm.enable_hotpatching and vm.hotpatch_capable,
+                build=state.build,
+                baseline_id=state.baseline_id,
+                installed=frozenset(installed[vm.pk]),
+                reboot_pending=state.reboot_pending,
+            )
+            findings.append(_simulate(operation, vm, guest, now))
+    return _record(findings)
+
+
+def _not_running(vm: VirtualMachine) -> str:
+    return (
+        f"The virtual machine '{vm.name}' is {vm.get_power_state_display().removeprefix('VM ')}: "
+        "start it before assessing or installing updates."
+    )
+
+
+@dataclass(frozen=True)
+class _Finding:
+    """What one run found (assessment) or did (installation), ready to record."""
+
+    operation_id: int
+    vm: VirtualMachine
+    available: list[sim.Patch]
+    finished: datetime
+    guest: sim.Guest
+    catalog: list[sim.Patch]
+    outcome: sim.InstallOutcome | None = None  # None for an assessment
+
+
+def _simulate(operation: Operation, vm: VirtualMachine, guest: sim.Guest, now: datetime) -> _Finding:
+    """The pure part of a run on a simulated clock: what the guest offers, and what installing does."""
+    catalog = catalog_for(vm.product)
+    available = sim.applicable(guest, catalog, now)
+    if operation.kind == OperationKind.ASSESSMENT:
+        return _Finding(operation.pk, vm, available, now + timedelta(seconds=sim.ASSESSMENT_SECONDS), guest, catalog)
+    outcome = _install(operation, vm, guest, available, now)
+    return _Finding(
+        operation.pk, vm, available, now + timedelta(seconds=outcome.simulated_seconds), guest, catalog, outcome
+    )
+
+
+def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, available, clock: datetime):
+    parameters = from_arm(operation.parameters)
+    return sim.install(
+        guest,
+        available,
+        parameters.selection,
+        reboot_setting=parameters.reboot_setting,
+        maximum_duration=parameters.maximum_duration,
+        vm_key=str(vm.vm_id),
+        today=clock.date(),
+        failure_rate=settings.PORTAL_PATCH_FAILURE_RATE,
+    )
+
+
+def _record(findings: list[_Finding]) -> list[int]:
+    """Write finished runs, set-based: the operations, per-patch rows, installed updates, guest states.
+
+    Compare-and-swap: only operations still in progress are written (one failed as stale meanwhile
+    stays failed); a VM deleted while its guest worked fails its operation instead. Rows that change
+    the same way are written by one UPDATE (a round's installations mostly end alike). Returns the
+    ids of the operations recorded.
+    """
+    if not findings:
+        return []
+    with transaction.atomic():
+        live = set(
+            Operation.objects.select_for_update()
+            .filter(pk__in=[f.operation_id for f in findings], status=OperationStatus.IN_PROGRESS)
+            .values_list("pk", flat=True)
+        )
+        states = GuestState.objects.select_for_update().in_bulk([f.vm.pk for f in findings if f.operation_id in live])
+        operations: dict[tuple, list[int]] = defaultdict(list)
+        guests: dict[tuple, list[int]] = defaultdict(list)
+        results, installs, rebooted, recorded = [], [], [], []
+        for f in findings:
+            if f.operation_id not in live:
+                continue
+            state = states.get(f.vm.pk)
+            if state is None:  # the VM was deleted while the guest worked
+                _fail_deleted(f.operation_id, f.vm.name, f.finished)
+                continue
+            recorded.append(f.operation_id)
+            if f.outcome is None:
+                critical = sum(1 for p in f.available if p.is_critical_or_security)
+                changes = {
+                    "status": OperationStatus.SUCCEEDED,
+                    "finished_at": f.finished,
+                    "critical_security_count": critical,
+                    "other_count": len(f.available) - critical,
+                    "reboot_pending": f.guest.reboot_pending,
+                }
+                operations[tuple(changes.items())].append(f.operation_id)
+                results += [
+                    PatchResult(operation_id=f.operation_id, update_id=p.id, state=PatchState.AVAILABLE)
+                    for p in f.available
+                ]
+                state.assessed_at = f.finished
+                verdict = hotpatch_verdict(f.vm, state, f.guest, f.catalog, f.finished)
+                changes = {
+                    "assessed_at": f.finished,
+                    "critical_security_count": critical,
+                    "other_count": len(f.available) - critical,
+                    "hotpatch_status": verdict.status,
+                    "hotpatch_status_reason": verdict.reason,
+                }
+                guests[(OperationKind.ASSESSMENT, tuple(changes.items()))].append(f.vm.pk)
+                continue
+            outcome = f.outcome
+            changes = {
+                "status": outcome.status,
+                "finished_at": f.finished,
+                "installed_count": outcome.counts["Installed"],
+                "failed_count": outcome.counts["Failed"],
+                "pending_count": outcome.counts["Pending"],
+                "excluded_count": outcome.counts["Excluded"],
+                "not_selected_count": outcome.counts["NotSelected"],
+                "reboot_status": outcome.reboot_status,
+                "reboot_pending": outcome.reboot_pending,
+                "maintenance_window_exceeded": outcome.maintenance_window_exceeded,
+                "error_code": "PatchInstallationFailed" if outcome.counts["Failed"] else "",
+                "error_message": " ".join(outcome.errors.values()),
+            }
+            operations[tuple(changes.items())].append(f.operation_id)
+            results += [
+                PatchResult(
+                    operation_id=f.operation_id,
+                    update_id=p.id,
+                    state=outcome.states[p.id],
+                    error=outcome.errors.get(p.id, ""),
+                )
+                for p in f.available
+            ]
+            installs += [
+                InstalledUpdate(guest=state, update_id=p.id, installed_at=f.finished) for p in outcome.installed
+            ]
+            changes = {
+                "build": outcome.build,
+                "baseline_id": outcome.baseline_id,
+                "reboot_pending": outcome.reboot_pending,
+            }
+            if outcome.reboot_status == "Completed":
+                changes["last_boot_at"] = f.finished
+                rebooted.append(f.vm.pk)
+            guests[(OperationKind.INSTALLATION, tuple(changes.items()))].append(f.vm.pk)
+        for changes, ids in operations.items():
+            Operation.objects.filter(pk__in=ids).update(**dict(changes))
+        PatchResult.objects.bulk_create(results, batch_size=2000)
+        InstalledUpdate.objects.bulk_create(installs, batch_size=2000, ignore_conflicts=True)
+        for (kind, changes), vm_ids in guests.items():
+            # Each guest points at its own operation of this batch.
+            own = Operation.objects.filter(pk__in=recorded, kind=kind, vm_id=OuterRef("pk")).values("pk")[:1]
+            pointer = "last_assessment_id" if kind == OperationKind.ASSESSMENT else "last_installation_id"
+            GuestState.objects.filter(pk__in=vm_ids).update(**dict(changes), **{pointer: Subquery(own)})
+        if rebooted:
+            VirtualMachine.objects.filter(pk__in=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
+                power_state=VirtualMachine.PowerState.RUNNING
+            )
     return recorded
 
 
@@ -489,31 +727,8 @@ def record_assessment(
     finished: datetime,
 ) -> Operation | None:
     """Write an assessment's findings: per-patch rows, the operation, and the VM's compliance."""
-    critical = sum(1 for p in available if p.is_critical_or_security)
-    with transaction.atomic():
-        done = Operation.objects.filter(pk=operation_id, status=OperationStatus.IN_PROGRESS).update(
-            status=OperationStatus.SUCCEEDED,
-            finished_at=finished,
-            critical_security_count=critical,
-            other_count=len(available) - critical,
-            reboot_pending=guest.reboot_pending,
-        )
-        if not done:
-            return None  # failed as stale meanwhile: leave it
-        PatchResult.objects.bulk_create(
-            PatchResult(operation_id=operation_id, update_id=p.id, state=PatchState.AVAILABLE) for p in available
-        )
-        state = GuestState.objects.select_for_update().filter(pk=vm.pk).first()
-        if state is None:  # the VM was deleted while the guest worked
-            _fail_deleted(operation_id, vm.name, finished)
-            return None
-        state.assessed_at = finished
-        state.last_assessment_id = operation_id
-        state.critical_security_count = critical
-        state.other_count = len(available) - critical
-        verdict = hotpatch_verdict(vm, state, guest, catalog, finished)
-        state.hotpatch_status, state.hotpatch_status_reason = verdict.status, verdict.reason
-        state.save()
+    if not _record([_Finding(operation_id, vm, available, finished, guest, catalog)]):
+        return None
     return Operation.objects.get(pk=operation_id)
 
 
@@ -524,52 +739,11 @@ def record_installation(
     outcome: sim.InstallOutcome,
     finished: datetime,
 ) -> Operation | None:
-    """Write an installation's outcome and move the guest to its new build, then re-assess."""
-    with transaction.atomic():
-        done = Operation.objects.filter(pk=operation_id, status=OperationStatus.IN_PROGRESS).update(
-            status=outcome.status,
-            finished_at=finished,
-            installed_count=outcome.counts["Installed"],
-            failed_count=outcome.counts["Failed"],
-            pending_count=outcome.counts["Pending"],
-            excluded_count=outcome.counts["Excluded"],
-            not_selected_count=outcome.counts["NotSelected"],
-            reboot_status=outcome.reboot_status,
-            reboot_pending=outcome.reboot_pending,
-            maintenance_window_exceeded=outcome.maintenance_window_exceeded,
-            error_code="PatchInstallationFailed" if outcome.counts["Failed"] else "",
-            error_message=" ".join(outcome.errors.values()),
-        )
-        if not done:
-            return None
-        PatchResult.objects.bulk_create(
-            PatchResult(
-                operation_id=operation_id,
-                update_id=p.id,
-                state=outcome.states[p.id],
-                error=outcome.errors.get(p.id, ""),
-            )
-            for p in available
-        )
-        state = GuestState.objects.select_for_update().filter(pk=vm.pk).first()
-        if state is None:  # the VM was deleted while the guest worked
-            _fail_deleted(operation_id, vm.name, finished)
-            return None
-        InstalledUpdate.objects.bulk_create(
-            [InstalledUpdate(guest=state, update_id=p.id, installed_at=finished) for p in outcome.installed],
-            ignore_conflicts=True,
-        )
-        state.build = outcome.build
-        state.baseline_id = outcome.baseline_id
-        state.reboot_pending = outcome.reboot_pending
-        state.last_installation_id = operation_id
-        if outcome.reboot_status == "Completed":
-            state.last_boot_at = finished
-        state.save()
-        if outcome.reboot_status == "Completed":
-            VirtualMachine.objects.filter(pk=vm.pk, power_state=VirtualMachine.PowerState.STARTING).update(
-                power_state=VirtualMachine.PowerState.RUNNING
-            )
+    """Write an installation's outcome and move the guest to its new build."""
+    if not _record(
+        [_Finding(operation_id, vm, available, finished, sim.Guest(False, "", None, frozenset()), [], outcome)]
+    ):
+        return None
     return Operation.objects.get(pk=operation_id)
 
 
