@@ -145,6 +145,8 @@ class PatchDecision(models.TextChoices):
     BEHIND_BASELINE = "behind_baseline", "Behind the baseline"
     HELD_FOR_BASELINE = "held_for_baseline", "Rebooting updates held for the baseline month"
     RETRY = "retry", "Failed or pending: retried in the next window"
+    USER_SCHEDULE = "user_schedule", "Customer-managed schedule, none attached"
+    IN_PROGRESS = "in_progress", "An on-demand installation is running"
 
 
 class GuestState(models.Model):

@@ -40,3 +40,22 @@ def fail_stale_operations() -> int:
 def prune_history() -> int:
     """Beat: keep update history for PORTAL_HISTORY_RETENTION_DAYS, then let it go."""
     return services.prune_history()
+
+
+@shared_task
+def patch_fleet() -> str:
+    """Beat: one round of automatic patching (idempotent: a second beat's round waits its turn)."""
+    from .orchestrator import engine
+
+    result = engine.patch_fleet()
+    if result.started or result.halted:
+        log.info("Automatic patching: %s", result)
+    return str(result)
+
+
+@shared_task
+def assess_fleet() -> int:
+    """Beat: periodic assessment of the running VMs whose slot has come."""
+    from .orchestrator import engine
+
+    return len(engine.assess_fleet().started)

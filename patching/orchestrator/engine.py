@@ -1,0 +1,534 @@
+"""Automatic patching against the database: read the fleet set-based, decide, record, start.
+
+`patch_fleet()` and `assess_fleet()` are what the beat tasks run every few minutes (real time), and
+what the fleet simulation and the demo seeder run on their simulated clock (`now=...`, `execute=True`:
+the operations then run right away through services.execute_operation, on the same clock).
+
+Idempotent: a round runs in one transaction holding an advisory lock on PostgreSQL (SQLite's
+IMMEDIATE transactions serialise writers anyway), so two beats started by mistake plan one after the
+other, and the second sees the first one's operations in flight. Under that, the database allows one
+installation in flight per VM (services.start_operations skips the VMs that have one), and halts are
+opened with ON CONFLICT DO NOTHING against "one open halt per release".
+
+Queries per round do not grow with the fleet: the VMs (one query), what is installed on them (one
+aggregate), the installations in flight, the catalog, one failure-rate aggregate per product, then
+one UPDATE per distinct decision that changed and one bulk insert of operations per parameter set.
+"""
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+
+from patching import guest as sim
+from patching import services
+from patching.guest import Selection
+from patching.models import (
+    IN_FLIGHT,
+    GuestState,
+    InstalledUpdate,
+    Operation,
+    OperationKind,
+    RolloutHalt,
+    StartedBy,
+    Update,
+)
+from patching.parameters import InstallParameters
+from vms import images
+from vms.models import VirtualMachine
+
+from . import planner
+from .needs import DOTNET, CatalogPatch, GuestSummary, Need, ProductCatalog, need
+from .rules import Rules, assessment_due, assessment_period, from_settings_values, next_assessment_slot
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = 0x486F747061746368  # "Hotpatch": the advisory lock of a patching round
+# An installation finishes within its maximum duration (at most 4 h) plus a reboot.
+LONGEST_INSTALLATION = timedelta(hours=5)
+FIXED_KEY = "orchestrator"  # where load_catalogs keeps its catalogs inside services.fixed_catalog()
+DETAIL_LENGTH = GuestState._meta.get_field("patch_decision_detail").max_length
+
+
+def current_rules() -> Rules:
+    """The rules as configured (validated at startup by settings.py)."""
+    return from_settings_values(
+        window=settings.PORTAL_OFF_PEAK_WINDOW,
+        phases=settings.PORTAL_ROLLOUT_PHASES,
+        halt_failure_rate=settings.PORTAL_ROLLOUT_HALT_FAILURE_RATE,
+        halt_min_attempts=settings.PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS,
+        catch_up_baseline=settings.PORTAL_BASELINE_CATCH_UP,
+        assessment_interval_days=settings.PORTAL_ASSESSMENT_INTERVAL_DAYS,
+    )
+
+
+# --- Reading ----------------------------------------------------------------------------------------
+
+
+def load_catalogs() -> dict[str, ProductCatalog]:
+    """Every product's catalog, indexed (one query; none inside services.fixed_catalog())."""
+    fixed = services.fixed_catalogs()
+    if fixed is not None and FIXED_KEY in fixed:
+        return fixed[FIXED_KEY]
+    rows = Update.objects.values_list(
+        "id",
+        "kb",
+        "kind",
+        "classification",
+        "reboot_behavior",
+        "published_at",
+        "build",
+        "baseline_id",
+        "product",
+        "release_month",
+    )
+    by_product: dict[str, list[CatalogPatch]] = defaultdict(list)
+    for *patch, product, month in rows:
+        by_product[product].append(CatalogPatch(sim.Patch(*patch), product, month))
+    catalogs = {product: ProductCatalog(product, patches) for product, patches in by_product.items()}
+    if fixed is not None:
+        fixed[FIXED_KEY] = catalogs
+    return catalogs
+
+
+@dataclass
+class Snapshot:
+    fleet: list[planner.FleetVM]
+    decisions: dict[int, tuple[str, str]]  # what each VM's guest state says now
+
+
+@dataclass
+class FleetCache:
+    """What a snapshot read, kept between rounds, so that only the VMs that changed are read again.
+
+    For a caller that owns the database between rounds (the simulation): what changes is what the
+    engine started (it marks those VMs itself) and what the caller changed, which it reports with
+    `touch()`. Without a cache every round reads the whole fleet, as the beat task does.
+    """
+
+    rows: dict[int, tuple] = field(default_factory=dict)
+    summaries: dict[int, tuple] = field(default_factory=dict)
+    decisions: dict[int, tuple[str, str]] = field(default_factory=dict)
+    needs: dict[tuple, Need] = field(default_factory=dict)
+    vms: dict[int, tuple] = field(default_factory=dict)
+    verdicts: dict[int, tuple] = field(default_factory=dict)  # the planner's memo
+    dirty: set[int] | None = None  # None: read everything
+    installed_since_check: bool = True  # whether check_halts has new installations to count
+    verify: bool = False  # compare every cached snapshot with a fresh one (tests)
+
+    def touch(self, vm_ids) -> None:
+        if self.dirty is not None:
+            self.dirty.update(vm_ids)
+
+
+VM_COLUMNS = (
+    "pk",
+    "name",
+    "product",
+    "resource_group__subscription_id",
+    "resource_group_id",
+    "location",
+    "zone",
+    "availability_set",
+    "update_domain",
+    "time_zone",
+    "power_state",
+    "patch_mode",
+    "bypass_platform_safety_checks",
+    "reboot_setting",
+    "enable_hotpatching",
+    "image_publisher",
+    "image_offer",
+    "image_sku",
+    "guest__baseline_id",
+    "guest__patch_decision",
+    "guest__patch_decision_detail",
+    "guest__last_installation__started_by",
+    "guest__last_installation__failed_count",
+    "guest__last_installation__pending_count",
+    "guest__last_installation__finished_at",
+)
+ORCHESTRATED = Q(guest__vm__patch_mode="AutomaticByPlatform")
+
+
+def installed_summaries(vm_filter: Q | None = None) -> dict[int, tuple]:
+    """Per guest: the newest installed Windows update, .NET update and baseline (one aggregate query)."""
+    rows = InstalledUpdate.objects.all()
+    if vm_filter is not None:
+        rows = rows.filter(vm_filter)
+    rows = rows.values("guest_id").annotate(
+        windows=Max("update__published_at", filter=Q(update__kind__in=sim.WINDOWS_KINDS)),
+        dotnet=Max("update__published_at", filter=Q(update__kind=DOTNET)),
+        baseline=Max("update__published_at", filter=Q(update__kind__in=sim.BASELINE_KINDS)),
+    )
+    return {row["guest_id"]: (row["windows"], row["dotnet"], row["baseline"]) for row in rows}
+
+
+def _read(cache: FleetCache) -> None:
+    """(Re)read the VMs the cache lacks or that changed: everything the first time."""
+    vms = VirtualMachine.objects.filter(guest__isnull=False)
+    installed = ORCHESTRATED
+    if cache.dirty is not None:
+        if not cache.dirty:
+            return
+        changed = list(cache.dirty)
+        vms, installed = vms.filter(pk__in=changed), installed & Q(guest_id__in=changed)
+        for pk in changed:  # a deleted VM stays away
+            cache.rows.pop(pk, None)
+            cache.summaries.pop(pk, None)
+            cache.decisions.pop(pk, None)
+    for row in vms.values_list(*VM_COLUMNS):
+        cache.rows[row[0]] = row
+        cache.decisions[row[0]] = (row[19], row[20])
+    cache.summaries.update(installed_summaries(installed))
+    cache.dirty = set()
+
+
+def snapshot(
+    now: datetime, rules: Rules, catalogs: dict[str, ProductCatalog], cache: FleetCache | None = None
+) -> Snapshot:
+    """The fleet as the planner sees it at `now` (read afresh, or updated in `cache`)."""
+    cache = cache or FleetCache()
+    _read(cache)
+    installing = dict(
+        Operation.objects.filter(kind=OperationKind.INSTALLATION, vm__isnull=False)
+        .filter(Q(status__in=IN_FLIGHT) | Q(created_at__gt=now - LONGEST_INSTALLATION, finished_at__gt=now))
+        .values_list("vm_id", "started_by")
+    )
+    epochs = {product: catalog.epoch(now) for product, catalog in catalogs.items()}
+    fleet = []
+    for pk, row in cache.rows.items():
+        doing = installing.get(pk, "")
+        summary = cache.summaries.get(pk)
+        epoch = epochs.get(row[2])
+        kept = cache.vms.get(pk)
+        # Unchanged row, installed state, releases and installation in flight: the same FleetVM.
+        if kept is not None and kept[0] is row and kept[1] is summary and kept[2] == epoch and kept[3] == doing:
+            fleet.append(kept[4])
+            continue
+        vm = _fleet_vm(row, _need(row, cache, now, rules, catalogs), doing)
+        cache.vms[pk] = (row, summary, epoch, doing, vm)
+        fleet.append(vm)
+    if cache.verify:
+        fresh = snapshot(now, rules, catalogs)
+        assert sorted(fleet, key=lambda v: v.id) == sorted(fresh.fleet, key=lambda v: v.id), "stale fleet cache"
+        assert {k: cache.decisions[k] for k in fresh.decisions} == fresh.decisions, "stale decision cache"
+    return Snapshot(fleet, cache.decisions)
+
+
+def _need(row: tuple, cache: FleetCache, now: datetime, rules: Rules, catalogs: dict[str, ProductCatalog]) -> Need:
+    """What automatic patching would install on this VM now (memoised per guest state and release)."""
+    pk, product, patch_mode, hotpatch, image, baseline_id = row[0], row[2], row[11], row[14], row[15:18], row[18]
+    catalog = catalogs.get(product)
+    if patch_mode != "AutomaticByPlatform" or catalog is None:
+        return NOTHING
+    windows, dotnet, baseline = cache.summaries.get(pk, (None, None, None))
+    summary = GuestSummary(product, hotpatch and _capable(*image), baseline_id, windows, dotnet, baseline)
+    key = (summary, catalog.epoch(now), rules.catch_up_baseline)
+    if key not in cache.needs:
+        cache.needs[key] = need(summary, catalog, now, catch_up=rules.catch_up_baseline)
+    return cache.needs[key]
+
+
+NOTHING = Need()
+
+
+@lru_cache(maxsize=64)
+def _capable(publisher: str, offer: str, sku: str) -> bool:
+    return images.is_hotpatch_capable(publisher, offer, sku)
+
+
+def _fleet_vm(row: tuple, wanted: Need, installing: str) -> planner.FleetVM:
+    (
+        pk,
+        name,
+        product,
+        subscription,
+        resource_group,
+        region,
+        zone,
+        availability_set,
+        update_domain,
+        time_zone,
+        power_state,
+        patch_mode,
+        bypass,
+        reboot_setting,
+        *_,
+        last_by,
+        last_failed,
+        last_pending,
+        last_finished,
+    ) = row
+    retry, retry_after = "", None
+    if last_by == StartedBy.PLATFORM and last_finished is not None and (last_failed or last_pending):
+        what = []
+        if last_failed:
+            what.append(f"{last_failed} update{'s' if last_failed > 1 else ''} failed")
+        if last_pending:
+            what.append(f"{last_pending} did not fit in the window")
+        retry = f"{' and '.join(what)} at {last_finished:%Y-%m-%d %H:%M} UTC"
+        retry_after = last_finished
+    return planner.FleetVM(
+        id=pk,
+        name=name,
+        product=product,
+        subscription=str(subscription),
+        region=region,
+        zone=zone,
+        availability_set=f"{resource_group}/{availability_set.lower()}" if availability_set else "",
+        update_domain=update_domain,
+        time_zone=time_zone,
+        power_state=power_state,
+        patch_mode=patch_mode,
+        user_schedule=bypass,
+        reboot_setting=reboot_setting,
+        need=wanted,
+        installing=installing,
+        retry=retry,
+        retry_after=retry_after,
+    )
+
+
+# --- Halts ------------------------------------------------------------------------------------------
+
+
+def open_halts() -> dict[tuple[str, str], str]:
+    """The halted releases, each with the sentence a halted VM shows."""
+    names = {code: product.name for code, product in images.PRODUCTS.items()}
+    return {
+        (halt.product, halt.release_month): (
+            f"The {halt.release_month} rollout for {names.get(halt.product, halt.product)} is halted since "
+            f"{halt.halted_at:%Y-%m-%d %H:%M} UTC: {halt.failed} of {halt.attempted} installations failed. "
+            "An operator resumes it (admin: Rollout halts)."
+        )
+        for halt in RolloutHalt.objects.filter(resumed_at=None)
+    }
+
+
+def check_halts(now: datetime, rules: Rules, catalogs: dict[str, ProductCatalog]) -> list[RolloutHalt]:
+    """Halt each release whose automatic installations fail above the threshold (one query per product)."""
+    resumed = {
+        (product, month): last
+        for product, month, last in RolloutHalt.objects.exclude(resumed_at=None)
+        .values("product", "release_month")
+        .annotate(last=Max("resumed_at"))
+        .values_list("product", "release_month", "last")
+    }
+    already = set(RolloutHalt.objects.filter(resumed_at=None).values_list("product", "release_month"))
+    # Count from the release, or from the operator's last resume of it; all products in one query.
+    releases = {}
+    for product, catalog in catalogs.items():
+        release = catalog.current_release(now)
+        if release is not None and (product, release.release_month) not in already:
+            since = release.patch.published_at
+            releases[product] = (release, max(since, resumed.get((product, release.release_month), since)))
+    if not releases:
+        return []
+    finished = (
+        Operation.objects.filter(kind=OperationKind.INSTALLATION, started_by=StartedBy.PLATFORM)
+        .filter(created_at__gte=min(since for _, since in releases.values()))
+        .exclude(status__in=IN_FLIGHT)
+        .exclude(finished_at__gt=now)
+        .exclude(error_code__in=Operation.PLATFORM_ERRORS)
+    )
+    counts = {}
+    for product, (_, since) in releases.items():
+        mine = Q(vm__product=product, created_at__gte=since)
+        counts[f"{product}_attempted"] = Count("pk", filter=mine)
+        counts[f"{product}_failed"] = Count("pk", filter=mine & Q(failed_count__gt=0))
+    stats = finished.aggregate(**counts)
+    opened = []
+    for product, (release, _) in releases.items():
+        attempted, failed = stats[f"{product}_attempted"], stats[f"{product}_failed"]
+        reason = planner.halt_reason(release.release_month, attempted, failed, rules)
+        if reason:
+            opened.append(
+                RolloutHalt(
+                    release_month=release.release_month,
+                    product=product,
+                    halted_at=now,
+                    failed=failed,
+                    attempted=attempted,
+                    reason=reason,
+                )
+            )
+    if opened:
+        RolloutHalt.objects.bulk_create(opened, ignore_conflicts=True)
+        for halt in opened:
+            log.warning("Rollout halted: %s %s: %s", halt.product, halt.release_month, halt.reason)
+    return opened
+
+
+def resume_rollout(halt: RolloutHalt, *, user=None, now: datetime | None = None) -> bool:
+    """An operator resumes a halted rollout; False if it was resumed already (compare-and-swap).
+
+    Failures are counted afresh from now on, so the rollout does not halt again on the old ones.
+    """
+    now = now or timezone.now()
+    done = RolloutHalt.objects.filter(pk=halt.pk, resumed_at=None).update(resumed_at=now, resumed_by=user)
+    if done:
+        halt.refresh_from_db()
+        log.info("Rollout resumed: %s %s by %s", halt.product, halt.release_month, user or "the platform")
+    return bool(done)
+
+
+# --- Writing ----------------------------------------------------------------------------------------
+
+
+def record_decisions(verdicts: dict[int, planner.Verdict], current: dict[int, tuple[str, str]], now: datetime) -> int:
+    """Store each VM's decision where it changed: one UPDATE per distinct (decision, detail)."""
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for vm_id, verdict in verdicts.items():
+        detail = verdict.detail if len(verdict.detail) <= DETAIL_LENGTH else verdict.detail[: DETAIL_LENGTH - 1] + "…"
+        if current.get(vm_id) != (verdict.decision, detail):
+            groups[(verdict.decision, detail)].append(vm_id)
+    for (decision, detail), ids in groups.items():
+        for pk in ids:
+            current[pk] = (decision, detail)
+        for i in range(0, len(ids), 5000):
+            GuestState.objects.filter(pk__in=ids[i : i + 5000]).update(
+                patch_decision=decision, patch_decision_detail=detail, patch_decision_at=now
+            )
+    return sum(len(ids) for ids in groups.values())
+
+
+def start_installations(starts: list[planner.Start], now: datetime, *, enqueue: bool) -> list[int]:
+    """Queue the planned installations, one bulk insert per parameter set; returns their ids."""
+    if not starts:
+        return []
+    vms = VirtualMachine.objects.select_related("resource_group").in_bulk([s.vm_id for s in starts])
+    groups: dict[tuple, list[VirtualMachine]] = defaultdict(list)
+    for start in starts:
+        if start.vm_id in vms:
+            groups[(start.reboot_setting, start.exclude_reboot, start.maximum_duration)].append(vms[start.vm_id])
+    ids: list[int] = []
+    for (reboot_setting, exclude_reboot, duration), members in groups.items():
+        parameters = InstallParameters(
+            selection=Selection(
+                classifications=frozenset(sim.CRITICAL_AND_SECURITY), exclude_kbs_requiring_reboot=exclude_reboot
+            ),
+            reboot_setting=reboot_setting,
+            maximum_duration=duration,
+        )
+        ids += services.queue_operations(
+            members,
+            OperationKind.INSTALLATION,
+            started_by=StartedBy.PLATFORM,
+            parameters=parameters,
+            now=now,
+            enqueue=enqueue,
+        )
+    return ids
+
+
+def run_now(operation_ids: list[int], now: datetime) -> None:
+    """Run queued operations at once on a simulated clock (the simulation, the demo's history)."""
+    for i in range(0, len(operation_ids), 500):
+        services.execute_operations(operation_ids[i : i + 500], now=now)
+
+
+def _exclusive() -> bool:
+    """Take this round's lock (PostgreSQL); False when another round holds it."""
+    if connection.vendor != "postgresql":
+        return True  # SQLite: the transaction itself is exclusive (IMMEDIATE), or there is one process
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])
+        return bool(cursor.fetchone()[0])
+
+
+# --- The rounds -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    """What one round of automatic patching did."""
+
+    now: datetime
+    skipped: bool = False
+    started: list[int] = field(default_factory=list)
+    decisions: dict[str, int] = field(default_factory=dict)
+    halted: list[tuple[str, str]] = field(default_factory=list)
+    wake_at: datetime | None = None
+    phase: int | None = None
+    busy: int = 0
+
+    def __str__(self) -> str:
+        if self.skipped:
+            return "skipped: another round is running"
+        counts = ", ".join(f"{decision} {n}" for decision, n in sorted(self.decisions.items()))
+        return f"started {len(self.started)} installation(s); {counts or 'no VMs'}"
+
+
+def patch_fleet(now: datetime | None = None, *, execute: bool = False, cache: FleetCache | None = None) -> Round:
+    """One round of automatic patching: halt failing rollouts, decide for every VM, start installations.
+
+    `now` None is real time (the installations are queued for the workers); with `now` and
+    `execute=True` they run right away on that simulated clock. `cache` (the simulation's) keeps
+    what the previous round read.
+    """
+    clock = now or timezone.now()
+    rules = current_rules()
+    with transaction.atomic():
+        if not _exclusive():
+            return Round(clock, skipped=True)
+        catalogs = load_catalogs()
+        opened = []
+        if cache is None or cache.installed_since_check:
+            opened = check_halts(clock, rules, catalogs)
+        snap = snapshot(clock, rules, catalogs, cache)
+        result = planner.plan(snap.fleet, clock, rules, open_halts(), memo=cache.verdicts if cache else None)
+        record_decisions(result.verdicts, snap.decisions, clock)
+        started = start_installations(result.starts, clock, enqueue=not execute)
+    if execute:
+        run_now(started, clock)
+    if cache is not None:
+        cache.touch(start.vm_id for start in result.starts)
+        cache.installed_since_check = bool(result.starts)
+    return Round(
+        now=clock,
+        started=started,
+        decisions=result.count(),
+        halted=[(h.product, h.release_month) for h in opened],
+        wake_at=result.wake_at,
+        phase=result.phase,
+        busy=sum(1 for vm in snap.fleet if vm.installing),
+    )
+
+
+@dataclass
+class Assessments:
+    started: list[int]
+    next_due: datetime | None  # the next slot of a running VM (the simulation sleeps till then)
+
+
+def assess_fleet(now: datetime | None = None, *, execute: bool = False) -> Assessments:
+    """Periodic assessment: every running VM whose slot has come (24 h or every few days), staggered."""
+    clock = now or timezone.now()
+    rules = current_rules()
+    rows = VirtualMachine.objects.filter(
+        power_state=VirtualMachine.PowerState.RUNNING, guest__isnull=False
+    ).values_list("pk", "assessment_mode", "guest__assessed_at")
+    due, next_due = [], None
+    for pk, mode, assessed_at in rows:
+        period = assessment_period(mode, rules)
+        if assessment_due(pk, period, assessed_at, clock):
+            due.append(pk)
+        else:
+            slot = next_assessment_slot(pk, period, clock)
+            next_due = slot if next_due is None else min(next_due, slot)
+    started: list[int] = []
+    for i in range(0, len(due), 2000):
+        vms = VirtualMachine.objects.select_related("resource_group").filter(pk__in=due[i : i + 2000])
+        started += services.queue_operations(
+            vms, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM, now=clock, enqueue=not execute
+        )
+    if execute:
+        run_now(started, clock)
+    return Assessments(started, next_due)

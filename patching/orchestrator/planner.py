@@ -1,0 +1,387 @@
+"""The batching decision of automatic patching (SPEC §3.5, availability-first). Pure: no database.
+
+Given a snapshot of the fleet, the time and the rules, `plan()` says which VMs start an installation
+now and, for every other VM, why not. The same function serves the beat task (real time) and the
+fleet simulation (a simulated clock); the engine reads the snapshot and writes the outcome.
+
+The rules, in the order they are applied:
+1. Only Azure-orchestrated VMs (patchMode AutomaticByPlatform, no customer-managed schedule) that
+   run, need a Critical or Security update, and whose release is not halted are candidates.
+2. Phases: a candidate starts only in the earliest phase that still has candidates or installations
+   in flight, and only when no other phase has installations in flight. So phases never overlap, and
+   phase n+1 starts once every eligible VM of the phases before it has finished healthy (a VM whose
+   install failed still needs its update, so it holds the next phase until its retry succeeds).
+3. Off-peak window: only in the VM's local window (its IANA time zone), with time left for the work.
+4. Zones: one zone per region at a time (the zone in flight, else the lowest with candidates).
+5. Availability sets: one update domain at a time, at most 20% of the set at once, one VM when the
+   set has fewer than 10. VMs in neither a zone nor a set: at most 20% (rounded up) of a
+   subscription's such VMs in a region at once, so a subscription is not patched all at once.
+On-demand installations do not follow these rules (SPEC §3.5) and do not count against them; a VM
+with any installation in flight is not started again (the database allows one in flight per VM).
+"""
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from patching.models import PatchDecision as D
+
+from .needs import Need
+from .rules import Rules, resolve_time_zone
+
+PLATFORM, USER = "Platform", "User"
+
+
+@dataclass(frozen=True)
+class FleetVM:
+    """One VM as the planner sees it."""
+
+    id: int
+    name: str
+    product: str
+    subscription: str
+    region: str
+    zone: str = ""
+    availability_set: str = ""  # a fleet-wide key for the set ("" when none)
+    update_domain: int | None = None
+    time_zone: str = "UTC"
+    power_state: str = "running"
+    patch_mode: str = "AutomaticByPlatform"
+    user_schedule: bool = False  # bypassPlatformSafetyChecksOnUserSchedule
+    reboot_setting: str = "IfRequired"
+    need: Need = field(default_factory=Need)
+    installing: str = ""  # who started the installation in flight: "Platform", "User", or ""
+    retry: str = ""  # what its last platform installation left undone, e.g. "1 update failed at ..."
+    retry_after: datetime | None = None  # when that installation finished: retried in a later window
+
+    @property
+    def running(self) -> bool:
+        return self.power_state == "running"
+
+    @property
+    def regional(self) -> bool:
+        """In neither a zone nor an availability set."""
+        return not self.zone and not self.availability_set
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Start:
+    """An installation to start now, with the parameters automatic patching uses."""
+
+    vm_id: int
+    reboot_setting: str
+    exclude_reboot: bool
+    maximum_duration: timedelta
+
+
+@dataclass
+class Plan:
+    verdicts: dict[int, Verdict]  # VMs with an installation by the platform in flight keep theirs
+    starts: list[Start]
+    # The earliest moment a VM now outside its window could start (the simulation sleeps till then).
+    wake_at: datetime | None = None
+    phase: int | None = None  # the phase rolling out, if any
+
+    def count(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for verdict in self.verdicts.values():
+            counts[verdict.decision] += 1
+        return dict(counts)
+
+
+def set_capacity(size: int, rules: Rules) -> int:
+    """How many VMs of an availability set may be patched at once."""
+    return 1 if size < rules.small_set else max(1, math.floor(size * rules.set_fraction))
+
+
+def subscription_capacity(size: int, rules: Rules) -> int:
+    """How many of a subscription's VMs in a region (outside zones and sets) may be patched at once."""
+    return max(1, math.ceil(size * rules.subscription_fraction))
+
+
+def halt_reason(release_month: str, attempted: int, failed: int, rules: Rules) -> str | None:
+    """Why a release's rollout halts, or None: a failure rate above the threshold, over enough attempts."""
+    if attempted < rules.halt_min_attempts or failed / attempted <= rules.halt_failure_rate:
+        return None
+    return (
+        f"{failed} of {attempted} automatic installations of the {release_month} release failed "
+        f"({failed / attempted:.0%}, above the {rules.halt_failure_rate:.0%} threshold): its rollout stopped "
+        "until an operator resumes it."
+    )
+
+
+def plan(
+    fleet: Sequence[FleetVM],
+    now: datetime,
+    rules: Rules,
+    halts: dict[tuple[str, str], str] | None = None,
+    *,
+    memo: dict[int, tuple] | None = None,
+) -> Plan:
+    """Which VMs start an installation now, and a reason for every VM that does not.
+
+    `memo` (optional, kept by the caller between calls) remembers the reasons that depend on nothing
+    but the VM and the halts, for callers that pass the same FleetVM objects again.
+    """
+    halts = halts or {}
+    halts_key = tuple(sorted(halts))
+    verdicts: dict[int, Verdict] = {}
+    busy = [vm for vm in fleet if vm.installing == PLATFORM]
+    candidates: list[FleetVM] = []
+    for vm in fleet:
+        if vm.installing:
+            if vm.installing == USER:
+                verdicts[vm.id] = Verdict(D.IN_PROGRESS, "An installation started by a user is running.")
+            continue
+        if memo is None:
+            verdict = _not_a_candidate(vm, halts)
+        else:
+            kept = memo.get(vm.id)
+            if kept is not None and kept[0] is vm and kept[1] == halts_key:
+                verdict = kept[2]
+            else:
+                verdict = _not_a_candidate(vm, halts)
+                memo[vm.id] = (vm, halts_key, verdict)
+        if verdict is None:
+            candidates.append(vm)
+        else:
+            verdicts[vm.id] = verdict
+
+    # Phases: the earliest with work left goes, and only once no other phase has work in flight.
+    phase_of = rules.phases.phase_of
+    busy_phases = {phase_of(vm.region) for vm in busy}
+    current = min({phase_of(vm.region) for vm in candidates} | busy_phases, default=None)
+    ready: list[FleetVM] = []
+    for vm in candidates:
+        phase = phase_of(vm.region)
+        if phase != current:
+            # No running count in the text: it would rewrite every waiting VM's decision every round.
+            verdicts[vm.id] = Verdict(
+                D.WAITING_PHASE,
+                f"{vm.region} rolls out in phase {phase + 1}; phase {current + 1} "
+                f"({_regions(rules.phases.regions(current))}) has VMs still to patch, and goes first.",
+            )
+        elif busy_phases - {current}:
+            later = min(busy_phases - {current})
+            verdicts[vm.id] = Verdict(
+                D.WAITING_PHASE,
+                f"Phase {later + 1} has installations in flight; phases never overlap, so phase {current + 1} "
+                f"({vm.region}) goes once they finish.",
+            )
+        else:
+            ready.append(vm)
+
+    # Off-peak window, in the VM's own time zone.
+    wake_at: datetime | None = None
+    in_window: list[tuple[FleetVM, timedelta]] = []
+    for vm in ready:
+        zone = resolve_time_zone(vm.time_zone)
+        remaining = rules.window.remaining(now, zone)
+        # Failed or left pending in this window: retried in the next one.
+        retried_here = bool(vm.retry_after and remaining and vm.retry_after >= rules.window.opened_at(now, zone))
+        if remaining >= rules.min_duration and not retried_here:
+            in_window.append((vm, remaining))
+            continue
+        opens = rules.window.next_opening(now + remaining + timedelta(seconds=1), zone)
+        wake_at = opens if wake_at is None else min(wake_at, opens)
+        local = opens.astimezone(zone)
+        when = f"next from {local:%Y-%m-%d %H:%M} local"
+        if vm.retry:
+            verdicts[vm.id] = Verdict(
+                D.RETRY,
+                f"Last attempt: {vm.retry}. Retried in its next off-peak window ({rules.window.label}), {when}.",
+            )
+        else:
+            verdicts[vm.id] = Verdict(
+                D.OUTSIDE_WINDOW,
+                f"Needs {vm.need.description or _kbs(vm.need.kbs)}; waits for its off-peak window "
+                f"{rules.window.label} ({vm.time_zone}), {when}."
+                + (f" {vm.need.catch_up}" if vm.need.catch_up else ""),
+            )
+
+    starts = _batches(in_window, busy, fleet, now, rules, verdicts)
+    return Plan(verdicts=verdicts, starts=starts, wake_at=wake_at, phase=current)
+
+
+def _not_a_candidate(vm: FleetVM, halts: dict[tuple[str, str], str]) -> Verdict | None:
+    """The reason a VM is not patched whatever the others do, or None for a candidate."""
+    need = vm.need
+    if vm.patch_mode == "Manual":
+        return Verdict(
+            D.MODE_MANUAL, "Patch orchestration is Manual: the platform installs nothing; use Install updates now."
+        )
+    if vm.patch_mode == "AutomaticByOS":
+        return Verdict(D.MODE_BY_OS, "Patch orchestration is AutomaticByOS: Windows Update inside the VM decides.")
+    if vm.user_schedule:
+        return Verdict(
+            D.USER_SCHEDULE,
+            "Customer-managed schedules (bypassPlatformSafetyChecksOnUserSchedule) and no schedule is attached: "
+            "the platform installs nothing.",
+        )
+    if not vm.running:
+        state = vm.power_state
+        if need.installs:
+            return Verdict(
+                D.OFF,
+                f"The VM is {state}; it needs {need.description or ', '.join(need.kbs)} and is patched in its first "
+                "off-peak window after it starts.",
+            )
+        return Verdict(D.OFF, f"The VM is {state}; it is assessed and patched again once it runs.")
+    if not need.installs:
+        if need.behind:
+            return Verdict(D.BEHIND_BASELINE, need.behind)
+        if need.held:
+            return Verdict(
+                D.HELD_FOR_BASELINE,
+                f"{_kbs(need.held)} need{'s' if len(need.held) == 1 else ''} a reboot: held for the next baseline "
+                f"month, {need.held_until}, so the VM reboots only with its baseline.",
+            )
+        return Verdict(D.UP_TO_DATE, "All Critical and Security updates are installed.")
+    halted = sorted(release for release in need.releases if release in halts)
+    if halted:
+        return Verdict(D.HALTED, halts[halted[0]])
+    if resolve_time_zone(vm.time_zone) is None:
+        return Verdict(
+            D.OUTSIDE_WINDOW,
+            f"Its time zone '{vm.time_zone}' is not an IANA time zone, so its off-peak hours are unknown and "
+            "the platform does not patch it; set a valid time zone.",
+        )
+    return None
+
+
+def _batches(
+    in_window: list[tuple[FleetVM, timedelta]],
+    busy: list[FleetVM],
+    fleet: Sequence[FleetVM],
+    now: datetime,
+    rules: Rules,
+    verdicts: dict[int, Verdict],
+) -> list[Start]:
+    """Zones, availability sets and subscriptions: who of the VMs in their window goes now."""
+    zones_busy: dict[str, set[str]] = defaultdict(set)
+    set_busy: dict[str, list[FleetVM]] = defaultdict(list)
+    subscription_busy: dict[tuple[str, str], int] = defaultdict(int)
+    for vm in busy:
+        if vm.zone:
+            zones_busy[vm.region].add(vm.zone)
+        if vm.availability_set:
+            set_busy[vm.availability_set].append(vm)
+        if vm.regional:
+            subscription_busy[(vm.subscription, vm.region)] += 1
+    set_size: dict[str, int] = defaultdict(int)
+    subscription_size: dict[tuple[str, str], int] = defaultdict(int)
+    for vm in fleet:
+        if vm.availability_set:
+            set_size[vm.availability_set] += 1
+        if vm.regional:
+            subscription_size[(vm.subscription, vm.region)] += 1
+
+    # The zone each region patches now: the one in flight, else the lowest with a VM ready.
+    zone_now: dict[str, str] = {}
+    for vm, _ in in_window:
+        if vm.zone and not zones_busy[vm.region]:
+            zone_now[vm.region] = min(zone_now.get(vm.region, vm.zone), vm.zone)
+    # The update domain each set patches now: the one in flight, else the lowest with a VM ready.
+    domain_now: dict[str, int] = {}
+    for vm, _ in in_window:
+        if vm.availability_set and not set_busy[vm.availability_set]:
+            domain = _domain(vm)
+            domain_now[vm.availability_set] = min(domain_now.get(vm.availability_set, domain), domain)
+    for key, members in set_busy.items():
+        if members:
+            domain_now[key] = min(_domain(vm) for vm in members)
+
+    # A different order every month, so the same VMs are not always first (Azure's install dates vary).
+    month = now.year * 12 + now.month
+    order = sorted(in_window, key=lambda item: ((item[0].id * 2654435761 + month * 40503) % 2**32, item[0].id))
+    starts: list[Start] = []
+    for vm, remaining in order:
+        if vm.zone:
+            allowed = zones_busy[vm.region] or {zone_now[vm.region]}
+            if vm.zone not in allowed:
+                verdicts[vm.id] = Verdict(
+                    D.WAITING_ZONE,
+                    f"Zone {min(allowed)} of {vm.region} is being patched; zone {vm.zone} waits (the zones of a "
+                    "region are never patched at the same time).",
+                )
+                continue
+        if vm.availability_set:
+            key = vm.availability_set
+            size, capacity = set_size[key], set_capacity(set_size[key], rules)
+            name = key.rsplit("/", 1)[-1]
+            if _domain(vm) != domain_now[key]:
+                verdicts[vm.id] = Verdict(
+                    D.WAITING_BATCH,
+                    f"Availability set {name}: update domain {domain_now[key]} is being patched; update domain "
+                    f"{_domain(vm)} waits (one update domain at a time).",
+                )
+                continue
+            if len(set_busy[key]) >= capacity:
+                verdicts[vm.id] = Verdict(
+                    D.WAITING_BATCH,
+                    f"Availability set {name}: {capacity} of its {size} VMs "
+                    f"{'is' if capacity == 1 else 'are'} being patched, the most at once "
+                    f"({'one at a time below 10 VMs' if size < rules.small_set else '20% of the set'}).",
+                )
+                continue
+        if vm.regional:
+            group = (vm.subscription, vm.region)
+            capacity = subscription_capacity(subscription_size[group], rules)
+            if subscription_busy[group] >= capacity:
+                verdicts[vm.id] = Verdict(
+                    D.WAITING_BATCH,
+                    f"{capacity} of this subscription's {subscription_size[group]} VMs in {vm.region} outside zones "
+                    "and sets are being patched; the rest follow in batches, never all at once.",
+                )
+                continue
+        # Go.
+        # Whole quarter hours: a round's installations then share a few parameter sets (one insert each).
+        duration = min(remaining, rules.max_duration)
+        duration = timedelta(minutes=15 * int(duration.total_seconds() // 900))
+        starts.append(Start(vm.id, vm.reboot_setting, vm.need.exclude_reboot, duration))
+        if vm.zone:
+            zones_busy[vm.region].add(vm.zone)
+        if vm.availability_set:
+            set_busy[vm.availability_set].append(vm)
+        if vm.regional:
+            subscription_busy[(vm.subscription, vm.region)] += 1
+        verdicts[vm.id] = Verdict(D.PATCHED, _patching(vm, rules))
+    return starts
+
+
+def _patching(vm: FleetVM, rules: Rules) -> str:
+    need = vm.need
+    parts = []
+    if vm.retry:
+        parts.append(f"Retrying ({vm.retry}):")
+    if need.catch_up:
+        parts.append(need.catch_up)
+    parts.append(
+        f"Installing {need.description or _kbs(need.kbs)} in its off-peak window {rules.window.label} ({vm.time_zone})."
+    )
+    if need.reboots and vm.reboot_setting == "Never":
+        parts.append("rebootSetting Never: it will wait for a reboot.")
+    if need.held:
+        parts.append(f"Held for the next baseline month: {_kbs(need.held)}.")
+    return " ".join(parts)
+
+
+def _domain(vm: FleetVM) -> int:
+    return vm.update_domain if vm.update_domain is not None else -1
+
+
+def _kbs(kbs: Iterable[str]) -> str:
+    return ", ".join(f"KB{kb}" for kb in kbs)
+
+
+def _regions(regions: Sequence[str]) -> str:
+    listed = ", ".join(regions[:4])
+    return listed + (f" and {len(regions) - 4} more" if len(regions) > 4 else "")

@@ -1,0 +1,346 @@
+"""The platform over simulated time: the real engine and orchestrator on a clock that jumps ahead.
+
+`Simulation` creates a fleet, then steps a clock from `start` to `end`. At each step it applies the
+power changes due, lets an operator resume halted rollouts after a delay, runs periodic assessment
+(optional: it costs one operation per VM and day and changes no patching decision) and one round of
+automatic patching (`engine.patch_fleet(now, execute=True)`): installations run at once through
+services.execute_operation(pk, now=...), the same code a Celery worker runs.
+
+The clock does not tick through idle hours: after a round that started nothing, with nothing in
+flight, it jumps to the earliest moment something can happen (a window opening for a VM that
+needs an update, a release, a power change, a resume, an assessment slot). A year of 1,000 VMs
+is a few thousand rounds.
+
+`manage.py simulate` runs it in a throwaway in-memory SQLite database (`throwaway_database`); the
+demo seeder runs it over the real database for the past 45 days.
+"""
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from django.db.models import Count
+
+from patching import calendar, services
+from patching.models import InstalledUpdate, Operation, OperationKind, RebootStatus, RolloutHalt, StartedBy, Update
+from vms import images
+from vms.models import VirtualMachine
+
+from . import engine, fleets
+from .needs import GuestSummary, day_end, need
+
+STEP = timedelta(hours=1)
+COMPLIANCE_DAYS = 30
+
+
+@contextmanager
+def throwaway_database():
+    """Point Django's default database at a fresh in-memory SQLite database, migrated, for this block.
+
+    Nothing of the configured database is read or written meanwhile; it is restored afterwards.
+    """
+    from django.contrib.contenttypes.models import ContentType
+    from django.core.management import call_command
+    from django.db import connections
+    from django.db.utils import ConnectionHandler
+
+    original = connections["default"]
+    scratch = ConnectionHandler({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}})["default"]
+    connections["default"] = scratch
+    try:
+        call_command("migrate", verbosity=0, interactive=False)
+        yield
+    finally:
+        scratch.close()
+        connections["default"] = original
+        ContentType.objects.clear_cache()  # its ids were the scratch database's
+
+
+@dataclass
+class Simulation:
+    start: datetime
+    end: datetime
+    fleet: fleets.Fleet
+    assessments: bool = False
+    # An operator resumes a halted rollout this long after it halted (None: nobody does).
+    resume_after: timedelta | None = timedelta(hours=24)
+    rounds: int = 0
+    seconds: float = 0.0
+    vms: list[VirtualMachine] = field(default_factory=list)
+    # What the engine read in the previous round; verify=True checks it against a fresh read each round.
+    cache: engine.FleetCache = field(default_factory=engine.FleetCache)
+
+    def create_fleet(self) -> list[VirtualMachine]:
+        self.vms = fleets.create(self.fleet, self.start)
+        return self.vms
+
+    def run(self, until: datetime | None = None) -> None:
+        """Step the clock from start to `until` (default: end)."""
+        began = time.perf_counter()
+        until = until or self.end
+        by_name = {vm.name: vm.pk for vm in self.vms}
+        changes = sorted((c for c in self.fleet.changes if self.start <= c.at < until), key=lambda c: c.at)
+        releases = sorted(
+            set(
+                Update.objects.filter(
+                    published_at__gt=self.start, published_at__lt=until, classification__in=("Critical", "Security")
+                ).values_list("published_at", flat=True)
+            )
+        )
+        clock = self.start
+        cache = self.cache
+        with services.fixed_catalog():
+            while clock < until:
+                while changes and changes[0].at <= clock:
+                    change = changes.pop(0)
+                    VirtualMachine.objects.filter(pk=by_name[change.vm]).update(power_state=change.power_state)
+                    cache.touch([by_name[change.vm]])
+                next_resume = self._resume_halts(clock)
+                next_assessment = engine.assess_fleet(clock, execute=True).next_due if self.assessments else None
+                result = engine.patch_fleet(clock, execute=True, cache=cache)
+                self.rounds += 1
+                moments = [until, *(m for m in (result.wake_at, next_resume, next_assessment) if m)]
+                if result.started or result.busy:
+                    moments.append(clock + STEP)
+                if changes:
+                    moments.append(changes[0].at)
+                releases = [r for r in releases if r > clock]
+                moments += releases[:1]
+                clock = max(min(moments), clock + timedelta(minutes=1))
+        self.seconds += time.perf_counter() - began
+
+    def _resume_halts(self, clock: datetime) -> datetime | None:
+        """The operator resumes halts open for `resume_after`; returns when the next one is due."""
+        if self.resume_after is None:
+            return None
+        due = None
+        for halt in RolloutHalt.objects.filter(resumed_at=None):
+            at = halt.halted_at + self.resume_after
+            if at <= clock:
+                engine.resume_rollout(halt, now=clock)
+            else:
+                due = at if due is None else min(due, at)
+        return due
+
+    # --- The report ---------------------------------------------------------------------------------
+
+    def report(self) -> dict:
+        """Reboots, compliance and releases, as one JSON-able dict (`manage.py simulate --json`)."""
+        catalogs = engine.load_catalogs()
+        rules = engine.current_rules()
+        vms = list(VirtualMachine.objects.select_related("guest").order_by("name"))
+        reboots: dict[int, list[datetime]] = defaultdict(list)
+        for vm_id, finished in Operation.objects.filter(
+            kind=OperationKind.INSTALLATION, reboot_status=RebootStatus.COMPLETED, vm__isnull=False
+        ).values_list("vm_id", "finished_at"):
+            reboots[vm_id].append(finished)
+        installs = dict(
+            Operation.objects.filter(kind=OperationKind.INSTALLATION, started_by=StartedBy.PLATFORM, vm__isnull=False)
+            .values_list("vm_id")
+            .annotate(n=Count("pk"))
+        )
+        installed: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
+        for guest_id, update_id, at in InstalledUpdate.objects.values_list("guest_id", "update_id", "installed_at"):
+            installed[guest_id].append((at, update_id))
+        off = self._off_intervals(vms)
+        halts = list(RolloutHalt.objects.order_by("halted_at"))
+        kinds = dict(Update.objects.values_list("id", "kind"))
+        published = dict(Update.objects.values_list("id", "published_at"))
+        memo: dict = {}
+        days = [self.start.date() + timedelta(days=i) for i in range((self.end - self.start).days)]
+        years = max((self.end - self.start).total_seconds() / (365 * 86400), 1 / 365)
+
+        rows = []
+        for vm in vms:
+            enrolled = vm.enable_hotpatching and vm.hotpatch_capable
+            compliance = self._compliance(
+                vm, enrolled, installed[vm.pk], kinds, published, catalogs, rules, days, off[vm.pk], halts, memo
+            )
+            rows.append(
+                {
+                    "name": vm.name,
+                    "product": vm.product,
+                    "region": vm.location,
+                    "patch_mode": vm.patch_mode,
+                    "hotpatch_enrolled": enrolled,
+                    "reboot_setting": vm.reboot_setting,
+                    "reboots": len(reboots[vm.pk]),
+                    "reboot_months": sorted({f"{r:%Y-%m}" for r in reboots[vm.pk]}),
+                    "reboots_per_year": round(len(reboots[vm.pk]) / years, 2),
+                    "installations": installs.get(vm.pk, 0),
+                    "days_off": round(sum((b - a).total_seconds() for a, b in off[vm.pk]) / 86400, 1),
+                    **compliance,
+                    "build": vm.guest.build,
+                    "decision": vm.guest.patch_decision,
+                    "decision_detail": vm.guest.patch_decision_detail,
+                }
+            )
+        return {
+            "start": self.start.date().isoformat(),
+            "end": self.end.date().isoformat(),
+            "rounds": self.rounds,
+            "runtime_seconds": round(self.seconds, 1),
+            "summary": summarize(rows, years),
+            "releases": self._releases(),
+            "halts": [
+                {
+                    "product": h.product,
+                    "month": h.release_month,
+                    "halted_at": h.halted_at.isoformat(),
+                    "resumed_at": h.resumed_at.isoformat() if h.resumed_at else None,
+                    "failed": h.failed,
+                    "attempted": h.attempted,
+                    "reason": h.reason,
+                }
+                for h in halts
+            ],
+            "vms": rows,
+        }
+
+    def _off_intervals(self, vms) -> dict[int, list[tuple[datetime, datetime]]]:
+        """When each VM was not running, from the fleet's power changes."""
+        by_name = {vm.name: vm.pk for vm in vms}
+        intervals: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+        state = {name: self.fleet.initially_off.get(name, "running") for name in by_name}
+        since = {name: self.start for name in by_name}
+        for change in sorted(self.fleet.changes, key=lambda c: c.at):
+            if not (self.start <= change.at < self.end) or change.vm not in by_name:
+                continue
+            if state[change.vm] != "running" and change.power_state == "running":
+                intervals[by_name[change.vm]].append((since[change.vm], change.at))
+            if state[change.vm] == "running" and change.power_state != "running":
+                since[change.vm] = change.at
+            state[change.vm] = change.power_state
+        for name, power in state.items():
+            if power != "running":
+                intervals[by_name[name]].append((since[name], self.end))
+        return intervals
+
+    def _compliance(self, vm, enrolled, installs, kinds, published, catalogs, rules, days, off, halts, memo) -> dict:
+        """Day by day (at 23:59:59 UTC): were Critical/Security updates outstanding, and for how long?
+
+        Outstanding: what automatic patching would install, or what waits while the VM is behind the
+        baseline; not the .NET updates an enrolled VM holds for its baseline month (by design). Out of
+        compliance: outstanding continuously for more than 30 days since the oldest such release.
+        Each such day gets a reason: not Azure-orchestrated, off, halted, or behind the baseline.
+        """
+        catalog = catalogs.get(vm.product)
+        installs = sorted(installs)
+        outstanding_days, out_days = 0, 0
+        reasons: dict[str, int] = defaultdict(int)
+        streak_since: datetime | None = None
+        i, windows, dotnet, baseline, baseline_id = 0, None, None, None, None
+        for day in days:
+            moment = min(day_end(day), self.end)
+            while i < len(installs) and installs[i][0] <= moment:
+                update_id = installs[i][1]
+                kind, at = kinds[update_id], published[update_id]
+                if kind in engine.sim.WINDOWS_KINDS:
+                    windows = max(windows or at, at)
+                    if kind in engine.sim.BASELINE_KINDS:
+                        baseline, baseline_id = max(baseline or at, at), update_id
+                    elif kind in ("monthly", "oob"):
+                        baseline_id = None
+                elif kind == "dotnet":
+                    dotnet = max(dotnet or at, at)
+                i += 1
+            if catalog is None:
+                continue
+            summary = GuestSummary(vm.product, enrolled, baseline_id, windows, dotnet, baseline)
+            key = (summary, moment)
+            if key not in memo:
+                wanted = need(summary, catalog, moment, catch_up=rules.catch_up_baseline)
+                missing = wanted.kbs + (wanted.held if wanted.behind else ())
+                oldest = min(
+                    (p.published_at for p in catalog.patches if p.kb in missing and p.published_at <= moment),
+                    default=None,
+                )
+                memo[key] = (oldest, bool(wanted.behind))
+            oldest, behind = memo[key]
+            if oldest is None:
+                streak_since = None
+                continue
+            outstanding_days += 1
+            streak_since = oldest if streak_since is None else min(streak_since, oldest)
+            if moment - streak_since <= timedelta(days=COMPLIANCE_DAYS):
+                continue
+            out_days += 1
+            window_start = streak_since
+            if vm.patch_mode != "AutomaticByPlatform":
+                reasons["not_azure_orchestrated"] += 1
+            elif any(a < moment and b > window_start for a, b in off):
+                reasons["off"] += 1
+            elif any(
+                h.product == vm.product and h.halted_at < moment and (h.resumed_at or self.end) > window_start
+                for h in halts
+            ):
+                reasons["halted"] += 1
+            elif behind:
+                reasons["behind_baseline"] += 1
+            else:
+                reasons["unexplained"] += 1
+        return {
+            "days_outstanding": outstanding_days,
+            "days_out_of_compliance": out_days,
+            "out_of_compliance_reasons": dict(reasons),
+        }
+
+    def _releases(self) -> list[dict]:
+        """Each month of the range and what it brought, per product in the fleet."""
+        products = sorted(set(VirtualMachine.objects.values_list("product", flat=True)))
+        rows = []
+        for product in products:
+            for year in range(self.start.year, self.end.year + 1):
+                for month in calendar.month_kinds(product, year):
+                    if self.start.date() <= month.patch_tuesday < self.end.date():
+                        rows.append(
+                            {
+                                "month": month.label,
+                                "product": product,
+                                "product_name": images.PRODUCTS[product].name,
+                                "kind": str(month.kind),
+                                "kb": month.kb,
+                                "reboots": month.reboots,
+                            }
+                        )
+        return rows
+
+
+def summarize(rows: list[dict], years: float) -> dict:
+    """Reboots per VM-year, hotpatch-enrolled against not, among Azure-orchestrated VMs that ran throughout."""
+
+    def group(members: list[dict]) -> dict:
+        n = len(members)
+        return {
+            "vms": n,
+            "reboots_per_vm_year": round(sum(r["reboots"] for r in members) / n / years, 2) if n else None,
+            "days_outstanding_per_vm": round(sum(r["days_outstanding"] for r in members) / n, 1) if n else None,
+            "days_out_of_compliance": sum(r["days_out_of_compliance"] for r in members),
+            "vms_out_of_compliance": sum(1 for r in members if r["days_out_of_compliance"]),
+        }
+
+    orchestrated = [r for r in rows if r["patch_mode"] == "AutomaticByPlatform" and r["reboot_setting"] != "Never"]
+    steady = [r for r in orchestrated if not r["days_off"]]
+    hotpatch = group([r for r in steady if r["hotpatch_enrolled"]])
+    other = group([r for r in steady if not r["hotpatch_enrolled"]])
+    saved = None
+    if hotpatch["vms"] and other["vms"]:
+        saved = round(other["reboots_per_vm_year"] - hotpatch["reboots_per_vm_year"], 2)
+    reasons: dict[str, int] = defaultdict(int)
+    for row in rows:
+        for reason, n in row["out_of_compliance_reasons"].items():
+            reasons[reason] += n
+    return {
+        "hotpatch": hotpatch,
+        "not_hotpatch": other,
+        "reboots_saved_per_vm_year": saved,
+        "all_vms": group(rows),
+        "out_of_compliance_days_by_reason": dict(reasons),
+        "note": "reboots per VM-year: Azure-orchestrated VMs with rebootSetting other than Never that ran all the time",
+    }
+
+
+def utc(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
