@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 LOCK_KEY = 0x486F747061746368  # "Hotpatch": the advisory lock of a patching round
 # An installation finishes within its maximum duration (at most 4 h) plus a reboot.
 LONGEST_INSTALLATION = timedelta(hours=5)
+ATTEMPTS = timedelta(days=62)
 FIXED_KEY = "orchestrator"  # where load_catalogs keeps its catalogs inside services.fixed_catalog()
 DETAIL_LENGTH = GuestState._meta.get_field("patch_decision_detail").max_length
 
@@ -115,6 +116,7 @@ class FleetCache:
     rows: dict[int, tuple] = field(default_factory=dict)
     summaries: dict[int, tuple] = field(default_factory=dict)
     decisions: dict[int, tuple[str, str]] = field(default_factory=dict)
+    attempts: dict[int, datetime] = field(default_factory=dict)  # each VM's last automatic installation
     needs: dict[tuple, Need] = field(default_factory=dict)
     vms: dict[int, tuple] = field(default_factory=dict)
     verdicts: dict[int, tuple] = field(default_factory=dict)  # the planner's memo
@@ -170,23 +172,28 @@ def installed_summaries(vm_filter: Q | None = None) -> dict[int, tuple]:
     return {row["guest_id"]: (row["windows"], row["dotnet"], row["baseline"]) for row in rows}
 
 
-def _read(cache: FleetCache) -> None:
+def _read(cache: FleetCache, now: datetime) -> None:
     """(Re)read the VMs the cache lacks or that changed: everything the first time."""
     vms = VirtualMachine.objects.filter(guest__isnull=False)
     installed = ORCHESTRATED
+    # Only recent attempts matter: they are compared with releases of the last month or two.
+    attempts = Operation.objects.filter(
+        kind=OperationKind.INSTALLATION, started_by=StartedBy.PLATFORM, vm__isnull=False, created_at__gte=now - ATTEMPTS
+    )
     if cache.dirty is not None:
         if not cache.dirty:
             return
         changed = list(cache.dirty)
         vms, installed = vms.filter(pk__in=changed), installed & Q(guest_id__in=changed)
+        attempts = attempts.filter(vm_id__in=changed)
         for pk in changed:  # a deleted VM stays away
-            cache.rows.pop(pk, None)
-            cache.summaries.pop(pk, None)
-            cache.decisions.pop(pk, None)
+            for kept in (cache.rows, cache.summaries, cache.decisions, cache.attempts):
+                kept.pop(pk, None)
     for row in vms.values_list(*VM_COLUMNS):
         cache.rows[row[0]] = row
         cache.decisions[row[0]] = (row[19], row[20])
     cache.summaries.update(installed_summaries(installed))
+    cache.attempts.update(attempts.values("vm_id").annotate(last=Max("created_at")).values_list("vm_id", "last"))
     cache.dirty = set()
 
 
@@ -195,25 +202,28 @@ def snapshot(
 ) -> Snapshot:
     """The fleet as the planner sees it at `now` (read afresh, or updated in `cache`)."""
     cache = cache or FleetCache()
-    _read(cache)
+    _read(cache, now)
     installing = dict(
         Operation.objects.filter(kind=OperationKind.INSTALLATION, vm__isnull=False)
         .filter(Q(status__in=IN_FLIGHT) | Q(created_at__gt=now - LONGEST_INSTALLATION, finished_at__gt=now))
         .values_list("vm_id", "started_by")
     )
     epochs = {product: catalog.epoch(now) for product, catalog in catalogs.items()}
+    released = {product: catalog.current_release(now) for product, catalog in catalogs.items()}
     fleet = []
     for pk, row in cache.rows.items():
         doing = installing.get(pk, "")
-        summary = cache.summaries.get(pk)
+        summary, last = cache.summaries.get(pk), cache.attempts.get(pk)
         epoch = epochs.get(row[2])
         kept = cache.vms.get(pk)
-        # Unchanged row, installed state, releases and installation in flight: the same FleetVM.
-        if kept is not None and kept[0] is row and kept[1] is summary and kept[2] == epoch and kept[3] == doing:
-            fleet.append(kept[4])
+        # Same row, installed state, releases, attempt and installation in flight: the same FleetVM.
+        if kept is not None and kept[:5] == (row, summary, epoch, doing, last):
+            fleet.append(kept[5])
             continue
-        vm = _fleet_vm(row, _need(row, cache, now, rules, catalogs), doing)
-        cache.vms[pk] = (row, summary, epoch, doing, vm)
+        release = released.get(row[2])
+        attempted = bool(last and release and last >= release.patch.published_at)
+        vm = _fleet_vm(row, _need(row, cache, now, rules, catalogs), doing, attempted)
+        cache.vms[pk] = (row, summary, epoch, doing, last, vm)
         fleet.append(vm)
     if cache.verify:
         fresh = snapshot(now, rules, catalogs)
@@ -244,7 +254,7 @@ def _capable(publisher: str, offer: str, sku: str) -> bool:
     return images.is_hotpatch_capable(publisher, offer, sku)
 
 
-def _fleet_vm(row: tuple, wanted: Need, installing: str) -> planner.FleetVM:
+def _fleet_vm(row: tuple, wanted: Need, installing: str, attempted: bool) -> planner.FleetVM:
     (
         pk,
         name,
@@ -291,6 +301,7 @@ def _fleet_vm(row: tuple, wanted: Need, installing: str) -> planner.FleetVM:
         reboot_setting=reboot_setting,
         need=wanted,
         installing=installing,
+        attempted=attempted,
         retry=retry,
         retry_after=retry_after,
     )
@@ -299,29 +310,32 @@ def _fleet_vm(row: tuple, wanted: Need, installing: str) -> planner.FleetVM:
 # --- Halts ------------------------------------------------------------------------------------------
 
 
-def open_halts() -> dict[tuple[str, str], str]:
+def open_halts(halts: list[RolloutHalt] | None = None) -> dict[tuple[str, str], str]:
     """The halted releases, each with the sentence a halted VM shows."""
     names = {code: product.name for code, product in images.PRODUCTS.items()}
+    halts = RolloutHalt.objects.filter(resumed_at=None) if halts is None else halts
     return {
         (halt.product, halt.release_month): (
             f"The {halt.release_month} rollout for {names.get(halt.product, halt.product)} is halted since "
             f"{halt.halted_at:%Y-%m-%d %H:%M} UTC: {halt.failed} of {halt.attempted} installations failed. "
             "An operator resumes it (admin: Rollout halts)."
         )
-        for halt in RolloutHalt.objects.filter(resumed_at=None)
+        for halt in halts
+        if halt.resumed_at is None
     }
 
 
-def check_halts(now: datetime, rules: Rules, catalogs: dict[str, ProductCatalog]) -> list[RolloutHalt]:
-    """Halt each release whose automatic installations fail above the threshold (one query per product)."""
-    resumed = {
-        (product, month): last
-        for product, month, last in RolloutHalt.objects.exclude(resumed_at=None)
-        .values("product", "release_month")
-        .annotate(last=Max("resumed_at"))
-        .values_list("product", "release_month", "last")
-    }
-    already = set(RolloutHalt.objects.filter(resumed_at=None).values_list("product", "release_month"))
+def check_halts(
+    now: datetime, rules: Rules, catalogs: dict[str, ProductCatalog], halts: list[RolloutHalt] | None = None
+) -> list[RolloutHalt]:
+    """Halt each release whose automatic installations fail above the threshold (one aggregate query)."""
+    halts = list(RolloutHalt.objects.all()) if halts is None else halts
+    resumed: dict[tuple[str, str], datetime] = {}
+    for halt in halts:
+        if halt.resumed_at is not None:
+            key = (halt.product, halt.release_month)
+            resumed[key] = max(resumed.get(key, halt.resumed_at), halt.resumed_at)
+    already = {(halt.product, halt.release_month) for halt in halts if halt.resumed_at is None}
     # Count from the release, or from the operator's last resume of it; all products in one query.
     releases = {}
     for product, catalog in catalogs.items():
@@ -458,6 +472,7 @@ class Round:
     wake_at: datetime | None = None
     phase: int | None = None
     busy: int = 0
+    hurry: bool = False  # more could start once the installations in flight finish
 
     def __str__(self) -> str:
         if self.skipped:
@@ -479,11 +494,12 @@ def patch_fleet(now: datetime | None = None, *, execute: bool = False, cache: Fl
         if not _exclusive():
             return Round(clock, skipped=True)
         catalogs = load_catalogs()
-        opened = []
+        halts, opened = list(RolloutHalt.objects.all()), []
         if cache is None or cache.installed_since_check:
-            opened = check_halts(clock, rules, catalogs)
+            opened = check_halts(clock, rules, catalogs, halts)
+            halts += opened
         snap = snapshot(clock, rules, catalogs, cache)
-        result = planner.plan(snap.fleet, clock, rules, open_halts(), memo=cache.verdicts if cache else None)
+        result = planner.plan(snap.fleet, clock, rules, open_halts(halts), memo=cache.verdicts if cache else None)
         record_decisions(result.verdicts, snap.decisions, clock)
         started = start_installations(result.starts, clock, enqueue=not execute)
     if execute:
@@ -499,6 +515,7 @@ def patch_fleet(now: datetime | None = None, *, execute: bool = False, cache: Fl
         wake_at=result.wake_at,
         phase=result.phase,
         busy=sum(1 for vm in snap.fleet if vm.installing),
+        hurry=result.hurry,
     )
 
 
@@ -520,9 +537,8 @@ def assess_fleet(now: datetime | None = None, *, execute: bool = False) -> Asses
         period = assessment_period(mode, rules)
         if assessment_due(pk, period, assessed_at, clock):
             due.append(pk)
-        else:
-            slot = next_assessment_slot(pk, period, clock)
-            next_due = slot if next_due is None else min(next_due, slot)
+        slot = next_assessment_slot(pk, period, clock)
+        next_due = slot if next_due is None else min(next_due, slot)
     started: list[int] = []
     for i in range(0, len(due), 2000):
         vms = VirtualMachine.objects.select_related("resource_group").filter(pk__in=due[i : i + 2000])

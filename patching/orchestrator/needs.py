@@ -89,6 +89,7 @@ class ProductCatalog:
         self.baselines = [p for p in self.patches if p.kind in sim.BASELINE_KINDS]
         self.automatic = [p for p in self.patches if p.is_critical_or_security]
         self._published = [p.published_at for p in self.patches]
+        self._current: dict[int, CatalogPatch | None] = {}
 
     def epoch(self, now: datetime) -> int:
         """How many of the product's updates are out by `now`: what applies changes only with it."""
@@ -116,8 +117,11 @@ class ProductCatalog:
 
     def current_release(self, now: datetime) -> CatalogPatch | None:
         """The newest Critical/Security Windows release by `now`: the rollout in progress."""
-        newest = sim.latest(p for p in self.automatic if p.kind in WINDOWS_KINDS and p.published_at <= now)
-        return None if newest is None else next(r for r in self.rows if r.patch.id == newest.id)
+        epoch = self.epoch(now)
+        if epoch not in self._current:
+            newest = sim.latest(p for p in self.automatic if p.kind in WINDOWS_KINDS and p.published_at <= now)
+            self._current[epoch] = None if newest is None else next(r for r in self.rows if r.patch.id == newest.id)
+        return self._current[epoch]
 
     def installed_view(self, summary: GuestSummary, now: datetime) -> frozenset[int]:
         """Stand-in installed ids that make guest.applicable answer as for the real installed set.

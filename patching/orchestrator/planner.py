@@ -7,11 +7,12 @@ fleet simulation (a simulated clock); the engine reads the snapshot and writes t
 The rules, in the order they are applied:
 1. Only Azure-orchestrated VMs (patchMode AutomaticByPlatform, no customer-managed schedule) that
    run, need a Critical or Security update, and whose release is not halted are candidates.
-2. Phases: a candidate starts only in the earliest phase that still has candidates or installations
-   in flight, and only when no other phase has installations in flight. So phases never overlap, and
-   phase n+1 starts once every eligible VM of the phases before it has finished healthy (a VM whose
-   install failed still needs its update, so it holds the next phase until its retry succeeds).
+2. Phases (per product, whose release rolls out): phase n+1 opens once every candidate in the phases
+   before it has had its attempt at the release (the VMs that failed are retried in their next
+   window, and the release halts if too many fail: that is the health gate). An opened phase stays
+   open for that release, so a VM that comes back late in phase 1 does not hold the fleet back.
 3. Off-peak window: only in the VM's local window (its IANA time zone), with time left for the work.
+   Then one phase at a time: the one with installations in flight, else the earliest ready one.
 4. Zones: one zone per region at a time (the zone in flight, else the lowest with candidates).
 5. Availability sets: one update domain at a time, at most 20% of the set at once, one VM when the
    set has fewer than 10. VMs in neither a zone nor a set: at most 20% (rounded up) of a
@@ -53,6 +54,8 @@ class FleetVM:
     reboot_setting: str = "IfRequired"
     need: Need = field(default_factory=Need)
     installing: str = ""  # who started the installation in flight: "Platform", "User", or ""
+    # Whether automatic patching has tried it since its product's newest release came out (phases).
+    attempted: bool = False
     retry: str = ""  # what its last platform installation left undone, e.g. "1 update failed at ..."
     retry_after: datetime | None = None  # when that installation finished: retried in a later window
 
@@ -86,9 +89,13 @@ class Start:
 class Plan:
     verdicts: dict[int, Verdict]  # VMs with an installation by the platform in flight keep theirs
     starts: list[Start]
-    # The earliest moment a VM now outside its window could start (the simulation sleeps till then).
+    # The earliest moment a VM now outside its window could start, or one started now be retried
+    # (the simulation sleeps till then).
     wake_at: datetime | None = None
     phase: int | None = None  # the phase rolling out, if any
+    # Whether more could start as soon as the installations in flight finish (the simulation then
+    # comes back within the hour): VMs in their window held back by a zone, a batch or a phase.
+    hurry: bool = False
 
     def count(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
@@ -155,40 +162,42 @@ def plan(
         else:
             verdicts[vm.id] = verdict
 
-    # Phases: the earliest with work left goes, and only once no other phase has work in flight.
+    # Phases, per product (each has its own release): phase n+1 opens once every candidate of the
+    # phases before it has had its attempt at the release; an opened phase stays open for that release,
+    # so a VM that comes back late or failed in phase 1 is patched without holding the others back.
     phase_of = rules.phases.phase_of
-    busy_phases = {phase_of(vm.region) for vm in busy}
-    current = min({phase_of(vm.region) for vm in candidates} | busy_phases, default=None)
-    ready: list[FleetVM] = []
+    waiting: dict[str, int] = {}
+    opened: dict[str, int] = {}
     for vm in candidates:
-        phase = phase_of(vm.region)
-        if phase != current:
-            # No running count in the text: it would rewrite every waiting VM's decision every round.
+        if not vm.attempted:
+            phase = phase_of(vm.region)
+            waiting[vm.product] = min(waiting.get(vm.product, phase), phase)
+    for vm in fleet:
+        if vm.attempted:
+            opened[vm.product] = max(opened.get(vm.product, -1), phase_of(vm.region))
+    frontier = {product: max(phase, opened.get(product, -1)) for product, phase in waiting.items()}
+    allowed: list[FleetVM] = []
+    for vm in candidates:
+        phase, limit = phase_of(vm.region), frontier.get(vm.product)
+        if limit is not None and phase > limit:
             verdicts[vm.id] = Verdict(
                 D.WAITING_PHASE,
-                f"{vm.region} rolls out in phase {phase + 1}; phase {current + 1} "
-                f"({_regions(rules.phases.regions(current))}) has VMs still to patch, and goes first.",
-            )
-        elif busy_phases - {current}:
-            later = min(busy_phases - {current})
-            verdicts[vm.id] = Verdict(
-                D.WAITING_PHASE,
-                f"Phase {later + 1} has installations in flight; phases never overlap, so phase {current + 1} "
-                f"({vm.region}) goes once they finish.",
+                f"{vm.region} is in rollout phase {phase + 1}; the release is rolling out to phase {limit + 1} "
+                f"({_regions(rules.phases.regions(limit))}) first, and moves on once those VMs have been patched.",
             )
         else:
-            ready.append(vm)
+            allowed.append(vm)
 
     # Off-peak window, in the VM's own time zone.
     wake_at: datetime | None = None
-    in_window: list[tuple[FleetVM, timedelta]] = []
-    for vm in ready:
+    ready: list[tuple[FleetVM, timedelta]] = []
+    for vm in allowed:
         zone = resolve_time_zone(vm.time_zone)
         remaining = rules.window.remaining(now, zone)
         # Failed or left pending in this window: retried in the next one.
         retried_here = bool(vm.retry_after and remaining and vm.retry_after >= rules.window.opened_at(now, zone))
         if remaining >= rules.min_duration and not retried_here:
-            in_window.append((vm, remaining))
+            ready.append((vm, remaining))
             continue
         opens = rules.window.next_opening(now + remaining + timedelta(seconds=1), zone)
         wake_at = opens if wake_at is None else min(wake_at, opens)
@@ -207,8 +216,33 @@ def plan(
                 + (f" {vm.need.catch_up}" if vm.need.catch_up else ""),
             )
 
+    # One phase in flight at a time: the one with installations running, else the earliest ready.
+    busy_phases = {phase_of(vm.region) for vm in busy}
+    current = min(busy_phases or {phase_of(vm.region) for vm, _ in ready}, default=None)
+    in_window: list[tuple[FleetVM, timedelta]] = []
+    for vm, remaining in ready:
+        if phase_of(vm.region) == current:
+            in_window.append((vm, remaining))
+        else:
+            verdicts[vm.id] = Verdict(
+                D.WAITING_PHASE,
+                f"Phase {current + 1} is being patched; phases never overlap, so phase {phase_of(vm.region) + 1} "
+                f"({vm.region}) goes after it.",
+            )
+
     starts = _batches(in_window, busy, fleet, now, rules, verdicts)
-    return Plan(verdicts=verdicts, starts=starts, wake_at=wake_at, phase=current)
+    hurry = len(starts) < len(in_window) or len(in_window) < len(ready)
+    started = {start.vm_id for start in starts}
+    for product in frontier:
+        # The release moves to its next phase once its last unattempted VM has started.
+        blocked = any(v.product == product and verdicts[v.id].decision == D.WAITING_PHASE for v in candidates)
+        if blocked and not any(v.product == product and not v.attempted and v.id not in started for v in allowed):
+            hurry = True
+    for vm, remaining in in_window:
+        if vm.id in started:  # if it fails, it is retried in its next window
+            opens = rules.window.next_opening(now + remaining + timedelta(seconds=1), resolve_time_zone(vm.time_zone))
+            wake_at = opens if wake_at is None else min(wake_at, opens)
+    return Plan(verdicts=verdicts, starts=starts, wake_at=wake_at, phase=current, hurry=hurry)
 
 
 def _not_a_candidate(vm: FleetVM, halts: dict[tuple[str, str], str]) -> Verdict | None:

@@ -89,40 +89,46 @@ class Simulation:
                 ).values_list("published_at", flat=True)
             )
         )
-        clock = self.start
-        cache = self.cache
+        clock, cache = self.start, self.cache
+        next_patch, next_assessment = clock, clock if self.assessments else None
         with services.fixed_catalog():
             while clock < until:
                 while changes and changes[0].at <= clock:
                     change = changes.pop(0)
                     VirtualMachine.objects.filter(pk=by_name[change.vm]).update(power_state=change.power_state)
                     cache.touch([by_name[change.vm]])
-                next_resume = self._resume_halts(clock)
-                next_assessment = engine.assess_fleet(clock, execute=True).next_due if self.assessments else None
-                result = engine.patch_fleet(clock, execute=True, cache=cache)
-                self.rounds += 1
-                moments = [until, *(m for m in (result.wake_at, next_resume, next_assessment) if m)]
-                if result.started or result.busy:
-                    moments.append(clock + STEP)
-                if changes:
-                    moments.append(changes[0].at)
-                releases = [r for r in releases if r > clock]
-                moments += releases[:1]
+                    if change.power_state == "running":  # a VM switched off waits for the next round
+                        next_patch = clock
+                if self._resume_halts(clock):
+                    next_patch = clock
+                if next_assessment is not None and next_assessment <= clock:
+                    next_assessment = engine.assess_fleet(clock, execute=True).next_due or until
+                if next_patch <= clock:
+                    result = engine.patch_fleet(clock, execute=True, cache=cache)
+                    self.rounds += 1
+                    releases = [r for r in releases if r > clock]
+                    moments = [until, *releases[:1], *(m for m in (result.wake_at, self._next_resume()) if m)]
+                    if result.hurry or result.busy:
+                        moments.append(clock + STEP)
+                    next_patch = min(moments)
+                moments = [next_patch, *(change.at for change in changes[:1])]
+                if next_assessment is not None:
+                    moments.append(next_assessment)
                 clock = max(min(moments), clock + timedelta(minutes=1))
         self.seconds += time.perf_counter() - began
 
-    def _resume_halts(self, clock: datetime) -> datetime | None:
-        """The operator resumes halts open for `resume_after`; returns when the next one is due."""
+    def _resume_halts(self, clock: datetime) -> int:
+        """The operator resumes the halts open for `resume_after` by `clock`; returns how many."""
+        if self.resume_after is None:
+            return 0
+        due = RolloutHalt.objects.filter(resumed_at=None, halted_at__lte=clock - self.resume_after)
+        return sum(engine.resume_rollout(halt, now=clock) for halt in due)
+
+    def _next_resume(self) -> datetime | None:
         if self.resume_after is None:
             return None
-        due = None
-        for halt in RolloutHalt.objects.filter(resumed_at=None):
-            at = halt.halted_at + self.resume_after
-            if at <= clock:
-                engine.resume_rollout(halt, now=clock)
-            else:
-                due = at if due is None else min(due, at)
-        return due
+        first = RolloutHalt.objects.filter(resumed_at=None).order_by("halted_at").first()
+        return first.halted_at + self.resume_after if first else None
 
     # --- The report ---------------------------------------------------------------------------------
 
