@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/arm/"
 API_VERSION = "api-version"
+ASCII_SPACE = " \t\r\n\f\v"  # what a blank api-version may consist of (the OpenAPI pattern says the same)
 
 
 # --- Errors ---------------------------------------------------------------------------------------
@@ -230,9 +231,16 @@ def api_token_user(secret: str):
     return (token.user, token) if token else None
 
 
-# Each takes the bearer secret and returns (user, token-or-None) or None. A later kind of credential
-# (the Azure CLI's service-principal tokens, issue 6) is one more function here.
-AUTHENTICATORS: list[Callable[[str], tuple | None]] = [api_token_user]
+def service_principal_user(secret: str):
+    """An access token from the token endpoint (the Azure CLI's service principals): portal/identity.py."""
+    from .identity import service_principal_user as check  # identity imports this module
+
+    return check(secret)
+
+
+# Each takes the bearer secret and returns (user, token-or-None) or None (or raises an ArmError 401 for
+# a credential it recognises but refuses). The cheap signature check of the CLI's tokens goes first.
+AUTHENTICATORS: list[Callable[[str], tuple | None]] = [service_principal_user, api_token_user]
 
 
 def authenticate(request: HttpRequest):
@@ -256,7 +264,8 @@ def authenticate(request: HttpRequest):
     raise ArmError(
         401,
         "InvalidAuthenticationToken",
-        "The access token is invalid, expired or revoked. Create a new API token in the portal.",
+        "The access token is invalid, expired or revoked. Create a new API token in the portal, or sign the "
+        "Azure CLI in again (az account clear, then az login --service-principal).",
     )
 
 
@@ -329,7 +338,7 @@ def _dispatch(request: HttpRequest, path: str) -> HttpResponse:
     route, params = router.match(path)
     user, token = authenticate(request) if route is None or route.authenticated else (None, None)
     query = _first_values(request)
-    api_version = query.get(API_VERSION, "").strip()
+    api_version = query.get(API_VERSION, "").strip(ASCII_SPACE)
     if not api_version:
         raise ArmError(
             400,

@@ -9,6 +9,8 @@ portal.arm.router is described here with the same methods and nothing else is
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 
+from vms.regions import REGIONS
+
 # --- Building blocks ------------------------------------------------------------------------------
 
 
@@ -39,7 +41,13 @@ def tolerant(properties: dict, required: list[str] | None = None, *, not_null: t
             return {**schema, "enum": [*schema["enum"], None], "nullable": True}
         return {**schema, "nullable": True}
 
-    return obj({name: allow_null(name, schema) for name, schema in properties.items()}, required)
+    def no_nul(schema: dict) -> dict:
+        # No database column can hold a NUL character: such a string is refused (400).
+        if schema.get("type") == "string" and "enum" not in schema and "pattern" not in schema:
+            return {**schema, "pattern": NO_NUL}
+        return schema
+
+    return obj({name: allow_null(name, no_nul(schema)) for name, schema in properties.items()}, required)
 
 
 def array(items: dict) -> dict:
@@ -58,10 +66,16 @@ def nullable(schema: dict) -> dict:
 
 
 STR = {"type": "string"}
+NO_NUL = "^[^\\u0000]*$"
+# ARM names: no control characters (400 InvalidParameter otherwise).
+NAME = {"type": "string", "pattern": "^[^\\u0000-\\u001f\\u007f]+$"}
 BOOL = {"type": "boolean"}
 INT = {"type": "integer", "minimum": 0}
 TIME = {"type": "string", "format": "date-time"}
 NTIME = {"type": "string", "format": "date-time", "nullable": True}
+# Region names as ARM writes them ("westeurope") or shows them ("West Europe"); any spacing or case works.
+REGION = {"type": "string", "enum": sorted({*REGIONS, *REGIONS.values()})}
+KB = {"type": "string", "pattern": "^\\s*(?:[Kk][Bb])?[0-9]{6,8}\\s*$", "description": "KB5012345 or 5012345."}
 
 
 def listing(item: str) -> dict:
@@ -144,7 +158,7 @@ SCHEMAS = {
         },
         ["id", "name", "location"],
     ),
-    "ResourceGroupCreate": tolerant({"location": STR, "tags": ref("Tags")}, ["location"]),
+    "ResourceGroupCreate": tolerant({"location": REGION, "tags": ref("Tags")}, ["location"]),
     "ResourceGroupListResult": listing("ResourceGroup"),
     "PatchSettings": obj(
         {
@@ -236,12 +250,14 @@ SCHEMAS = {
                     )
                 }
             ),
-            "availabilitySet": tolerant({"id": STR}),
+            "availabilitySet": tolerant(
+                {"id": {"type": "string", "pattern": "^(.*/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?$"}}
+            ),
         }
     ),
     "VirtualMachineCreateOrUpdate": tolerant(
         {
-            "location": STR,
+            "location": REGION,
             "tags": ref("Tags"),
             "zones": {**array(STR), "maxItems": 1},
             "properties": ref("VirtualMachinePropertiesInput"),
@@ -322,16 +338,26 @@ SCHEMAS = {
             "windowsParameters": tolerant(
                 {
                     "classificationsToInclude": array(enum(*CLASSIFICATIONS)),
-                    "kbNumbersToInclude": array(STR),
-                    "kbNumbersToExclude": array(STR),
+                    "kbNumbersToInclude": array(KB),
+                    "kbNumbersToExclude": array(KB),
                     "excludeKbsRequiringReboot": BOOL,
                     "maxPatchPublishDate": TIME,
                 },
-                not_null=("excludeKbsRequiringReboot",),
-            ),
+                not_null=("excludeKbsRequiringReboot", "classificationsToInclude", "kbNumbersToInclude"),
+            )
+            | {
+                # At least one classification or KB to include.
+                "anyOf": [
+                    {
+                        "required": ["classificationsToInclude"],
+                        "properties": {"classificationsToInclude": {"minItems": 1}},
+                    },
+                    {"required": ["kbNumbersToInclude"], "properties": {"kbNumbersToInclude": {"minItems": 1}}},
+                ]
+            },
             "linuxParameters": {"type": "object", "description": "Accepted (the Azure CLI sends {}) and ignored."},
         },
-        ["rebootSetting"],
+        ["rebootSetting", "windowsParameters"],
     ),
     "VirtualMachineAssessPatchesResult": obj(
         {
@@ -428,7 +454,7 @@ SCHEMAS = {
 
 
 def path_param(name: str, description: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": STR, "description": description}
+    return {"name": name, "in": "path", "required": True, "schema": NAME, "description": description}
 
 
 PARAMETERS = {
@@ -436,8 +462,8 @@ PARAMETERS = {
         "name": "api-version",
         "in": "query",
         "required": True,
-        "schema": {"type": "string", "minLength": 1},
-        "description": "Any value is accepted (the SDKs send 2015-12-01 to 2026-04-01).",
+        "schema": {"type": "string", "pattern": "[^ \\t\\r\\n\\f\\v]"},
+        "description": "Any value that is not blank is accepted (the SDKs send 2015-12-01 to 2026-04-01).",
     },
     "SubscriptionId": path_param("subscriptionId", "A subscription GUID the caller holds a role on."),
     "ResourceGroupName": path_param("resourceGroupName", "Case-insensitive."),
@@ -449,8 +475,13 @@ PARAMETERS = {
     "Location": path_param("location", "The region of the operation, e.g. westeurope."),
     "OperationId": path_param("operationId", "The operation's name, from the Azure-AsyncOperation URL."),
     "Expand": {"name": "$expand", "in": "query", "schema": enum("instanceView", "userData")},
-    "SkipToken": {"name": "$skiptoken", "in": "query", "schema": STR, "description": "From nextLink."},
-    "Top": {"name": "$top", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    "SkipToken": {
+        "name": "$skiptoken",
+        "in": "query",
+        "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+        "description": "From nextLink.",
+    },
+    "Top": {"name": "$top", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 999999}},
     "Monitor": {
         "name": "monitor",
         "in": "query",
@@ -488,6 +519,10 @@ ASYNC_HEADER = {k: v for k, v in LRO_HEADERS.items() if k != "Location"}
 
 def body(schema: str, description: str = "") -> dict:
     return {"description": description or schema, "content": {"application/json": {"schema": ref(schema)}}}
+
+
+def request_body(schema: str) -> dict:
+    return {**body(schema), "required": True}
 
 
 def op(operation_id: str, summary: str, responses: dict, *, params=(), request=None, tags=()) -> dict:
@@ -571,7 +606,7 @@ PATHS = {
             "Create a resource group (Contributor).",
             {"200": body("ResourceGroup"), "201": body("ResourceGroup")},
             params=RG,
-            request=body("ResourceGroupCreate"),
+            request=request_body("ResourceGroupCreate"),
             tags=["ResourceGroups"],
         ),
     },
@@ -617,7 +652,7 @@ PATHS = {
             "Change patchSettings (or the size); a long-running operation.",
             {"200": {**body("VirtualMachine"), "headers": ASYNC_HEADER}},
             params=VM,
-            request=body("VirtualMachineUpdate"),
+            request=request_body("VirtualMachineUpdate"),
             tags=["VirtualMachines"],
         ),
         "delete": op(
@@ -669,7 +704,7 @@ PATHS = {
             "Install patches; a long-running operation.",
             LRO_202,
             params=VM,
-            request=body("VirtualMachineInstallPatchesParameters"),
+            request=request_body("VirtualMachineInstallPatchesParameters"),
             tags=["Patches"],
         ),
     },
@@ -798,7 +833,8 @@ def document(server_url: str) -> dict:
                 "The subset of Azure Resource Manager that the Azure SDK for Python (azure-mgmt-compute, "
                 "azure-mgmt-resource, azure-mgmt-resource-features, azure-mgmt-resource-subscriptions) uses for "
                 "VM patching, served over the portal's simulated fleet. Paths match case-insensitively; any "
-                "api-version is accepted; errors use the ARM envelope. Authenticate with a personal API token "
+                "api-version is accepted; errors use the ARM envelope; null means absent in request bodies, and a "
+                "body with a NUL character anywhere is refused. Authenticate with a personal API token "
                 "from the portal's API tokens page: Authorization: Bearer <token>."
             ),
         },
