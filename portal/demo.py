@@ -1,8 +1,10 @@
 """`make demo`: the whole portal in one foreground command.
 
 Prepares the database (migrate, then the idempotent demo fleet), makes sure the `demo` superuser can
-sign in, collects static files, and then runs three children side by side: the web server
-(gunicorn), a Celery worker and Celery beat, their output interleaved line by line with a prefix.
+sign in, collects static files, makes a self-signed certificate on first start, and then runs four
+children side by side: the web server over http for the browser (gunicorn on PORT), the same app over
+https for the Azure CLI (a second gunicorn on PORTAL_TLS_PORT with that certificate), a Celery worker
+and Celery beat, their output interleaved line by line with a prefix.
 Ctrl-C or SIGTERM stops them all; if one of them dies, the others are stopped and the command fails,
 naming the one that died.
 
@@ -49,6 +51,21 @@ def prepare() -> str:
     call_command("collectstatic", interactive=False, verbosity=0)
     connections.close_all()
     return password
+
+
+def ensure_certificate(cert: Path, key: Path) -> None:
+    """The self-signed certificate for https (manage.py make_dev_cert): made once, renewed when expired."""
+    import datetime
+
+    from cryptography import x509
+
+    from vms.management.commands.make_dev_cert import write_self_signed
+
+    if cert.exists() and key.exists():
+        expires = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+        if expires > datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1):
+            return
+    write_self_signed(cert, key, ["127.0.0.1", "::1", "localhost"])
 
 
 def set_parent_death_signal() -> None:
@@ -146,7 +163,7 @@ class Supervisor:
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
             self.say(f"the {died.name} ({died.command}) {how}; stopping the others")
         else:
-            self.say(f"{self.stop_requested} received: stopping the web server, the worker and beat")
+            self.say(f"{self.stop_requested} received: stopping the web servers, the worker and beat")
         self.stop()
         if died:
             self.say(f"stopped because the {died.name} died")
@@ -169,11 +186,16 @@ class Supervisor:
         self.pump(0)
 
 
-def web_answers(port: int) -> bool:
+def web_answers(port: int, cafile: Path | None = None) -> bool:
     """True once the portal itself answers (not merely something listening on the port)."""
+    scheme, context = "http", None
+    if cafile is not None:  # https, verified against our own certificate as the CLI will
+        import ssl
+
+        scheme, context = "https", ssl.create_default_context(cafile=str(cafile))
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=1) as response:
-            return response.status == 200
+        with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/admin/login/", timeout=1, context=context) as r:
+            return r.status == 200
     except (OSError, http.client.HTTPException):
         return False
 
@@ -186,14 +208,24 @@ def main() -> int:
 
     from django.conf import settings
 
+    tls_port = settings.PORTAL_TLS_PORT
+    cert = Path(settings.PORTAL_TLS_CERT).resolve()
+    key = cert.with_name("key.pem")
+    ensure_certificate(cert, key)
+    # The web children build the "Use the Azure CLI" page from these.
+    os.environ["PORTAL_TLS_PORT"] = str(tls_port)
+    os.environ["PORTAL_TLS_CERT"] = str(cert)
     python = [sys.executable, "-m"]
+    gunicorn = [*python, "gunicorn", "portal.wsgi:application", "--workers", "2", "--threads", "4",
+                "--graceful-timeout", "5", "--no-control-socket"]  # fmt: skip
+
     # The worker's thread pool suits the filesystem broker and SQLite; with Redis and PostgreSQL it is
     # just as good for a demo on one machine. Beat keeps its schedule file under var/
     # (CELERY_BEAT_SCHEDULE_FILENAME in the settings).
     supervisor = Supervisor(
         {
-            "web": [*python, "gunicorn", "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
-                    "--workers", "2", "--threads", "4", "--graceful-timeout", "5", "--no-control-socket"],
+            "web": [*gunicorn, "--bind", f"127.0.0.1:{port}"],
+            "https": [*gunicorn, "--bind", f"127.0.0.1:{tls_port}", "--certfile", str(cert), "--keyfile", str(key)],
             "worker": [*python, "celery", "-A", "portal", "worker", "--loglevel=info",
                        "--pool=threads", "--concurrency=4", "-n", "demo@%h"],
             "beat": [*python, "celery", "-A", "portal", "beat", "--loglevel=info"],
@@ -203,7 +235,7 @@ def main() -> int:
     broker = "Redis" if os.environ.get("REDIS_URL") else f"the filesystem broker in {settings.VAR_DIR / 'broker'}"
 
     def banner() -> bool:
-        if not web_answers(port):
+        if not (web_answers(port) and web_answers(tls_port, cafile=cert)):
             return False
         url = f"http://127.0.0.1:{port}/"
         for line in (
@@ -212,8 +244,10 @@ def main() -> int:
             f"Hotpatch Portal is running:  {url}",
             f"Admin:                       {url}admin/",
             f"Sign in as:                  demo / {password}",
+            f"Azure CLI (https):           https://127.0.0.1:{tls_port}/arm/  (the recipe: {url}azure-cli/)",
+            f"Trust its certificate:       export REQUESTS_CA_BUNDLE={cert}",
             f"Data:                        {database}, tasks through {broker}",
-            "Stop:                        Ctrl-C (stops the web server, the worker and beat)",
+            "Stop:                        Ctrl-C (stops the web servers, the worker and beat)",
             "More workers:                make worker (in another terminal)",
             "=" * 72,
             "",

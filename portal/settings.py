@@ -5,7 +5,10 @@ under var/, so a newcomer's laptop needs nothing but Python. Set DATABASE_URL an
 PostgreSQL and Redis.
 """
 
+import hashlib
+import hmac
 import os
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -252,11 +255,65 @@ for _name in ("PORTAL_PATCH_BEAT_SECONDS", "PORTAL_ASSESSMENT_BEAT_SECONDS"):
 PORTAL_ARM_RETRY_AFTER = envint("PORTAL_ARM_RETRY_AFTER", "2")
 # Items per page of a list (nextLink follows).
 PORTAL_ARM_PAGE_SIZE = envint("PORTAL_ARM_PAGE_SIZE", "100")
-# The tenant GUID the API reports for every subscription (az login --tenant takes it).
-PORTAL_ARM_TENANT_ID = env("PORTAL_ARM_TENANT_ID", "8c5b1f3a-4d2e-4f6b-9a7c-0e1d2c3b4a59")
+# This installation's tenant GUID (`az login --tenant` takes it; every subscription reports it).
+# Unset: derived from SECRET_KEY (stable while the key is, different on every installation).
+# PORTAL_ARM_TENANT_ID is its older name.
+PORTAL_TENANT_ID = env("PORTAL_TENANT_ID") or env("PORTAL_ARM_TENANT_ID")
+if PORTAL_TENANT_ID:
+    try:
+        PORTAL_TENANT_ID = str(uuid.UUID(PORTAL_TENANT_ID))
+    except ValueError:
+        raise ImproperlyConfigured(f"PORTAL_TENANT_ID={PORTAL_TENANT_ID!r} is not a GUID") from None
+else:
+    # An HMAC of the secret key, not the key itself: the tenant id is public.
+    _tenant_seed = hmac.new(SECRET_KEY.encode(), b"hotpatch-portal tenant", hashlib.sha256).hexdigest()
+    PORTAL_TENANT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:hotpatch-portal:tenant:{_tenant_seed}"))
+PORTAL_ARM_TENANT_ID = PORTAL_TENANT_ID
 if PORTAL_ARM_RETRY_AFTER < 0 or PORTAL_ARM_PAGE_SIZE < 1:
     raise ImproperlyConfigured("PORTAL_ARM_RETRY_AFTER must be >= 0 and PORTAL_ARM_PAGE_SIZE >= 1")
 
+# --- Identity for the Azure CLI (portal/identity.py: service principals, ADFS-style token endpoint) ---
+# The audience (the "resource") access tokens are issued for: the CLI's activeDirectoryResourceId and
+# management endpoint, from GET /arm/metadata/endpoints. Any stable URL; it is never fetched.
+PORTAL_ARM_AUDIENCE = env("PORTAL_ARM_AUDIENCE", "https://management.hotpatch-portal.local/")
+# Lifetime of an access token (the CLI caches it that long; a revoked principal is refused at once).
+PORTAL_ACCESS_TOKEN_SECONDS = envint("PORTAL_ACCESS_TOKEN_SECONDS", "3600")
+# Failed client-credential attempts allowed per client id and per client IP address within the window;
+# past that the token endpoint answers 429 until the window has passed.
+PORTAL_TOKEN_FAILURES_PER_CLIENT = envint("PORTAL_TOKEN_FAILURES_PER_CLIENT", "10")
+PORTAL_TOKEN_FAILURES_PER_IP = envint("PORTAL_TOKEN_FAILURES_PER_IP", "30")
+PORTAL_TOKEN_FAILURE_WINDOW_SECONDS = envint("PORTAL_TOKEN_FAILURE_WINDOW_SECONDS", "900")
+if PORTAL_ACCESS_TOKEN_SECONDS < 60 or min(PORTAL_TOKEN_FAILURES_PER_CLIENT, PORTAL_TOKEN_FAILURES_PER_IP) < 1:
+    raise ImproperlyConfigured(
+        "PORTAL_ACCESS_TOKEN_SECONDS must be at least 60 and the PORTAL_TOKEN_FAILURES_* limits at least 1"
+    )
+# The token endpoint refuses plain http (a client secret must not cross the network in clear text).
+PORTAL_IDENTITY_REQUIRE_HTTPS = envbool("PORTAL_IDENTITY_REQUIRE_HTTPS", "true")
+# make demo: the https port the Azure CLI talks to (the browser keeps http on PORT).
+PORTAL_TLS_PORT = envint("PORTAL_TLS_PORT", "8443")
+# The https address the "Use the Azure CLI" page tells the CLI to use, e.g. https://portal.example.com.
+# Unset: the address the page was read at if that was https, else the same host on PORTAL_TLS_PORT.
+PORTAL_CLI_BASE_URL = env("PORTAL_CLI_BASE_URL").rstrip("/")
+# The certificate a client must trust (REQUESTS_CA_BUNDLE) when it is not publicly trusted: the page
+# shows it and offers it for download. Default: the one `manage.py make_dev_cert` writes.
+PORTAL_TLS_CERT = env("PORTAL_TLS_CERT", str(VAR_DIR / "tls" / "cert.pem"))
+
+# --- Cache: the token endpoint's failure counters, shared by every web worker ----------------------
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "hotpatch-portal",
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

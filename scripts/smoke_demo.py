@@ -34,6 +34,7 @@ BOOT_TIMEOUT = 120
 ASSESSMENT_TIMEOUT = 90
 STOP_TIMEOUT = 30
 BASE = f"http://127.0.0.1:{PORT}"
+TLS_PORT = 18766  # the same portal over https for the Azure CLI
 
 
 class SmokeFailure(Exception):
@@ -233,6 +234,19 @@ def smoke(demo: Demo, env: dict[str, str]) -> None:
     status, _, _ = browser.get("/static/admin/css/base.css")
     check(status == 200, "static files are served (collectstatic + WhiteNoise)")
 
+    # The Azure CLI's side: https with the demo's own certificate, verified as the CLI verifies it.
+    import ssl
+
+    cert = Path(env["PORTAL_VAR_DIR"]) / "tls" / "cert.pem"
+    context = ssl.create_default_context(cafile=str(cert))
+    oidc_url = f"https://127.0.0.1:{TLS_PORT}/adfs/.well-known/openid-configuration"
+    with urllib.request.urlopen(oidc_url, timeout=10, context=context) as response:
+        oidc = json.loads(response.read())
+    check(
+        oidc["token_endpoint"] == f"https://127.0.0.1:{TLS_PORT}/adfs/oauth2/token/",
+        f"https on {TLS_PORT} with the demo's certificate ({cert}): the CLI's sign-in is served",
+    )
+
     fleet = manage_py(env, PICK_VM)
     check(fleet["vm"] is not None, f"seed_demo built a fleet: {fleet['vms']} VMs, {fleet['running']} running")
     vm = fleet["vm"]
@@ -283,6 +297,7 @@ def main() -> int:
     env.update(
         PORTAL_VAR_DIR=str(var_dir),
         PORT=str(PORT),
+        PORTAL_TLS_PORT=str(TLS_PORT),
         PORTAL_DEMO_PASSWORD=PASSWORD,
         PORTAL_SIM_SPEED="600",
     )

@@ -325,3 +325,107 @@ class ApiToken(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+class ServicePrincipalQuerySet(models.QuerySet):
+    def active(self, now=None) -> "ServicePrincipalQuerySet":
+        """Not revoked and not expired."""
+        now = now or timezone.now()
+        return self.filter(revoked_at=None).filter(Q(expires_at=None) | Q(expires_at__gt=now))
+
+
+class ServicePrincipal(models.Model):
+    """An app registration for the Azure CLI (`az login --service-principal -u <client id> -p <secret>`).
+
+    Each one is backed by a Django user of its own that can never sign in to the pages (inactive, no
+    usable password): role assignments, vms.access and the operation history work for it exactly as
+    for people. Only a SHA-256 of the secret is stored; the secret is shown once.
+    """
+
+    SECRET_PREFIX = "hpsp_"
+    LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, related_name="service_principal")
+    display_name = models.CharField(max_length=100, help_text="What it is for, e.g. 'ci' or 'patch pipeline'.")
+    client_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    # The first characters of the secret, so an owner can tell which secret a script holds.
+    secret_hint = models.CharField(max_length=16, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="service_principals_created"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ServicePrincipalQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["display_name", "created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.client_id})"
+
+    @staticmethod
+    def hash(secret: str) -> str:
+        return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+    @classmethod
+    def create(
+        cls, display_name: str, *, created_by=None, expires_at=None, roles: dict | None = None
+    ) -> tuple["ServicePrincipal", str]:
+        """A new principal with `roles` ({subscription: role}); returns it and its secret (stored hashed only)."""
+        from django.contrib.auth import get_user_model
+
+        secret = cls.SECRET_PREFIX + secrets.token_urlsafe(32)
+        client_id = uuid.uuid4()
+        user = get_user_model()(username=f"app-{client_id}", first_name=display_name[:150], is_active=False)
+        user.set_unusable_password()
+        user.save()
+        principal = cls.objects.create(
+            user=user,
+            display_name=display_name,
+            client_id=client_id,
+            secret_hash=cls.hash(secret),
+            secret_hint=secret[: len(cls.SECRET_PREFIX) + 4],
+            created_by=created_by,
+            expires_at=expires_at,
+        )
+        for subscription, role in (roles or {}).items():
+            RoleAssignment.objects.update_or_create(user=user, subscription=subscription, defaults={"role": role})
+        return principal, secret
+
+    # A hash to compare against when the client id is unknown, so both failures take the same time.
+    _DUMMY_HASH = hashlib.sha256(b"no such service principal").hexdigest()
+
+    @classmethod
+    def authenticate(cls, client_id: str, secret: str, now=None) -> "ServicePrincipal | None":
+        """The active principal with this client id and secret, or None (the same for every failure)."""
+        now = now or timezone.now()
+        try:
+            pk = uuid.UUID(client_id)
+        except (ValueError, AttributeError, TypeError):
+            pk = None
+        principal = cls.objects.active(now).select_related("user").filter(client_id=pk).first() if pk else None
+        digest = cls.hash(secret)
+        matches = hmac.compare_digest(principal.secret_hash if principal else cls._DUMMY_HASH, digest)
+        if principal is None or not matches:
+            return None
+        principal.touch(now)
+        return principal
+
+    def touch(self, now=None) -> None:
+        now = now or timezone.now()
+        if self.last_used_at is None or self.last_used_at < now - self.LAST_USED_RESOLUTION:
+            type(self).objects.filter(pk=self.pk).update(last_used_at=now)
+            self.last_used_at = now
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import cli_views, views
 
 app_name = "vms"
 
@@ -23,5 +23,22 @@ urlpatterns = [
         views.provider_action,
         name="provider-action",
     ),
+    path(
+        "subscriptions/<uuid:subscription_id>/service-principals/",
+        cli_views.service_principals,
+        name="service-principals",
+    ),
+    path(
+        "subscriptions/<uuid:subscription_id>/service-principals/<int:pk>/remove/",
+        cli_views.remove_service_principal,
+        name="service-principal-remove",
+    ),
+    path(
+        "subscriptions/<uuid:subscription_id>/service-principals/<int:pk>/revoke/",
+        cli_views.revoke_service_principal,
+        name="service-principal-revoke",
+    ),
+    path("azure-cli/", cli_views.azure_cli, name="azure-cli"),
+    path("azure-cli/hotpatch-portal-cert.pem", cli_views.certificate, name="azure-cli-cert"),
     path("preferences/", views.preferences, name="preferences"),
 ]
