@@ -8,6 +8,7 @@ both decided from a single read of the row, so the status and the result flip to
 
 import uuid
 
+from django.conf import settings
 from django.db.models import OuterRef, Subquery
 
 from portal.arm import (
@@ -286,7 +287,8 @@ def operation(arm: ArmRequest, subscriptionId: str, location: str, operationId: 
         body["properties"] = {"output": operation_result(found)}
     elif lro == "Failed":
         body["error"] = {"code": found.error_code, "message": found.error_message}
-    return ok(body)
+    # While it runs, say when to ask again: without it azure-core (the Azure CLI's VM commands) waits 30 s.
+    return ok(body, headers={"Retry-After": str(settings.PORTAL_ARM_RETRY_AFTER)} if lro == "InProgress" else None)
 
 
 def _completed_operation(arm, subscription, region, location, name, monitor):

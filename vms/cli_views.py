@@ -200,7 +200,7 @@ def cli_steps(
         env.append(f"export REQUESTS_CA_BUNDLE={shlex.quote(str(cert))}")
     env.append("export AZURE_CORE_COLLECT_TELEMETRY=false")
     client_id = str(principal.client_id) if principal else "<client id>"
-    password = shlex.quote(secret) if secret else "<secret>"
+    password = shlex.quote(secret if secret else "<secret>")  # quoted: pasted as is, it is only a wrong secret
     login = [f"az login --service-principal -u {client_id} -p {password} --tenant {tenant}"]
     if subscription:
         login.append(f"az account set --subscription {subscription.pk}")
