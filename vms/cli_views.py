@@ -199,12 +199,12 @@ def cli_steps(
     if cert:
         env.append(f"export REQUESTS_CA_BUNDLE={shlex.quote(str(cert))}")
     env.append("export AZURE_CORE_COLLECT_TELEMETRY=false")
-    client_id = str(principal.client_id) if principal else "<client id>"
+    client_id = shlex.quote(str(principal.client_id) if principal else "<client id>")
     password = shlex.quote(secret if secret else "<secret>")  # quoted: pasted as is, it is only a wrong secret
     login = [f"az login --service-principal -u {client_id} -p {password} --tenant {tenant}"]
     if subscription:
         login.append(f"az account set --subscription {subscription.pk}")
-    rg, name = (shlex.quote(vm.resource_group.name), shlex.quote(vm.name)) if vm else ("<resource group>", "<vm>")
+    rg, name = map(shlex.quote, (vm.resource_group.name, vm.name) if vm else ("<resource group>", "<vm>"))
     features = [
         f"az feature register --namespace Microsoft.Compute --name {feature}"
         for feature in FeatureRegistration.HOTPATCH_FEATURES
