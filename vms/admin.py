@@ -13,6 +13,7 @@ from .models import (
     ProviderRegistration,
     ResourceGroup,
     RoleAssignment,
+    ServicePrincipal,
     Subscription,
     VirtualMachine,
 )
@@ -257,3 +258,24 @@ class VirtualMachineAdmin(admin.ModelAdmin):
     @admin.action(description="Install critical and security updates now", permissions=["change"])
     def install_critical_and_security_now(self, request, queryset):
         self._start(request, queryset, OperationKind.INSTALLATION)
+
+
+@admin.register(ServicePrincipal)
+class ServicePrincipalAdmin(admin.ModelAdmin):
+    """Service principals for the Azure CLI: look and revoke here; create them on a subscription's page
+    or with manage.py create_service_principal (the secret is shown once, there)."""
+
+    list_display = ("display_name", "client_id", "created_by", "created_at", "expires_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("display_name", "client_id", "created_by__username")
+    readonly_fields = ("user", "client_id", "secret_hint", "created_by", "created_at", "last_used_at")
+    exclude = ("secret_hash",)
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected service principals")
+    def revoke(self, request, queryset):
+        count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} service principal(s).", messages.SUCCESS)
