@@ -139,7 +139,7 @@ class PhasePlan:
                 else:
                     seen[region] = number
                     phase.append(region)
-            pair_clash = [r for r in phase if PAIRS.get(r) in phase and r < PAIRS[r]]
+            pair_clash = [r for i, r in enumerate(phase) if PAIRS.get(r) in phase[i + 1 :]]
             for region in pair_clash:
                 problems.append(
                     f"{region} and {PAIRS[region]} are a geo pair and cannot be in the same phase (phase {number})"
