@@ -185,10 +185,12 @@ def trusted_certificate() -> Path | None:
 
 
 def example_vm(principal: ServicePrincipal | None, user) -> VirtualMachine | None:
-    """A running VM the principal can reach (else any of the user's): the one the commands name."""
+    """The VM the commands name: one the principal can reach (else the user), running, and preferably
+    with Critical or Security updates waiting, so that install-patches has something to install."""
     queryset = access.vms_for(principal.user if principal else user).select_related("resource_group")
     ordered = queryset.order_by("resource_group__name", "name")
-    return ordered.filter(power_state=VirtualMachine.PowerState.RUNNING).first() or ordered.first()
+    running = ordered.filter(power_state=VirtualMachine.PowerState.RUNNING)
+    return running.filter(guest__critical_security_count__gt=0).first() or running.first() or ordered.first()
 
 
 def cli_steps(
