@@ -15,6 +15,7 @@ is a few thousand rounds.
 demo seeder runs it over the real database for the past 45 days.
 """
 
+import calendar as calendar_module
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -156,7 +157,7 @@ class Simulation:
         published = dict(Update.objects.values_list("id", "published_at"))
         memo: dict = {}
         days = [self.start.date() + timedelta(days=i) for i in range((self.end - self.start).days)]
-        years = max((self.end - self.start).total_seconds() / (365 * 86400), 1 / 365)
+        years = max(sum(1 / (366 if calendar_module.isleap(day.year) else 365) for day in days), 1 / 365)
 
         rows = []
         for vm in vms:
