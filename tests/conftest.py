@@ -103,22 +103,27 @@ def _require_postgres_and_redis() -> None:
         )
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, tmp_path_factory):
-    """A real `celery -A portal worker` process on the test database, for the whole session."""
-    _require_postgres_and_redis()
-    from portal.celery import app
-
+def live_environment() -> dict[str, str]:
+    """The environment of a live Celery process: the test database, the tests' Redis, WORKER_SETTINGS."""
     # django_db_setup has created the test database and pointed the settings at it.
     test_database = settings.DATABASES["default"]["NAME"]
     database_url = urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + quote(test_database)).geturl()
-    env = {
+    return {
         **os.environ,
         **WORKER_SETTINGS,
         "DATABASE_URL": database_url,
         "REDIS_URL": settings.REDIS_URL,
         "PYTHONUNBUFFERED": "1",
     }
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, tmp_path_factory):
+    """A real `celery -A portal worker` process on the test database, for the whole session."""
+    _require_postgres_and_redis()
+    from portal.celery import app
+
+    env = live_environment()
     node = f"pytest-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
 
     app.control.purge()  # messages left over by an earlier run would run against this database
@@ -159,3 +164,41 @@ def live_worker(transactional_db, celery_worker_process):
     # Nothing of this test may run after transactional_db empties the tables for the next one.
     app.control.purge()
     wait_for(lambda: not celery_worker_process.busy(), timeout=WORKER_IDLE_TIMEOUT, message="the worker to go idle")
+
+
+@pytest.fixture
+def start_beat(live_worker, tmp_path):
+    """Start real `celery -A portal beat` processes feeding the live worker; stopped when the test ends.
+
+    A factory: `start_beat(PORTAL_PATCH_BEAT_SECONDS="2")` starts one beat with those settings on top of
+    the live environment (call it twice for two beats started by mistake). Beat only sends the
+    periodic tasks; the worker runs them with its own settings.
+    """
+    beats: list[subprocess.Popen] = []
+    logs: list[Path] = []
+
+    def start(**overrides: str) -> subprocess.Popen:
+        log_path = tmp_path / f"beat-{len(beats)}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "portal", "beat", "--loglevel=info"]
+                + ["--schedule", str(tmp_path / f"beat-{len(beats)}-schedule")],
+                cwd=ROOT,
+                env={**live_environment(), **overrides},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        beats.append(process)
+        logs.append(log_path)
+        return process
+
+    yield start
+    for process in beats:  # before live_worker purges the queue and waits for the worker to go idle
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(WORKER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
