@@ -179,11 +179,7 @@ def main() -> None:
                 raise SystemExit(f"timed out with {done}/{queued} finished")
         elapsed = time.perf_counter() - start
         connection.close()
-        statuses = dict(
-            Operation.objects.values_list("status").annotate(
-                n=__import__("django.db.models", fromlist=["Count"]).Count("pk")
-            )
-        )
+        statuses = dict(Operation.objects.values_list("status").annotate(n=Count("pk")))
     finally:
         sampler.running = False
         worker.terminate()
