@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, OuterRef, Subquery
+from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from vms import images, regions
@@ -162,7 +162,8 @@ def change_patch_settings(vm: VirtualMachine, new: PatchSettings, *, now: dateti
     if vm.enable_hotpatching and not new.enable_hotpatching:
         vm.hotpatch_disabled_at = now  # unenrolled: re-enrolment waits for the next baseline
     vm.apply_patch_settings(new)
-    vm.save()
+    # Only the settings: power state and size change elsewhere, with targeted updates of their own.
+    vm.save(update_fields=[*VirtualMachine.PATCH_SETTINGS_FIELDS, "hotpatch_disabled_at"])
     refresh_hotpatch_status(vm, now, turned_on=turned_on)
     return []
 
@@ -495,9 +496,16 @@ def execute_operation(
         )
         sleep(install_seconds / speed)
         if outcome.reboot_status == "Completed":
-            # The VM is unavailable while it restarts; the history shows the reboot under way.
-            Operation.objects.filter(pk=operation_id).update(reboot_status=RebootStatus.STARTED)
-            VirtualMachine.objects.filter(pk=vm.pk).update(power_state=VirtualMachine.PowerState.STARTING)
+            # The VM is unavailable while it restarts; the history shows the reboot under way. Both
+            # are compare-and-swap: a run failed as stale meanwhile, or a VM stopped by its owner,
+            # is left as it is.
+            if not Operation.objects.filter(pk=operation_id, status=OperationStatus.IN_PROGRESS).update(
+                reboot_status=RebootStatus.STARTED
+            ):
+                return None
+            VirtualMachine.objects.filter(pk=vm.pk, power_state=VirtualMachine.PowerState.RUNNING).update(
+                power_state=VirtualMachine.PowerState.STARTING
+            )
             sleep(sim.REBOOT_SECONDS / speed)
     finished = clock + timedelta(seconds=outcome.simulated_seconds) if now else timezone.now()
     recorded = record_installation(operation_id, vm, available, outcome, finished)
@@ -748,23 +756,30 @@ def record_installation(
 
 
 def fail_stale_operations(now: datetime | None = None) -> int:
-    """Fail operations in flight past the deadline: their worker died, or retries ran out."""
+    """Fail operations that will not finish: a run whose worker died, or a queued one nobody picked up.
+
+    A run in progress gets PORTAL_STALE_OPERATION_AFTER from when it started; a queued operation gets
+    three times that from when it was queued, since a busy fleet can legitimately have a backlog.
+    Set-based: one UPDATE for the operations, one for the VMs a dead worker left rebooting.
+    """
     now = now or timezone.now()
-    cutoff = now - settings.PORTAL_STALE_OPERATION_AFTER
-    stale = list(Operation.objects.in_flight().filter(created_at__lt=cutoff).values_list("pk", "vm_id"))
-    failed = 0
-    for pk, vm_id in stale:
-        if fail_operation(
-            pk,
-            "OperationTimedOut",
-            "The operation did not finish in time (the worker running it stopped); start it again.",
-            now,
-        ):
-            failed += 1
-            # A VM left "starting" by a worker killed mid-reboot comes back up.
-            VirtualMachine.objects.filter(pk=vm_id, power_state=VirtualMachine.PowerState.STARTING).update(
-                power_state=VirtualMachine.PowerState.RUNNING
-            )
+    deadline = settings.PORTAL_STALE_OPERATION_AFTER
+    stale = Operation.objects.filter(
+        Q(status=OperationStatus.IN_PROGRESS, started_at__lt=now - deadline)
+        | Q(status=OperationStatus.NOT_STARTED, created_at__lt=now - 3 * deadline)
+    )
+    with transaction.atomic():
+        vm_ids = list(stale.select_for_update().values_list("vm_id", flat=True))
+        failed = stale.update(
+            status=OperationStatus.FAILED,
+            error_code="OperationTimedOut",
+            error_message="The operation did not finish in time (no worker finished it); start it again.",
+            finished_at=now,
+        )
+        # A VM left "starting" by a worker killed mid-reboot comes back up.
+        VirtualMachine.objects.filter(
+            pk__in=[pk for pk in vm_ids if pk], power_state=VirtualMachine.PowerState.STARTING
+        ).update(power_state=VirtualMachine.PowerState.RUNNING)
     return failed
 
 

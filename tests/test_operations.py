@@ -207,17 +207,39 @@ def test_a_vm_deleted_while_its_operation_waits_fails_it_cleanly():
 
 def test_a_stale_operation_is_failed_by_the_periodic_task(settings):
     vm = make_vm()
-    long_ago = datetime.now(UTC) - settings.PORTAL_STALE_OPERATION_AFTER - timedelta(minutes=1)
+    deadline = settings.PORTAL_STALE_OPERATION_AFTER
+    long_ago = datetime.now(UTC) - deadline - timedelta(minutes=1)
     stale, _ = services.start_operation(vm, OperationKind.INSTALLATION, enqueue=False, now=long_ago)
-    Operation.objects.filter(pk=stale.pk).update(status=OperationStatus.IN_PROGRESS)  # its worker died
-    fresh, _ = services.start_operation(vm, OperationKind.ASSESSMENT, enqueue=False)
+    # Its worker died mid-reboot: the operation stays in progress and the VM "starting".
+    Operation.objects.filter(pk=stale.pk).update(status=OperationStatus.IN_PROGRESS, started_at=long_ago)
+    VirtualMachine.objects.filter(pk=vm.pk).update(power_state=VirtualMachine.PowerState.STARTING)
+    # Queued as long ago, but a queue may have a backlog: it gets longer before it is given up on.
+    waiting, _ = services.start_operation(vm, OperationKind.ASSESSMENT, enqueue=False, now=long_ago)
     assert fail_stale_operations() == 1
     stale.refresh_from_db()
-    fresh.refresh_from_db()
+    waiting.refresh_from_db()
+    vm.refresh_from_db()
     assert stale.status == OperationStatus.FAILED and stale.error_code == "OperationTimedOut"
-    assert fresh.status == OperationStatus.NOT_STARTED
+    assert waiting.status == OperationStatus.NOT_STARTED
+    assert vm.power_state == VirtualMachine.PowerState.RUNNING
     # A finished operation is never overwritten by a late worker.
     assert services.record_assessment(stale.pk, vm, [], [], services.guest_view(vm, vm.guest), MARCH) is None
+
+    Operation.objects.filter(pk=waiting.pk).update(created_at=datetime.now(UTC) - 3 * deadline - timedelta(minutes=1))
+    assert fail_stale_operations() == 1
+    waiting.refresh_from_db()
+    assert waiting.status == OperationStatus.FAILED
+
+
+def test_saving_patch_settings_leaves_power_state_alone():
+    vm = make_vm(now=MARCH)
+    stale_copy = VirtualMachine.objects.get(pk=vm.pk)
+    VirtualMachine.objects.filter(pk=vm.pk).update(power_state=VirtualMachine.PowerState.DEALLOCATED)
+    assert (
+        services.change_patch_settings(stale_copy, stale_copy.patch_settings.with_changes(reboot_setting="Never")) == []
+    )
+    vm.refresh_from_db()
+    assert vm.power_state == VirtualMachine.PowerState.DEALLOCATED and vm.reboot_setting == "Never"
 
 
 def test_history_is_kept_for_the_retention_period_then_pruned(settings):

@@ -169,6 +169,17 @@ class VirtualMachine(models.Model):
             enable_automatic_updates=self.enable_automatic_updates,
         )
 
+    # The columns apply_patch_settings() writes.
+    PATCH_SETTINGS_FIELDS = (
+        "patch_mode",
+        "enable_hotpatching",
+        "assessment_mode",
+        "reboot_setting",
+        "bypass_platform_safety_checks",
+        "provision_vm_agent",
+        "enable_automatic_updates",
+    )
+
     def apply_patch_settings(self, new: PatchSettings) -> None:
         """Copy validated settings onto the row (the caller validates and saves)."""
         self.patch_mode = new.patch_mode
