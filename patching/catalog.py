@@ -458,7 +458,7 @@ def _calendar_rows(records, problems: list[str]) -> tuple[list[Row], CalendarKin
 
 
 def _int_between(value: str, low: int, high: int) -> int:
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise ValueError(f"{value!r} is not a number from {low} to {high}")
     return int(value)
 

@@ -377,9 +377,11 @@ def queue_operations(
     parameters: InstallParameters | None = None,
     now: datetime | None = None,
     enqueue: bool = True,
+    user=None,
 ) -> list[int]:
     """start_operations, returning the new operations' ids; `enqueue=False` leaves running them to the
-    caller (a simulated clock runs them with execute_operation(pk, now=...))."""
+    caller (a simulated clock runs them with execute_operation(pk, now=...)). `user` is who asked, for
+    operations a person started on many VMs at once (the admin's actions)."""
     now = now or timezone.now()
     if kind == OperationKind.INSTALLATION:
         parameters = parameters or CRITICAL_AND_SECURITY
@@ -392,6 +394,7 @@ def queue_operations(
             location=vm.location,
             kind=kind,
             started_by=started_by,
+            user=user if started_by == StartedBy.USER else None,
             parameters=body,
             created_at=now,
         )

@@ -165,7 +165,11 @@ def history_context(request: HtmxHttpRequest, vm: VirtualMachine, notices: list[
     opened_results = []
     raw = request.GET.get("operation", "")
     if raw:
-        opened = vm.operations.select_related("user").filter(pk=int(raw) if raw.isdigit() else None).first()
+        opened = (
+            vm.operations.select_related("user")
+            .filter(pk=int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None)
+            .first()
+        )
         if opened is None:
             notices.append("That operation is not in this VM's history.")
         else:
@@ -331,7 +335,7 @@ def hotpatch_calendar(request: HtmxHttpRequest) -> HttpResponse:
     raw_year = request.GET.get("year", "")
     year = now.year
     if raw_year:
-        if raw_year.isdigit() and 2000 <= int(raw_year) <= 2100:
+        if raw_year.isascii() and raw_year.isdigit() and len(raw_year) == 4 and 2000 <= int(raw_year) <= 2100:
             year = int(raw_year)
         else:
             notices.append(f"Ignored the year “{raw_year}”: showing {year}.")

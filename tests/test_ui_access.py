@@ -1,5 +1,7 @@
 """Access in the portal: a Reader sees but gets no buttons and 403 on every POST; others' things are 404."""
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -51,10 +53,8 @@ def test_a_reader_sees_everything_but_no_action_buttons(client, world):
     assert reverse("vms:delete", args=[vm.pk]) not in overview
     settings = client.get(reverse("vms:guest-updates", args=[vm.pk])).text
     assert "read-only for you" in settings and ">Save</button>" not in settings
-    assert (
-        'name="patch_mode" value="AutomaticByPlatform" required disabled' in settings.replace(" checked", "")
-        or "disabled" in settings
-    )
+    patch_mode_inputs = re.findall(r'<input[^>]*name="patch_mode"[^>]*>', settings)
+    assert patch_mode_inputs and all("disabled" in tag for tag in patch_mode_inputs)
     features = client.get(reverse("vms:preview-features", args=[world["contoso"].pk])).text
     assert ">Register<" not in features and ">Unregister<" not in features
 
@@ -110,11 +110,9 @@ def test_other_peoples_vms_and_subscriptions_answer_404(client, world):
         reverse("vms:provider-action", args=[fabrikam.pk, "register"]),
     ]:
         assert client.post(url).status_code == 404, url
-    assert (
-        "ours-1"
-        in client.get(reverse("patching:operation-status", args=[run_now(world["ours"], "assessment").pk])).text
-        or True
-    )
+    # Their own VM's operation status is theirs to see.
+    mine = client.get(reverse("patching:operation-status", args=[run_now(world["ours"], "assessment").pk]))
+    assert mine.status_code in (200, 286) and "Assessment" in mine.text
 
 
 def test_a_contributor_acts_and_a_superuser_sees_every_subscription(client, world, django_capture_on_commit_callbacks):

@@ -96,3 +96,10 @@ def test_calendar_marks_each_months_patch_tuesday(client, user):
     assert (
         bad.status_code == 200 and "Ignored the product “ws1995”" in bad.text and "Ignored the year “soon”" in bad.text
     )
+
+
+@pytest.mark.parametrize("year", ["\u00b2", "20x6", "99999999999999999999", "1850"])
+def test_a_bad_calendar_year_is_ignored_with_a_notice(client, user, year):
+    response = client.get(reverse("patching:calendar"), {"year": year})
+    assert response.status_code == 200
+    assert "Ignored the year" in response.text

@@ -138,6 +138,9 @@ def test_history_filters_by_time_range_and_status_and_opens_an_operation(client,
     results = {r.update.kb: r.state for r in opened.context["opened_results"]}
     assert results["890830"] == "Excluded" and installation.excluded_count == 1
     assert 'id="operation-results"' in opened.text and "KB890830" in opened.text and "olivia" in opened.text
+    for junk in ("\u00b2", "99999999999999999999999", "abc"):
+        unknown = client.get(blade(vm, tab="history", operation=junk))
+        assert unknown.status_code == 200 and "not in this VM's history" in unknown.text
 
 
 def test_install_dialog_refuses_bad_input_next_to_each_field_and_starts_nothing(client, vm):

@@ -240,11 +240,10 @@ class VirtualMachineAdmin(admin.ModelAdmin):
         services.refresh_hotpatch_status(obj, turned_on=obj.enable_hotpatching and not saved.enable_hotpatching)
 
     def _start(self, request, queryset, kind):
-        started = joined = 0
-        for vm in queryset.select_related("resource_group"):
-            _, created = services.start_operation(vm, kind, user=request.user)
-            started += created
-            joined += not created
+        # One bulk insert for the whole selection (it may be the whole fleet); VMs with one in flight keep it.
+        vms = list(queryset.select_related("resource_group"))
+        started = len(services.queue_operations(vms, kind, started_by=StartedBy.USER, user=request.user))
+        joined = len(vms) - started
         noun = "assessment" if kind == OperationKind.ASSESSMENT else "installation"
         msg = f"Started {started} {noun}(s)."
         if joined:
