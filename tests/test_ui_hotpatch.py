@@ -140,7 +140,7 @@ def test_history_filters_by_time_range_and_status_and_opens_an_operation(client,
     assert 'id="operation-results"' in opened.text and "KB890830" in opened.text and "olivia" in opened.text
     for junk in ("\u00b2", "99999999999999999999999", "abc"):
         unknown = client.get(blade(vm, tab="history", operation=junk))
-        assert unknown.status_code == 200 and "not in this VM's history" in unknown.text
+        assert unknown.status_code == 200 and "is not in this VM" in unknown.text
 
 
 def test_install_dialog_refuses_bad_input_next_to_each_field_and_starts_nothing(client, vm):
