@@ -176,6 +176,12 @@ def _count_failure(keys: list[tuple[str, int]]) -> None:
 
 
 def client_address(request: HttpRequest) -> str:
+    """The caller's address for rate limiting. Behind our own TLS proxy every request comes from the
+    proxy, so there the nearest hop the proxy recorded in X-Forwarded-For is the caller."""
+    if settings.BEHIND_TLS_PROXY:
+        forwarded = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
+        if forwarded:
+            return forwarded[-1][:64]
     return request.META.get("REMOTE_ADDR", "") or "unknown"
 
 

@@ -358,6 +358,8 @@ def fleet(request: HtmxHttpRequest) -> HttpResponse:
     context = {
         "fleet": found,
         "page": page,
+        # 1 2 … 49 50 51 … 1999 2000: never a link per page of a 100,000-VM fleet.
+        "page_range": page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
         "tiles": fleet_tiles(found.vms),
         "columns": [
             {
