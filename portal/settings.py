@@ -188,11 +188,11 @@ CELERY_BEAT_SCHEDULE = {
     # Automatic VM guest patching (SPEC §3.5): cheap rounds, so a window opening is caught within minutes.
     "patch-fleet": {
         "task": "patching.tasks.patch_fleet",
-        "schedule": timedelta(seconds=envint("PORTAL_PATCH_BEAT_SECONDS", "300")),
+        "schedule": timedelta(seconds=envint("PORTAL_PATCH_BEAT_SECONDS", "60")),
     },
     "assess-fleet": {
         "task": "patching.tasks.assess_fleet",
-        "schedule": timedelta(seconds=envint("PORTAL_ASSESSMENT_BEAT_SECONDS", "300")),
+        "schedule": timedelta(seconds=envint("PORTAL_ASSESSMENT_BEAT_SECONDS", "60")),
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -247,7 +247,7 @@ try:
 except ValueError as e:
     raise ImproperlyConfigured(str(e)) from None
 for _name in ("PORTAL_PATCH_BEAT_SECONDS", "PORTAL_ASSESSMENT_BEAT_SECONDS"):
-    if envint(_name, "300") < 1:
+    if envint(_name, "60") < 1:
         raise ImproperlyConfigured(f"{_name} must be at least 1 (seconds between beat rounds)")
 
 # --- The ARM-compatible API (/arm/) -----------------------------------------------------------------

@@ -22,6 +22,12 @@ def night(year: int, month: int, day: int) -> datetime:
 
 
 @pytest.fixture(autouse=True)
+def no_random_failures(settings):
+    """Installations succeed unless a test says otherwise (the simulated failure rate is per VM id)."""
+    settings.PORTAL_PATCH_FAILURE_RATE = 0.0
+
+
+@pytest.fixture(autouse=True)
 def catalog():
     load_catalog()
 

@@ -63,7 +63,7 @@ def test_a_worker_and_beat_patch_a_small_fleet_in_its_window_zone_by_zone(start_
     wait_for(
         lambda: (
             set(GuestState.objects.filter(vm__in=patched).values_list("patch_decision", flat=True))
-            <= {"up_to_date", "held_for_baseline"}
+            <= {"up_to_date", "held_for_baseline", "retry"}  # retry: a patch failed (the simulated rate)
         ),
         timeout=30,
         message="the next round to see them done",
@@ -73,7 +73,7 @@ def test_a_worker_and_beat_patch_a_small_fleet_in_its_window_zone_by_zone(start_
     assert sorted(op.vm.name for op in installs) == sorted(v.name for v in patched)  # each once, two beats or not
     for op in installs:
         assert op.parameters["windowsParameters"]["classificationsToInclude"] == ["Critical", "Security"]
-        assert op.status in ("Succeeded", "CompletedWithWarnings"), op.error_message
+        assert op.error_code in ("", "PatchInstallationFailed"), op.error_message  # a patch may fail, not the run
     # Zones one after the other: no two zones' installations overlap.
     spans = sorted((op.started_at, op.finished_at, op.vm.zone) for op in installs if op.vm.zone)
     assert len(spans) == 3
@@ -81,7 +81,7 @@ def test_a_worker_and_beat_patch_a_small_fleet_in_its_window_zone_by_zone(start_
         assert first_zone != second_zone and first_end <= second_start, spans
     # On the enrolled VM, a hotpatch goes in without a reboot; its .NET update waits for the baseline month.
     for op in installs:
-        if op.vm_id == enrolled.pk and not fleet[enrolled.pk].need.reboots:
+        if op.vm_id == enrolled.pk and not fleet[enrolled.pk].need.reboots and not op.failed_count:
             assert op.reboot_status == "NotNeeded" and "hotpatch" in fleet[enrolled.pk].need.description
 
     # Why the others were not patched; and periodic assessment came round too.

@@ -45,7 +45,7 @@ from vms.models import VirtualMachine
 
 from . import planner
 from .needs import DOTNET, CatalogPatch, GuestSummary, Need, ProductCatalog, need
-from .rules import Rules, assessment_due, assessment_period, from_settings_values, next_assessment_slot
+from .rules import EPOCH, Rules, assessment_due, assessment_period, from_settings_values, next_assessment_slot
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ LOCK_KEY = 0x486F747061746368  # "Hotpatch": the advisory lock of a patching rou
 # An installation finishes within its maximum duration (at most 4 h) plus a reboot.
 LONGEST_INSTALLATION = timedelta(hours=5)
 ATTEMPTS = timedelta(days=62)
+MAX_ASSESSMENTS_PER_ROUND = 5000
 FIXED_KEY = "orchestrator"  # where load_catalogs keeps its catalogs inside services.fixed_catalog()
 DETAIL_LENGTH = GuestState._meta.get_field("patch_decision_detail").max_length
 
@@ -536,9 +537,14 @@ def assess_fleet(now: datetime | None = None, *, execute: bool = False) -> Asses
     for pk, mode, assessed_at in rows:
         period = assessment_period(mode, rules)
         if assessment_due(pk, period, assessed_at, clock):
-            due.append(pk)
+            due.append((assessed_at or EPOCH, pk))
         slot = next_assessment_slot(pk, period, clock)
         next_due = slot if next_due is None else min(next_due, slot)
+    if len(due) > MAX_ASSESSMENTS_PER_ROUND:
+        # The longest-waiting first; the rest at the next round (staggered, a day of 100,000 VMs is
+        # about 70 a minute: only a fresh fleet is all due at once).
+        next_due = clock
+    due = [pk for _, pk in sorted(due)[:MAX_ASSESSMENTS_PER_ROUND]]
     started: list[int] = []
     for i in range(0, len(due), 2000):
         vms = VirtualMachine.objects.select_related("resource_group").filter(pk__in=due[i : i + 2000])
