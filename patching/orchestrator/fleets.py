@@ -104,12 +104,12 @@ def available(product: str, start: datetime) -> str:
     return "ws2022-azure" if ga and start.date() < ga else product
 
 
-def demo(start: datetime, now: datetime) -> Fleet:
+def demo(start: datetime, now: datetime, *, back_at: datetime | None = None) -> Fleet:
     """The demo's ~60 VMs: mostly the seed's defaults, a few with hotpatch or orchestration turned off.
 
     What makes the history worth looking at: the "-06" machines were built from an old image and were
-    off through the last baseline's rollout (they come back behind it, shortly before now); legacy-03
-    is stopped throughout; build-03 was deallocated a week ago.
+    off through the last baseline's rollout (they come back behind it at `back_at`, by default shortly
+    before now); legacy-03 is stopped throughout; build-03 was deallocated a week before now.
     """
     rng = random.Random(2021)
     vms = []
@@ -145,7 +145,7 @@ def demo(start: datetime, now: datetime) -> Fleet:
                         behind_by_months=1 if n == 6 else 0,
                     )
                 )
-    back = now - timedelta(hours=3)
+    back = back_at or now - timedelta(hours=3)
     changes = [PowerChange(start, vm.name, "stopped") for vm in vms if vm.name.endswith("-06")]
     changes += [PowerChange(back, vm.name, "running") for vm in vms if vm.name.endswith("-06")]
     changes.append(PowerChange(now - timedelta(days=7), "build-03", "deallocated"))

@@ -57,7 +57,10 @@ class Command(BaseCommand):
         if resume_after_hours < 0:
             raise CommandError("--resume-after-hours must be 0 (never) or more.")
         began, ended = (datetime(d.year, d.month, d.day, tzinfo=UTC) for d in (first, last))
-        fleet = fleets.generated(vms, began, ended, seed=seed) if vms else fleets.demo(began, ended)
+        if vms:
+            fleet = fleets.generated(vms, began, ended, seed=seed)
+        else:  # the demo's machines that were off come back after 25 days, behind the baseline
+            fleet = fleets.demo(began, ended, back_at=min(began + timedelta(days=25), ended - timedelta(hours=3)))
         overrides = {} if failure_rate is None else {"PORTAL_PATCH_FAILURE_RATE": failure_rate}
         with throwaway_database(), override_settings(**overrides):
             catalog.ensure_catalog(until=last + timedelta(days=31))
