@@ -398,7 +398,10 @@ def resume_rollout(halt: RolloutHalt, *, user=None, now: datetime | None = None)
 
 
 def record_decisions(verdicts: dict[int, planner.Verdict], current: dict[int, tuple[str, str]], now: datetime) -> int:
-    """Store each VM's decision where it changed: one UPDATE per distinct (decision, detail)."""
+    """Store each VM's decision where it changed: one UPDATE per distinct (decision, detail).
+
+    patch_decision_at is when the VM's decision (or its wording) last changed, not the last round.
+    """
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for vm_id, verdict in verdicts.items():
         detail = verdict.detail if len(verdict.detail) <= DETAIL_LENGTH else verdict.detail[: DETAIL_LENGTH - 1] + "…"
