@@ -2,8 +2,8 @@
 
 Beat sends the automatic-patching and periodic-assessment rounds every two seconds, twice over (two
 beats started by mistake); the worker runs the rounds and the installations they queue, in real time
-(WORKER_SETTINGS speeds the simulated work up). The VMs' time zones are picked so that the default
-off-peak window (23:00-05:00 local) is open now for most of them, and closed for one.
+(WORKER_SETTINGS speeds the simulated work up). The VMs' time zones are picked so that the off-peak
+window (23:00-05:00 local by default) is open now for most of them, and closed for one.
 """
 
 from datetime import UTC, datetime
@@ -34,7 +34,10 @@ AZURE_ORCHESTRATED = PatchSettings(patch_mode="AutomaticByPlatform", assessment_
 def test_a_worker_and_beat_patch_a_small_fleet_in_its_window_zone_by_zone(start_beat):
     load_catalog()
     now = datetime.now(UTC)
-    night, noon = zone_where_it_is(1, now), zone_where_it_is(12, now)
+    window = engine.current_rules().window  # the worker's: the same environment
+    opens = window.start // 60
+    night = zone_where_it_is((opens + 1) % 24, now)  # an hour or two into the window
+    noon = zone_where_it_is((opens + window.length // 60 + 4) % 24, now)  # hours after it closed
 
     def vm(name, **fields):
         rg = make_resource_group(make_subscription(), location="westeurope")
