@@ -265,14 +265,51 @@ class ProviderRegistration(models.Model):
         return self.state in TRANSITIONAL_STATES
 
 
-class ApiTokenQuerySet(models.QuerySet):
-    def active(self, now=None) -> "ApiTokenQuerySet":
+class CredentialQuerySet(models.QuerySet):
+    def active(self, now=None) -> "CredentialQuerySet":
         """Not revoked and not expired."""
         now = now or timezone.now()
         return self.filter(revoked_at=None).filter(Q(expires_at=None) | Q(expires_at__gt=now))
 
 
-class ApiToken(models.Model):
+class Credential(models.Model):
+    """What API tokens and service principals share: a hashed secret that can expire and be revoked."""
+
+    # Writing last_used_at on every request would turn each API read into a write.
+    LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = CredentialQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    @staticmethod
+    def hash(secret: str) -> str:
+        return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def touch(self, now=None) -> None:
+        """Record a use, at most once per LAST_USED_RESOLUTION."""
+        now = now or timezone.now()
+        if self.last_used_at is None or self.last_used_at < now - self.LAST_USED_RESOLUTION:
+            type(self).objects.filter(pk=self.pk).update(last_used_at=now)
+            self.last_used_at = now
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])
+
+
+class ApiToken(Credential):
     """A personal bearer token for the ARM API. Only its SHA-256 is stored: the secret is shown once.
 
     The API authenticates `Authorization: Bearer <secret>` by hashing the secret and looking the hash
@@ -280,30 +317,18 @@ class ApiToken(models.Model):
     """
 
     PREFIX = "hpp_"
-    # Writing last_used_at on every request would turn each API read into a write.
-    LAST_USED_RESOLUTION = timedelta(minutes=1)
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100, help_text="What the token is for, e.g. 'CI pipeline'.")
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     # The first characters of the secret, so a user can tell their tokens apart.
     hint = models.CharField(max_length=16, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    objects = ApiTokenQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.hint}…)"
-
-    @staticmethod
-    def hash(secret: str) -> str:
-        return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
     @classmethod
     def issue(cls, user, name: str, *, expires_at=None) -> tuple["ApiToken", str]:
@@ -323,29 +348,11 @@ class ApiToken(models.Model):
         # The lookup is by a one-way hash; compare_digest keeps the final check constant-time anyway.
         if token is None or not hmac.compare_digest(token.token_hash, digest) or not token.user.is_active:
             return None
-        if token.last_used_at is None or token.last_used_at < now - cls.LAST_USED_RESOLUTION:
-            cls.objects.filter(pk=token.pk).update(last_used_at=now)
-            token.last_used_at = now
+        token.touch(now)
         return token
 
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
 
-    def revoke(self) -> None:
-        if self.revoked_at is None:
-            self.revoked_at = timezone.now()
-            self.save(update_fields=["revoked_at"])
-
-
-class ServicePrincipalQuerySet(models.QuerySet):
-    def active(self, now=None) -> "ServicePrincipalQuerySet":
-        """Not revoked and not expired."""
-        now = now or timezone.now()
-        return self.filter(revoked_at=None).filter(Q(expires_at=None) | Q(expires_at__gt=now))
-
-
-class ServicePrincipal(models.Model):
+class ServicePrincipal(Credential):
     """An app registration for the Azure CLI (`az login --service-principal -u <client id> -p <secret>`).
 
     Each one is backed by a Django user of its own that can never sign in to the pages (inactive, no
@@ -354,7 +361,6 @@ class ServicePrincipal(models.Model):
     """
 
     SECRET_PREFIX = "hpsp_"
-    LAST_USED_RESOLUTION = timedelta(minutes=1)
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, related_name="service_principal")
     display_name = models.CharField(max_length=100, help_text="What it is for, e.g. 'ci' or 'patch pipeline'.")
@@ -365,22 +371,12 @@ class ServicePrincipal(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="service_principals_created"
     )
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    objects = ServicePrincipalQuerySet.as_manager()
 
     class Meta:
         ordering = ["display_name", "created_at"]
 
     def __str__(self) -> str:
         return f"{self.display_name} ({self.client_id})"
-
-    @staticmethod
-    def hash(secret: str) -> str:
-        return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
     @classmethod
     def create(
@@ -425,18 +421,3 @@ class ServicePrincipal(models.Model):
             return None
         principal.touch(now)
         return principal
-
-    def touch(self, now=None) -> None:
-        now = now or timezone.now()
-        if self.last_used_at is None or self.last_used_at < now - self.LAST_USED_RESOLUTION:
-            type(self).objects.filter(pk=self.pk).update(last_used_at=now)
-            self.last_used_at = now
-
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
-
-    def revoke(self) -> None:
-        if self.revoked_at is None:
-            self.revoked_at = timezone.now()
-            self.save(update_fields=["revoked_at"])
