@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, OuterRef, Q, Subquery
@@ -43,6 +44,15 @@ from .models import (
 from .parameters import CRITICAL_AND_SECURITY, InstallParameters, from_arm
 
 log = logging.getLogger(__name__)
+
+# The Celery task (patching/tasks.py) that runs a queued operation, sent by name: tasks import this module.
+RUN_OPERATION_TASK = "patching.tasks.run_operation"
+
+
+def send_to_workers(operation_ids: list[int]) -> None:
+    """Hand committed operations to Celery (call it from transaction.on_commit)."""
+    for pk in operation_ids:
+        current_app.send_task(RUN_OPERATION_TASK, (pk,))
 
 
 class AgentUnreachable(Exception):
@@ -348,9 +358,7 @@ def start_operation(
     except IntegrityError:
         return Operation.objects.in_flight().get(vm=vm, kind=kind), False
     if enqueue:
-        from .tasks import run_operation  # tasks import services; import here to avoid the cycle
-
-        run_operation.delay_on_commit(operation.pk)
+        transaction.on_commit(lambda: send_to_workers([operation.pk]))
     return operation, True
 
 
@@ -408,9 +416,7 @@ def queue_operations(
             ).values_list("pk", flat=True)
         )
         if enqueue:
-            from .tasks import run_operation
-
-            transaction.on_commit(lambda: [run_operation.delay(pk) for pk in queued])
+            transaction.on_commit(lambda: send_to_workers(queued))
     return queued
 
 

@@ -5,13 +5,14 @@ import logging
 from celery import shared_task
 
 from . import services
+from .orchestrator import engine
 
 log = logging.getLogger(__name__)
 
 MAX_AGENT_RETRIES = 3
 
 
-@shared_task(bind=True, acks_late=True, max_retries=MAX_AGENT_RETRIES)
+@shared_task(name=services.RUN_OPERATION_TASK, bind=True, acks_late=True, max_retries=MAX_AGENT_RETRIES)
 def run_operation(self, operation_id: int) -> None:
     """Run a queued assessment or installation. Safe to receive twice: the claim is compare-and-swap."""
     try:
@@ -45,8 +46,6 @@ def prune_history() -> int:
 @shared_task
 def patch_fleet() -> str:
     """Beat: one round of automatic patching (idempotent: a second beat's round finds the lock taken)."""
-    from .orchestrator import engine
-
     try:
         result = engine.patch_fleet()
     except ValueError as exc:  # the rules were changed at run time into something invalid
@@ -60,8 +59,6 @@ def patch_fleet() -> str:
 @shared_task
 def assess_fleet() -> int:
     """Beat: periodic assessment of the running VMs whose slot has come."""
-    from .orchestrator import engine
-
     try:
         return len(engine.assess_fleet().started)
     except ValueError as exc:

@@ -8,15 +8,17 @@ PostgreSQL and Redis.
 import hashlib
 import hmac
 import os
+import secrets
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("PORTAL_VAR_DIR", BASE_DIR / "var"))
+from portal import var
+
+BASE_DIR = var.BASE_DIR
+VAR_DIR = var.VAR_DIR
 
 
 def env(name: str, default: str = "") -> str:
@@ -51,14 +53,9 @@ SECRET_KEY = env("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG and env("PORTAL_REQUIRE_SECRET_KEY", "false") == "true":
         raise ImproperlyConfigured("SECRET_KEY must be set in production")
-    # Embedded default: a per-checkout key kept under var/, so sessions survive restarts.
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
-    key_file = VAR_DIR / "secret_key"
-    if not key_file.exists():
-        from django.core.management.utils import get_random_secret_key
-
-        key_file.write_text(get_random_secret_key())
-    SECRET_KEY = key_file.read_text().strip()
+    # Embedded default: the per-checkout key under var/ (portal/var.py), so sessions survive restarts.
+    # Before anything made one (a test run in a fresh clone), a key for this process alone.
+    SECRET_KEY = var.stored_secret_key() or secrets.token_urlsafe(50)
 
 ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("CSRF_TRUSTED_ORIGINS").split(",") if o.strip()]
@@ -74,11 +71,12 @@ INSTALLED_APPS = [
     "template_partials",
     "vms",
     "patching",
+    "portal.web",
 ]
 
 MIDDLEWARE = [
     # Outermost: under /arm/ every response, even one of Django's own errors, is an ARM JSON answer.
-    "portal.arm.ArmMiddleware",
+    "portal.arm.core.ArmMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -112,7 +110,6 @@ DATABASE_URL = env("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
 else:
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
@@ -140,8 +137,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "static"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every request without it
+STATIC_ROOT = var.STATIC_ROOT
 
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", "false")
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
@@ -155,9 +151,7 @@ if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
 else:
     # kombu's filesystem transport: a folder of message files, shared by web, worker and beat.
-    _broker_dir = VAR_DIR / "broker"
-    for sub in ("out", "processed"):
-        (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
+    _broker_dir = var.BROKER_DIR
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),
@@ -219,13 +213,13 @@ if PORTAL_SIM_SPEED < 0:
     raise ImproperlyConfigured("PORTAL_SIM_SPEED must be 0 (no sleeping) or positive")
 
 # --- Automatic patching (patching/orchestrator) ---------------------------------------------------
-from patching.orchestrator.rules import DEFAULT_PHASES, DEFAULT_WINDOW, from_settings_values  # noqa: E402 (pure)
-
+# Validated by a system check (patching/checks.py): `manage.py check`, `migrate` and `make demo` refuse
+# to go on with a bad value, naming the setting. Empty means the default (patching/orchestrator/rules.py).
 # The off-peak window in each VM's own time zone (HH:MM-HH:MM, may cross midnight; 00:00-24:00 is all day).
-PORTAL_OFF_PEAK_WINDOW = env("PORTAL_OFF_PEAK_WINDOW", DEFAULT_WINDOW)
+PORTAL_OFF_PEAK_WINDOW = env("PORTAL_OFF_PEAK_WINDOW")
 # Rollout phases: regions separated by ',', phases by ';' (the default: three phases, geo pairs
 # apart). Geo pairs may not share a phase; regions not listed roll out after the listed phases.
-PORTAL_ROLLOUT_PHASES = env("PORTAL_ROLLOUT_PHASES", DEFAULT_PHASES)
+PORTAL_ROLLOUT_PHASES = env("PORTAL_ROLLOUT_PHASES")
 # A release's rollout halts when more than this share of its automatic installations failed, once
 # at least PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS have finished (an operator resumes it in the admin).
 PORTAL_ROLLOUT_HALT_FAILURE_RATE = envfloat("PORTAL_ROLLOUT_HALT_FAILURE_RATE", "0.25")
@@ -235,17 +229,6 @@ PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS = envint("PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS", "1
 PORTAL_BASELINE_CATCH_UP = envbool("PORTAL_BASELINE_CATCH_UP", "true")
 # Periodic assessment: every 24 h with assessmentMode AutomaticByPlatform, every this many days otherwise.
 PORTAL_ASSESSMENT_INTERVAL_DAYS = envint("PORTAL_ASSESSMENT_INTERVAL_DAYS", "3")
-try:
-    from_settings_values(
-        window=PORTAL_OFF_PEAK_WINDOW,
-        phases=PORTAL_ROLLOUT_PHASES,
-        halt_failure_rate=PORTAL_ROLLOUT_HALT_FAILURE_RATE,
-        halt_min_attempts=PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS,
-        catch_up_baseline=PORTAL_BASELINE_CATCH_UP,
-        assessment_interval_days=PORTAL_ASSESSMENT_INTERVAL_DAYS,
-    )
-except ValueError as e:
-    raise ImproperlyConfigured(str(e)) from None
 for _name in ("PORTAL_PATCH_BEAT_SECONDS", "PORTAL_ASSESSMENT_BEAT_SECONDS"):
     if envint(_name, "60") < 1:
         raise ImproperlyConfigured(f"{_name} must be at least 1 (seconds between beat rounds)")

@@ -113,6 +113,8 @@ def live_environment() -> dict[str, str]:
         **WORKER_SETTINGS,
         "DATABASE_URL": database_url,
         "REDIS_URL": settings.REDIS_URL,
+        # One key for the test process and its live processes: what one signs, the others accept.
+        "SECRET_KEY": settings.SECRET_KEY,
         "PYTHONUNBUFFERED": "1",
     }
 

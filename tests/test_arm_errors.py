@@ -5,7 +5,7 @@
 import pytest
 from django.test import Client
 
-from portal import arm
+from portal.arm.routes import router
 from tests.arm_fixtures import ArmClient, alice, alice_token, api, arm_settings, bob, error_of, fleet, vm_path  # noqa: F401
 
 INSTALL = "/installPatches"
@@ -200,7 +200,7 @@ def test_a_bug_is_a_json_500_not_an_html_page(api, fleet, monkeypatch):
     def broken(arm_request, **kwargs):
         raise RuntimeError("boom")
 
-    route, _ = arm.router.match(f"subscriptions/{fleet['contoso'].pk}")
+    route, _ = router.match(f"subscriptions/{fleet['contoso'].pk}")
     monkeypatch.setitem(route.handlers, "GET", broken)
     response = api.get(f"subscriptions/{fleet['contoso'].pk}")
     assert response.status_code == 500

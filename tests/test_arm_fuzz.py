@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from portal.openapi import document
+from portal.arm.openapi import document
 from portal.wsgi import application
 from tests.arm_fixtures import alice, alice_token, arm_settings, bob  # noqa: F401
 from tests.factories import load_catalog, make_resource_group, make_vm

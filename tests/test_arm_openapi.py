@@ -2,8 +2,8 @@
 
 from django.test import Client
 
-from portal.arm import router
-from portal.openapi import PATHS
+from portal.arm.openapi import PATHS
+from portal.arm.routes import router
 
 HTTP_METHODS = {"get", "put", "post", "patch", "delete", "head"}
 
@@ -43,7 +43,7 @@ def test_every_path_parameter_is_declared():
         names = set(re.findall(r"{(\w+)}", path))
         for operation in item.values():
             declared = {p["$ref"].rsplit("/", 1)[-1] for p in operation["parameters"]}
-            from portal.openapi import PARAMETERS
+            from portal.arm.openapi import PARAMETERS
 
             in_path = {PARAMETERS[name]["name"] for name in declared if PARAMETERS[name]["in"] == "path"}
             assert in_path == names, (path, operation["operationId"])

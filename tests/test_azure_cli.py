@@ -27,7 +27,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from patching.models import Operation, OperationKind
-from portal import identity
+from portal.arm import identity
 from tests.conftest import WORKER_SETTINGS
 from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
 from tests.helpers import wait_for

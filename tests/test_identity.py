@@ -16,7 +16,7 @@ from django.core import signing
 from django.test import Client
 from django.utils import timezone
 
-from portal import identity
+from portal.arm import auth, identity
 from tests.arm_fixtures import ArmClient, error_of
 from tests.factories import make_resource_group, make_subscription, make_vm
 from vms import principals
@@ -127,7 +127,7 @@ def test_client_credentials_give_a_signed_bearer_token_for_the_audience(world):
     assert "no-store" in response["Cache-Control"]
     body = response.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
-    claims = signing.loads(body["access_token"].removeprefix(identity.TOKEN_PREFIX), salt=identity.TOKEN_SALT)
+    claims = signing.loads(body["access_token"].removeprefix(auth.TOKEN_PREFIX), salt=auth.TOKEN_SALT)
     assert claims["tid"] == TENANT and claims["aud"] == AUDIENCE and claims["appid"] == str(world["sp"].client_id)
     assert claims["exp"] - claims["iat"] == 3600
     world["sp"].refresh_from_db()
@@ -271,7 +271,7 @@ def test_a_principal_past_its_expiry_is_refused_and_tokens_never_outlive_it(worl
 
 
 def test_an_expired_token_is_refused(world):
-    token, _ = identity.issue_access_token(world["sp"], now=time.time() - 7200)
+    token, _ = auth.issue_access_token(world["sp"], now=time.time() - 7200)
     response = arm(token).get("subscriptions")
     assert response.status_code == 401 and error_of(response)["code"] == "InvalidAuthenticationToken"
     assert "expired" in error_of(response)["message"]
@@ -279,10 +279,10 @@ def test_an_expired_token_is_refused(world):
 
 def test_a_token_of_another_tenant_or_audience_is_refused(world, settings):
     settings.PORTAL_TENANT_ID = "00000000-1111-4222-8333-444455556666"
-    foreign_tenant, _ = identity.issue_access_token(world["sp"])
+    foreign_tenant, _ = auth.issue_access_token(world["sp"])
     settings.PORTAL_TENANT_ID = TENANT
     settings.PORTAL_ARM_AUDIENCE = "https://management.elsewhere.test/"
-    foreign_audience, _ = identity.issue_access_token(world["sp"])
+    foreign_audience, _ = auth.issue_access_token(world["sp"])
     settings.PORTAL_ARM_AUDIENCE = AUDIENCE
 
     tenant = arm(foreign_tenant).get("subscriptions")
@@ -295,9 +295,9 @@ def test_a_tampered_or_foreign_signed_token_is_refused(world, settings):
     token = sign_in(world)
     payload, _, signature = token.rpartition(":")
     tampered = payload + ":" + ("A" if signature[0] != "A" else "B") + signature[1:]
-    claims = signing.loads(token.removeprefix(identity.TOKEN_PREFIX), salt=identity.TOKEN_SALT)
+    claims = signing.loads(token.removeprefix(auth.TOKEN_PREFIX), salt=auth.TOKEN_SALT)
     other_sp = {**claims, "sp": claims["sp"] + 1}
-    forged = identity.TOKEN_PREFIX + signing.dumps(other_sp, salt=identity.TOKEN_SALT, key="not the server's key")
-    for bad in (tampered, forged, identity.TOKEN_PREFIX + "garbage", token[:-3]):
+    forged = auth.TOKEN_PREFIX + signing.dumps(other_sp, salt=auth.TOKEN_SALT, key="not the server's key")
+    for bad in (tampered, forged, auth.TOKEN_PREFIX + "garbage", token[:-3]):
         response = arm(bad).get("subscriptions")
         assert response.status_code == 401 and error_of(response)["code"] == "InvalidAuthenticationToken", bad

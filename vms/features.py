@@ -7,6 +7,7 @@ repeated click, a repeated API call or a redelivered task changes nothing twice.
 
 from datetime import datetime, timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -15,6 +16,8 @@ from .models import FeatureRegistration, ProviderRegistration, RegistrationState
 
 S = RegistrationState
 PROVIDER = "Microsoft.Compute"
+# The Celery task (vms/tasks.py) that finishes a transition once its delay has passed, sent by name.
+SETTLE_TASK = "vms.tasks.settle_registration"
 
 
 def _registration_delay() -> timedelta:
@@ -63,11 +66,9 @@ def _transition(model, lookup: dict, start: str, *, now: datetime | None = None)
         moved = model.objects.filter(pk=row.pk).exclude(state__in=(start, done)).update(state=start, changed_at=now)
         row.refresh_from_db()
         if moved:
-            from .tasks import settle_registration
-
             delay = settings.PORTAL_REGISTRATION_SECONDS
             kind = "feature" if model is FeatureRegistration else "provider"
-            transaction.on_commit(lambda: settle_registration.apply_async((kind, row.pk), countdown=delay))
+            transaction.on_commit(lambda: current_app.send_task(SETTLE_TASK, (kind, row.pk), countdown=delay))
     return row
 
 

@@ -8,7 +8,7 @@ from .models import FeatureRegistration, ProviderRegistration
 MODELS = {"feature": FeatureRegistration, "provider": ProviderRegistration}
 
 
-@shared_task(acks_late=True)
+@shared_task(name=features.SETTLE_TASK, acks_late=True)
 def settle_registration(kind: str, pk: int) -> bool:
     """Finish a Registering/Unregistering transition once its delay has passed (idempotent)."""
     return features.settle(MODELS[kind], pk)

@@ -45,7 +45,16 @@ from vms.models import VirtualMachine
 
 from . import planner
 from .needs import DOTNET, CatalogPatch, GuestSummary, Need, ProductCatalog, need
-from .rules import EPOCH, Rules, assessment_due, assessment_period, from_settings_values, next_assessment_slot
+from .rules import (
+    DEFAULT_PHASES,
+    DEFAULT_WINDOW,
+    EPOCH,
+    Rules,
+    assessment_due,
+    assessment_period,
+    from_settings_values,
+    next_assessment_slot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +68,10 @@ DETAIL_LENGTH = GuestState._meta.get_field("patch_decision_detail").max_length
 
 
 def current_rules() -> Rules:
-    """The rules as configured (validated at startup by settings.py)."""
+    """The rules as configured (validated by the system check in patching/checks.py); ValueError if bad."""
     return from_settings_values(
-        window=settings.PORTAL_OFF_PEAK_WINDOW,
-        phases=settings.PORTAL_ROLLOUT_PHASES,
+        window=settings.PORTAL_OFF_PEAK_WINDOW or DEFAULT_WINDOW,
+        phases=settings.PORTAL_ROLLOUT_PHASES or DEFAULT_PHASES,
         halt_failure_rate=settings.PORTAL_ROLLOUT_HALT_FAILURE_RATE,
         halt_min_attempts=settings.PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS,
         catch_up_baseline=settings.PORTAL_BASELINE_CATCH_UP,

@@ -1,8 +1,8 @@
 """The configured rules of automatic patching, parsed and validated once. Pure: no Django models.
 
-settings.py calls `from_settings_values()` at startup and turns a ValueError into
-ImproperlyConfigured, so a bad off-peak window or phase plan stops the portal with a clear message
-instead of crashing a beat task later.
+patching/checks.py calls `from_settings_values()` (through engine.current_rules) as a system check,
+so a bad off-peak window or phase plan stops `manage.py check`, `migrate` and `make demo` with a clear
+message instead of crashing a beat task later.
 """
 
 import re

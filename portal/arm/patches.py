@@ -6,28 +6,27 @@ Location URL (`?monitor=true`) answers 202 until the row is finished and then 20
 both decided from a single read of the row, so the status and the result flip together (§8.4).
 """
 
-import uuid
-
-from django.conf import settings
 from django.db.models import OuterRef, Subquery
 
-from portal.arm import (
-    ArmError,
+from patching import services
+from patching.models import (
+    CLASSIFICATION_LABELS,
+    Classification,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    PatchResult,
+)
+from patching.parameters import InvalidParameters, from_arm
+from vms.models import VirtualMachine
+
+from .core import (
     ArmRequest,
     arm_time,
     empty,
-    invalid_parameters,
     lro_headers,
-    ok,
-    read_completed_operation,
-    router,
 )
-from vms import regions
-from vms.models import VirtualMachine
-
-from . import services
-from .models import CLASSIFICATION_LABELS, Classification, Operation, OperationKind, OperationStatus, PatchResult
-from .parameters import InvalidParameters, from_arm
+from .errors import ArmError, invalid_parameters
 
 # PatchOperationStatus on the wire: a queued run is already "in progress" to an ARM client.
 WIRE_STATUS = {OperationStatus.NOT_STARTED: "InProgress"}
@@ -250,68 +249,3 @@ def install_patches(arm: ArmRequest, subscriptionId: str, resourceGroupName: str
     except InvalidParameters as e:
         raise invalid_parameters(e.problems) from None
     return _start(arm, subscriptionId, resourceGroupName, vmName, OperationKind.INSTALLATION, parameters)
-
-
-# --- The operation status and result -------------------------------------------------------------
-
-
-def _operation_not_found(name: str, location: str) -> ArmError:
-    return ArmError(404, "ResourceNotFound", f"The operation '{name}' was not found in location '{location}'.")
-
-
-def operation(arm: ArmRequest, subscriptionId: str, location: str, operationId: str):
-    """Azure-AsyncOperation (status) and, with ?monitor=true, Location (result) of an operation."""
-    subscription = arm.subscription(subscriptionId)
-    monitor = (arm.param("monitor") or "").lower() == "true"
-    region = regions.normalize_region(location)
-    try:
-        activity_id = uuid.UUID(operationId)
-    except ValueError:
-        return _completed_operation(arm, subscription, region, location, operationId, monitor)
-    # The single read of the row that decides both the status and whether the result is ready.
-    found = Operation.objects.filter(subscription=subscription, activity_id=activity_id).select_related("user").first()
-    if found is None or regions.normalize_region(found.location) != region:
-        raise _operation_not_found(operationId, location)
-    lro = found.arm_status
-    if monitor:
-        if lro == "InProgress":
-            return empty(202, lro_headers(arm, subscription.pk, found.location, operationId))
-        if lro == "Failed":
-            status = FAILURE_STATUS.get(found.error_code, 409)
-            return ArmError(status, found.error_code, found.error_message).response()
-        return ok(operation_result(found))
-    body = {"name": str(found.activity_id), "status": lro, "startTime": arm_time(found.started_at or found.created_at)}
-    if found.is_finished:
-        body["endTime"] = arm_time(found.finished_at)
-    if lro == "Succeeded":
-        body["properties"] = {"output": operation_result(found)}
-    elif lro == "Failed":
-        body["error"] = {"code": found.error_code, "message": found.error_message}
-    # While it runs, say when to ask again: without it azure-core (the Azure CLI's VM commands) waits 30 s.
-    return ok(body, headers={"Retry-After": str(settings.PORTAL_ARM_RETRY_AFTER)} if lro == "InProgress" else None)
-
-
-def _completed_operation(arm, subscription, region, location, name, monitor):
-    """A create/update/delete that finished within its request (see portal.arm.completed_operation_name)."""
-    record = read_completed_operation(name)
-    if record is None or record.get("s") != str(subscription.pk) or region is None:
-        raise _operation_not_found(name, location)
-    if monitor:
-        if record["k"] == "delete":
-            return empty(204)
-        from vms.api import vm_by_arm_id, vm_to_arm  # the VM's own serialisation
-
-        vm = vm_by_arm_id(subscription, record["r"])
-        if vm is None:
-            return empty(204)
-        return ok(vm_to_arm(vm))
-    return ok({"name": name, "status": "Succeeded", "startTime": record["t"], "endTime": record["e"]})
-
-
-VM_PATH = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Compute/virtualMachines/{vmName}"
-router.route(f"{VM_PATH}/assessPatches", POST=assess_patches)
-router.route(f"{VM_PATH}/installPatches", POST=install_patches)
-router.route(
-    "/subscriptions/{subscriptionId}/providers/Microsoft.Compute/locations/{location}/operations/{operationId}",
-    GET=operation,
-)

@@ -21,9 +21,10 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import access, principals
-from .models import FeatureRegistration, Role, RoleAssignment, ServicePrincipal, Subscription, VirtualMachine
-from .views import portal_view
+from vms import access, principals
+from vms.models import FeatureRegistration, Role, RoleAssignment, ServicePrincipal, Subscription, VirtualMachine
+
+from .common import portal_view
 
 CLOUD_NAME = "HotpatchPortal"
 CONFIG_DIR = '"$HOME/.azure-hotpatch-portal"'

@@ -448,6 +448,24 @@ SCHEMAS = {
         ["id", "namespace", "registrationState"],
     ),
     "ProviderListResult": listing("Provider"),
+    "CloudMetadata": obj(
+        {
+            "name": STR,
+            "portal": STR,
+            "resourceManager": STR,
+            "authentication": obj(
+                {
+                    "loginEndpoint": STR,
+                    "audiences": array(STR),
+                    "tenant": STR,
+                    "identityProvider": STR,
+                },
+                ["loginEndpoint", "audiences"],
+            ),
+            "suffixes": {"type": "object"},
+        },
+        ["name", "authentication", "suffixes"],
+    ),
 }
 
 # --- Parameters and responses ---------------------------------------------------------------------
@@ -819,6 +837,17 @@ PATHS = {
     },
     SUB + "/providers/{providerNamespace}/unregister": {
         "post": op("Providers_Unregister", "Unregister.", {"200": body("Provider")}, params=FEAT, tags=["Providers"]),
+    },
+    "/metadata/endpoints": {
+        "get": {
+            **op(
+                "Metadata_Endpoints",
+                "The cloud's endpoints for `az cloud register --endpoint-resource-manager` (no token needed).",
+                {"200": body("CloudMetadata")},
+                tags=["Metadata"],
+            ),
+            "security": [],
+        }
     },
 }
 

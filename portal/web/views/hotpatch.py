@@ -17,14 +17,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
-from vms import access, images
-from vms.models import VirtualMachine
-from vms.templatetags.portal import PATCH_MODE_LABELS
-from vms.views import HtmxHttpRequest, get_vm, guest_of, in_flight_operations, partial_for, portal_view, vm_context
-
-from . import calendar, services
-from .forms import InstallForm
-from .models import (
+from patching import calendar, services
+from patching.models import (
     CLASSIFICATION_LABELS,
     IN_FLIGHT,
     Classification,
@@ -35,6 +29,12 @@ from .models import (
     OperationStatus,
     PatchResult,
 )
+from portal.web.forms import InstallForm
+from portal.web.templatetags.portal import PATCH_MODE_LABELS
+from vms import access, images
+from vms.models import VirtualMachine
+
+from .common import HtmxHttpRequest, get_vm, guest_of, in_flight_operations, partial_for, portal_view, vm_context
 
 BLADE = "patching/hotpatch.html"
 INSTALL_PAGE = "patching/install.html"

@@ -1,13 +1,11 @@
-"""The plumbing of the ARM-compatible API (azure-api.md §5, §8): routing, authentication, errors.
+"""The plumbing of the ARM-compatible API (azure-api.md §5, §8): the request as a handler sees it,
+typed body reads, the Router, responses, long-running-operation headers, and the middleware.
 
-Every request under /arm/ goes through `dispatch`: one view that matches the path against the route
-table case-insensitively (ARM path segments are case-insensitive), authenticates the bearer token,
-requires an api-version (any value), calls the handler and turns every failure into the ARM error
-envelope. `ArmMiddleware` makes sure that nothing else under /arm/, not even an error raised by
-Django before the view runs, reaches a client as an HTML page, and stamps x-ms-request-id.
-
-Handlers are plain functions `handler(arm: ArmRequest, **path_params) -> HttpResponse` registered on
-`router`; vms/api.py and patching/api.py hold them, portal/openapi.py describes them.
+Handlers are plain functions `handler(arm: ArmRequest, **path_params) -> HttpResponse` in
+resources.py, compute.py, patches.py, operations.py, providers.py and identity.py; routes.py is the
+table that maps each path and method to one; views.dispatch serves them all. `ArmMiddleware` makes
+sure that nothing under /arm/, not even an error raised by Django before the view runs, reaches a
+client as an HTML page, and stamps x-ms-request-id.
 """
 
 import json
@@ -21,78 +19,21 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core import signing
-from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.csrf import csrf_exempt
 
 from vms import access
 from vms.models import ApiToken, ResourceGroup, Role, Subscription, VirtualMachine
+from vms.patch_settings import Problem
+
+from .errors import GENERIC_CODES, ArmError, bad_request, invalid_parameters
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/arm/"
 API_VERSION = "api-version"
 ASCII_SPACE = " \t\r\n\f\v"  # what a blank api-version may consist of (the OpenAPI pattern says the same)
-
-
-# --- Errors ---------------------------------------------------------------------------------------
-
-
-class ArmError(Exception):
-    """An ARM error response: `{"error": {"code", "message", "target"?, "details"?}}` with a status."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        target: str | None = None,
-        details: list[dict] | None = None,
-        headers: dict | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.target, self.details, self.headers = target, details, headers or {}
-
-    def body(self) -> dict:
-        error = {"code": self.code, "message": self.message}
-        if self.target is not None:
-            error["target"] = self.target
-        if self.details:
-            error["details"] = self.details
-        return {"error": error}
-
-    def response(self) -> HttpResponse:
-        response = JsonResponse(self.body(), status=self.status)
-        for name, value in self.headers.items():
-            response[name] = value
-        return response
-
-
-def invalid_parameters(problems, code: str = "InvalidParameter") -> ArmError:
-    """400 with the first problem as the error and every problem in `details` (targets are property paths)."""
-    details = [{"code": code, "target": p.target, "message": p.message} for p in problems]
-    first = problems[0]
-    return ArmError(400, code, first.message, target=first.target, details=details if len(details) > 1 else None)
-
-
-def bad_request(message: str, target: str | None = None, code: str = "InvalidParameter") -> ArmError:
-    return ArmError(400, code, message, target=target)
-
-
-# Status codes Django (or a middleware) may answer with before our view runs, as ARM codes.
-GENERIC_CODES = {
-    400: "BadRequest",
-    401: "InvalidAuthenticationToken",
-    403: "AuthorizationFailed",
-    404: "NotFound",
-    405: "MethodNotAllowed",
-    413: "RequestEntityTooLarge",
-    500: "InternalServerError",
-}
 
 
 # --- The request as a handler sees it -------------------------------------------------------------
@@ -127,7 +68,7 @@ class ArmRequest:
             raise ArmError(
                 400,
                 "InvalidRequestFormat",
-                f"The request content was invalid and could not be deserialized: {_short(e)}",
+                f"The request content was invalid and could not be deserialized: {short_reason(e)}",
             ) from None
         _refuse_unstorable_strings(body)
         return body
@@ -218,55 +159,53 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _short(e: Exception) -> str:
+def short_reason(e: Exception) -> str:
     return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
-# --- Authentication -------------------------------------------------------------------------------
+# --- Typed reads of a request body ---------------------------------------------------------------
+
+MISSING = object()
 
 
-def api_token_user(secret: str):
-    """A personal API token (vms.ApiToken): (user, token) or None."""
-    token = ApiToken.authenticate(secret)
-    return (token.user, token) if token else None
+class Body:
+    """Typed reads of a JSON body by property path; every type problem is kept with its path."""
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.problems: list[Problem] = []
+
+    def get(self, path: str, kind: type, default=MISSING):
+        node = self.data
+        for key in path.split("."):
+            if node is None:
+                return default
+            if not isinstance(node, dict):
+                self.problems.append(Problem(path, f"'{path}' must be inside a JSON object."))
+                return default
+            # ARM reads property names case-insensitively.
+            node = node.get(key, next((v for k, v in node.items() if k.lower() == key.lower()), MISSING))
+            if node is MISSING:
+                return default
+        if node is None:
+            return default
+        if kind is bool and not isinstance(node, bool) or kind is not bool and not isinstance(node, kind):
+            names = {bool: "true or false", str: "a string", list: "an array", dict: "an object"}
+            self.problems.append(Problem(path, f"'{path}' must be {names.get(kind, kind.__name__)}."))
+            return default
+        return node
 
 
-def service_principal_user(secret: str):
-    """An access token from the token endpoint (the Azure CLI's service principals): portal/identity.py."""
-    from .identity import service_principal_user as check  # identity imports this module
-
-    return check(secret)
+def raise_problems(problems: list[Problem]):
+    if problems:
+        raise invalid_parameters(problems)
 
 
-# Each takes the bearer secret and returns (user, token-or-None) or None (or raises an ArmError 401 for
-# a credential it recognises but refuses). The cheap signature check of the CLI's tokens goes first.
-AUTHENTICATORS: list[Callable[[str], tuple | None]] = [service_principal_user, api_token_user]
-
-
-def authenticate(request: HttpRequest):
-    header = request.headers.get("Authorization", "")
-    scheme, _, secret = header.strip().partition(" ")
-    secret = secret.strip()
-    if not header:
-        raise ArmError(
-            401,
-            "InvalidAuthenticationToken",
-            "The request has no 'Authorization' header: send 'Authorization: Bearer <token>' with an API token.",
-        )
-    if scheme.lower() != "bearer" or not secret:
-        raise ArmError(401, "InvalidAuthenticationToken", "The 'Authorization' header must be 'Bearer <token>'.")
-    for authenticator in AUTHENTICATORS:
-        found = authenticator(secret)
-        if found:
-            return found
-    # Deliberately no WWW-Authenticate challenge: the SDK's ARMChallengeAuthenticationPolicy would
-    # treat one as a claims challenge (azure-api.md §5).
-    raise ArmError(
-        401,
-        "InvalidAuthenticationToken",
-        "The access token is invalid, expired or revoked. Create a new API token in the portal, or sign the "
-        "Azure CLI in again (az account clear, then az login --service-principal).",
-    )
+def check_tags(body: Body) -> None:
+    """Tags are not kept, but must be what ARM accepts: an object of strings."""
+    tags = body.get("tags", dict, None)
+    if tags is not None and not all(isinstance(v, str) for v in tags.values()):
+        body.problems.append(Problem("tags", "Tag values must be strings."))
 
 
 # --- Routing --------------------------------------------------------------------------------------
@@ -303,70 +242,6 @@ class Router:
             if found:
                 return route, found.groupdict()
         return None, {}
-
-
-router = Router()
-
-
-def _first_values(request: HttpRequest) -> dict[str, str]:
-    query = {}
-    for name, values in request.GET.lists():
-        query.setdefault(name.lower(), values[0] if values else "")
-    return query
-
-
-@csrf_exempt
-def dispatch(request: HttpRequest, path: str) -> HttpResponse:
-    """The one view under /arm/: route, authenticate, check api-version, handle; errors as ARM envelopes."""
-    try:
-        response = _dispatch(request, path)
-    except ArmError as e:
-        response = e.response()
-    except RequestDataTooBig:
-        response = ArmError(413, "RequestEntityTooLarge", "The request content is too large.").response()
-    except SuspiciousOperation as e:
-        response = ArmError(400, "BadRequest", f"The request was rejected: {_short(e)}").response()
-    except Exception:
-        log.exception("ARM request %s %s failed", request.method, request.path)
-        response = ArmError(
-            500, "InternalServerError", "The server encountered an internal error; please retry the request."
-        ).response()
-    return response
-
-
-def _dispatch(request: HttpRequest, path: str) -> HttpResponse:
-    route, params = router.match(path)
-    user, token = authenticate(request) if route is None or route.authenticated else (None, None)
-    query = _first_values(request)
-    api_version = query.get(API_VERSION, "").strip(ASCII_SPACE)
-    if not api_version:
-        raise ArmError(
-            400,
-            "MissingApiVersionParameter",
-            "The api-version query parameter (?api-version=) is required for all requests.",
-        )
-    if route is None:
-        raise ArmError(404, "NotFound", f"No ARM operation matches '{request.method} /{path.strip('/')}'.")
-    for name, value in params.items():
-        if CONTROL.search(value):
-            raise ArmError(400, "InvalidParameter", f"The {name} has control characters.", target=name)
-    method = request.method.upper()
-    handler = route.handlers.get(method)
-    if handler is None and method == "HEAD" and "GET" in route.handlers:
-        handler = route.handlers["GET"]
-    if handler is None:
-        allowed = ", ".join(sorted(route.handlers))
-        raise ArmError(
-            405,
-            "MethodNotAllowed",
-            f"The method '{method}' is not allowed on '/{path.strip('/')}'; use {allowed}.",
-            headers={"Allow": allowed},
-        )
-    arm = ArmRequest(request=request, user=user, token=token, api_version=api_version, query=query)
-    response = handler(arm, **params)
-    if method == "HEAD":
-        response.content = b""
-    return response
 
 
 # --- Responses ------------------------------------------------------------------------------------

@@ -17,11 +17,8 @@ the same thing, whichever part was wrong.
 """
 
 import hashlib
-import time
-import uuid
 
 from django.conf import settings
-from django.core import signing
 from django.core.cache import cache
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
@@ -31,11 +28,9 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from vms.models import ServicePrincipal
 
-from . import openapi
-from .arm import ArmError, ArmRequest, ok, router
+from .auth import audience, issue_access_token, same_resource
+from .core import ArmRequest, ok
 
-TOKEN_SALT = "portal.identity.access-token"
-TOKEN_PREFIX = "hpat."  # tells a signed access token from a personal API token (hpp_...) at a glance
 GRANT = "client_credentials"
 # The same words for an unknown client id, a wrong secret, a revoked or an expired principal.
 BAD_CLIENT = (
@@ -45,14 +40,6 @@ BAD_CLIENT = (
 # AADSTS codes a client may recognise: 7000215 invalid secret, 70011 invalid scope, 900144 missing
 # parameter, 70003 unsupported grant type, 50196 too many requests.
 CODE_BAD_CLIENT, CODE_BAD_SCOPE, CODE_MISSING, CODE_BAD_GRANT, CODE_THROTTLED = 7000215, 70011, 900144, 70003, 50196
-
-
-def audience() -> str:
-    return settings.PORTAL_ARM_AUDIENCE
-
-
-def _same_resource(a: str, b: str) -> bool:
-    return a.rstrip("/").lower() == b.rstrip("/").lower()
 
 
 # --- Discovery ------------------------------------------------------------------------------------
@@ -101,39 +88,6 @@ def metadata_endpoints(arm: ArmRequest):
             "suffixes": {},
         }
     )
-
-
-router.route("/metadata/endpoints", authenticated=False, GET=metadata_endpoints)
-# Its description in /arm/openapi.json, registered with the route (tests/test_arm_openapi.py pairs them).
-openapi.SCHEMAS["CloudMetadata"] = openapi.obj(
-    {
-        "name": openapi.STR,
-        "portal": openapi.STR,
-        "resourceManager": openapi.STR,
-        "authentication": openapi.obj(
-            {
-                "loginEndpoint": openapi.STR,
-                "audiences": openapi.array(openapi.STR),
-                "tenant": openapi.STR,
-                "identityProvider": openapi.STR,
-            },
-            ["loginEndpoint", "audiences"],
-        ),
-        "suffixes": {"type": "object"},
-    },
-    ["name", "authentication", "suffixes"],
-)
-openapi.PATHS["/metadata/endpoints"] = {
-    "get": {
-        **openapi.op(
-            "Metadata_Endpoints",
-            "The cloud's endpoints for `az cloud register --endpoint-resource-manager` (no token needed).",
-            {"200": openapi.body("CloudMetadata")},
-            tags=["Metadata"],
-        ),
-        "security": [],
-    }
-}
 
 
 # --- The token endpoint ---------------------------------------------------------------------------
@@ -221,7 +175,7 @@ def token(request: HttpRequest) -> JsonResponse:
         return oauth_error(401, "invalid_client", BAD_CLIENT, CODE_BAD_CLIENT)
     scopes = form.get("scope", "").split()
     resources = [s.removesuffix(".default") for s in scopes if s.endswith("/.default")]
-    if scopes and not any(_same_resource(r, audience()) for r in resources):
+    if scopes and not any(same_resource(r, audience()) for r in resources):
         return oauth_error(
             400,
             "invalid_scope",
@@ -242,78 +196,3 @@ def token(request: HttpRequest) -> JsonResponse:
     response["Cache-Control"] = "no-store"
     response["Pragma"] = "no-cache"
     return response
-
-
-# --- Access tokens --------------------------------------------------------------------------------
-
-
-def issue_access_token(principal: ServicePrincipal, *, now: float | None = None) -> tuple[str, int]:
-    """A signed token for the principal: (token, lifetime in seconds). Never longer than the principal lives."""
-    now = int(now if now is not None else time.time())
-    lifetime = settings.PORTAL_ACCESS_TOKEN_SECONDS
-    if principal.expires_at is not None:
-        lifetime = max(1, min(lifetime, int(principal.expires_at.timestamp()) - now))
-    claims = {
-        "sp": principal.pk,
-        "appid": str(principal.client_id),
-        "tid": settings.PORTAL_TENANT_ID,
-        "aud": audience(),
-        "iat": now,
-        "exp": now + lifetime,
-        "jti": uuid.uuid4().hex,
-    }
-    return TOKEN_PREFIX + signing.dumps(claims, salt=TOKEN_SALT, compress=True), lifetime
-
-
-def invalid_token(code: str, message: str) -> ArmError:
-    return ArmError(401, code, message)
-
-
-def service_principal_user(secret: str):
-    """portal.arm's authenticator for the CLI's access tokens: (user, None), None if not one of ours.
-
-    A token that is ours but no longer good raises the 401 itself, naming why.
-    """
-    if not secret.startswith(TOKEN_PREFIX):
-        return None
-    try:
-        claims = signing.loads(secret.removeprefix(TOKEN_PREFIX), salt=TOKEN_SALT)
-    except signing.BadSignature:
-        return None  # tampered, or signed with another key: the generic 401
-    if not isinstance(claims, dict) or not isinstance(claims.get("exp"), int):
-        return None
-    if claims["exp"] <= time.time():
-        raise invalid_token(
-            "InvalidAuthenticationToken",
-            "The access token has expired. Sign in again: az account clear, then az login --service-principal.",
-        )
-    if claims.get("tid") != settings.PORTAL_TENANT_ID:
-        raise invalid_token(
-            "InvalidAuthenticationTokenTenant",
-            "The access token is from the wrong issuer: it was not issued for this installation's tenant.",
-        )
-    if not isinstance(claims.get("aud"), str) or not _same_resource(claims["aud"], audience()):
-        raise invalid_token(
-            "InvalidAuthenticationTokenAudience",
-            "The access token has an invalid audience for this API.",
-        )
-    principal = (
-        ServicePrincipal.objects.active()
-        .select_related("user")
-        .filter(pk=claims.get("sp"), client_id=_uuid(claims.get("appid")))
-        .first()
-    )
-    if principal is None:
-        raise invalid_token(
-            "InvalidAuthenticationToken",
-            "The access token is invalid, expired or revoked: the service principal is revoked or expired.",
-        )
-    principal.touch()
-    return principal.user, None
-
-
-def _uuid(value) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return None

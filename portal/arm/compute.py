@@ -1,169 +1,37 @@
-"""ARM API of the inventory: subscriptions, resource groups, virtual machines, features, providers.
-
-Shapes follow azure-api.md §1, §2 and §6; every handler reads through the caller's roles (vms.access
-via ArmRequest.subscription): another user's subscription is a 404, a Reader may read but not act.
+"""ARM API: virtual machines (azure-api.md §2): their shape with instanceView.patchStatus, reads,
+PUT/PATCH/DELETE and the power actions.
 """
 
 import re
 from datetime import datetime
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from patching import services
-from patching.api import latest_operations, patch_status
-from portal.arm import (
-    ArmError,
+from vms import images, regions
+from vms.models import RESOURCE_NAME_RE, Subscription, VirtualMachine
+from vms.patch_settings import Problem, defaults_for_image
+
+from .core import (
+    MISSING,
     ArmRequest,
+    Body,
     arm_time,
-    bad_request,
+    check_tags,
     completed_operation_name,
     empty,
-    invalid_parameters,
     lro_headers,
     ok,
     page,
-    router,
+    raise_problems,
 )
-
-from . import access, features, images, regions
-from .models import RESOURCE_NAME_RE, FeatureRegistration, ResourceGroup, Subscription, VirtualMachine
-from .patch_settings import Problem, defaults_for_image
+from .errors import ArmError, bad_request
+from .patches import latest_operations, patch_status
 
 VM_TYPE = "Microsoft.Compute/virtualMachines"
 DEFAULT_SIZE = "Standard_D2s_v5"
 ADMIN_USERNAME = "azureuser"  # the simulation has no accounts; ARM clients expect one
-
-
-# --- Subscriptions, tenants, locations ------------------------------------------------------------
-
-
-def subscription_to_arm(subscription: Subscription) -> dict:
-    return {
-        "id": f"/subscriptions/{subscription.pk}",
-        "subscriptionId": str(subscription.pk),
-        "displayName": subscription.display_name,
-        "state": "Enabled",
-        "tenantId": settings.PORTAL_ARM_TENANT_ID,
-        "authorizationSource": "RoleBased",
-        "managedByTenants": [],
-        "subscriptionPolicies": {
-            "locationPlacementId": "Public_2014-09-01",
-            "quotaId": "Internal_2014-09-01",
-            "spendingLimit": "Off",
-        },
-    }
-
-
-def list_subscriptions(arm: ArmRequest):
-    return page(arm, access.subscriptions_for(arm.user).order_by("display_name", "pk"), subscription_to_arm)
-
-
-def get_subscription(arm: ArmRequest, subscriptionId: str):
-    return ok(subscription_to_arm(arm.subscription(subscriptionId)))
-
-
-def list_tenants(arm: ArmRequest):
-    tenant = settings.PORTAL_ARM_TENANT_ID
-    return ok(
-        {
-            "value": [
-                {
-                    "id": f"/tenants/{tenant}",
-                    "tenantId": tenant,
-                    "tenantCategory": "Home",
-                    "displayName": "Hotpatch Portal",
-                    "defaultDomain": "hotpatch-portal.local",
-                    "domains": ["hotpatch-portal.local"],
-                }
-            ]
-        }
-    )
-
-
-def list_locations(arm: ArmRequest, subscriptionId: str):
-    subscription = arm.subscription(subscriptionId)
-    return ok(
-        {
-            "value": [
-                {
-                    "id": f"/subscriptions/{subscription.pk}/locations/{name}",
-                    "subscriptionId": str(subscription.pk),
-                    "name": name,
-                    "type": "Region",
-                    "displayName": display,
-                    "regionalDisplayName": display,
-                    "metadata": {"regionType": "Physical", "pairedRegion": _paired(subscription, name)},
-                }
-                for name, display in regions.REGIONS.items()
-            ]
-        }
-    )
-
-
-def _paired(subscription: Subscription, name: str) -> list[dict]:
-    pair = regions.PAIRS.get(name)
-    return [{"name": pair, "id": f"/subscriptions/{subscription.pk}/locations/{pair}"}] if pair else []
-
-
-# --- Resource groups ------------------------------------------------------------------------------
-
-
-def rg_to_arm(rg: ResourceGroup) -> dict:
-    return {
-        "id": f"/subscriptions/{rg.subscription_id}/resourceGroups/{rg.name}",
-        "name": rg.name,
-        "type": "Microsoft.Resources/resourceGroups",
-        "location": rg.location,
-        "properties": {"provisioningState": "Succeeded"},
-    }
-
-
-def list_resource_groups(arm: ArmRequest, subscriptionId: str):
-    subscription = arm.subscription(subscriptionId)
-    return page(arm, subscription.resource_groups.order_by("name", "pk"), rg_to_arm)
-
-
-def get_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
-    subscription = arm.subscription(subscriptionId)
-    return ok(rg_to_arm(arm.resource_group(subscription, resourceGroupName)))
-
-
-def resource_group_exists(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
-    subscription = arm.subscription(subscriptionId)
-    arm.resource_group(subscription, resourceGroupName)
-    return empty(204)
-
-
-def put_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
-    subscription = arm.subscription(subscriptionId, act=True)
-    body = Body(arm.json_object(required=True))
-    _tags(body)
-    _raise_problems(body.problems)
-    location = body.get("location", object, None)
-    region = regions.normalize_region(location) if isinstance(location, str) else None
-    if region is None:
-        raise bad_request(f"'{location}' is not a known location.", "location", "LocationNotAvailableForResourceGroup")
-    existing = ResourceGroup.objects.filter(subscription=subscription, name__iexact=resourceGroupName).first()
-    if existing is not None:
-        if existing.location != region:
-            raise ArmError(
-                409,
-                "InvalidResourceGroupLocation",
-                f"Invalid resource group location '{location}'. The Resource group already exists in location "
-                f"'{existing.location}'.",
-            )
-        return ok(rg_to_arm(existing))
-    if not RESOURCE_NAME_RE.match(resourceGroupName) or len(resourceGroupName) > 90:
-        raise bad_request(f"'{resourceGroupName}' is not a valid resource group name.", "resourceGroupName")
-    try:
-        with transaction.atomic():
-            rg = ResourceGroup.objects.create(subscription=subscription, name=resourceGroupName, location=region)
-    except IntegrityError:  # created by a concurrent request
-        rg = arm.resource_group(subscription, resourceGroupName)
-        return ok(rg_to_arm(rg))
-    return ok(rg_to_arm(rg), status=201)
 
 
 # --- Virtual machines: shape ----------------------------------------------------------------------
@@ -344,7 +212,6 @@ def get_instance_view(arm: ArmRequest, subscriptionId: str, resourceGroupName: s
 
 # --- Virtual machines: reading a request body -----------------------------------------------------
 
-MISSING = object()
 WINDOWS = "properties.osProfile.windowsConfiguration"
 PATCH = f"{WINDOWS}.patchSettings"
 # patchSettings on the wire -> PatchSettings field, with the JSON type each must have.
@@ -362,34 +229,6 @@ SETTINGS_FIELDS = {
 }
 
 
-class Body:
-    """Typed reads of a JSON body by property path; every type problem is kept with its path."""
-
-    def __init__(self, data: dict):
-        self.data = data
-        self.problems: list[Problem] = []
-
-    def get(self, path: str, kind: type, default=MISSING):
-        node = self.data
-        for key in path.split("."):
-            if node is None:
-                return default
-            if not isinstance(node, dict):
-                self.problems.append(Problem(path, f"'{path}' must be inside a JSON object."))
-                return default
-            # ARM reads property names case-insensitively.
-            node = node.get(key, next((v for k, v in node.items() if k.lower() == key.lower()), MISSING))
-            if node is MISSING:
-                return default
-        if node is None:
-            return default
-        if kind is bool and not isinstance(node, bool) or kind is not bool and not isinstance(node, kind):
-            names = {bool: "true or false", str: "a string", list: "an array", dict: "an object"}
-            self.problems.append(Problem(path, f"'{path}' must be {names.get(kind, kind.__name__)}."))
-            return default
-        return node
-
-
 def read_patch_settings(body: Body) -> dict:
     """The patch-settings fields the body gives, as PatchSettings field names."""
     changes = {}
@@ -398,11 +237,6 @@ def read_patch_settings(body: Body) -> dict:
         if value is not MISSING:
             changes[name] = value
     return changes
-
-
-def _raise_problems(problems: list[Problem]):
-    if problems:
-        raise invalid_parameters(problems)
 
 
 def _image(body: Body) -> tuple[str, str, str] | None:
@@ -432,13 +266,6 @@ def _availability_set(body: Body) -> str | None:
         body.problems.append(Problem("properties.availabilitySet.id", f"'{set_id}' is not an availability set id."))
         return None
     return name
-
-
-def _tags(body: Body) -> None:
-    """Tags are not kept, but must be what ARM accepts: an object of strings."""
-    tags = body.get("tags", dict, None)
-    if tags is not None and not all(isinstance(v, str) for v in tags.values()):
-        body.problems.append(Problem("tags", "Tag values must be strings."))
 
 
 VM_SIZE_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
@@ -473,7 +300,7 @@ def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
     image = _image(body)
     size = _size(body)
     zone = _zone(body)
-    _tags(body)
+    check_tags(body)
     availability_set = _availability_set(body)
     time_zone = body.get(f"{WINDOWS}.timeZone", str, "UTC")
     given = read_patch_settings(body)
@@ -486,7 +313,7 @@ def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
                 f"An imageReference (publisher, offer, sku) is required; offered SKUs: {', '.join(images.ALL_SKUS)}.",
             )
         )
-    _raise_problems(body.problems)
+    raise_problems(body.problems)
 
     publisher, offer, sku = image
     region = regions.normalize_region(location) or location
@@ -515,7 +342,7 @@ def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
     except IntegrityError:
         raise ArmError(409, "Conflict", f"The VM '{vmName}' was created by another request meanwhile.") from None
     if problems:
-        _raise_problems([_vm_name_target(p) for p in problems])
+        raise_problems([_vm_name_target(p) for p in problems])
     vm = vm_queryset().get(pk=vm.pk)
     name = completed_operation_name(subscription.pk, "create", vm.arm_id, started)
     return ok(vm_to_arm(vm), status=201, headers=_async_headers(arm, subscription, vm, name))
@@ -548,10 +375,10 @@ def _update_vm(arm: ArmRequest, subscription, vm: VirtualMachine, body: Body, st
     zone = _zone(body)
     availability_set = _availability_set(body)
     size = _size(body)
-    _tags(body)
+    check_tags(body)
     time_zone = body.get(f"{WINDOWS}.timeZone", str, None)
     new = vm.patch_settings.with_changes(**read_patch_settings(body))
-    _raise_problems(body.problems)
+    raise_problems(body.problems)
 
     refused = []
     if location is not None and regions.normalize_region(location) != vm.location:
@@ -582,7 +409,7 @@ def _update_vm(arm: ArmRequest, subscription, vm: VirtualMachine, body: Body, st
             vm.size = size
         if new != vm.patch_settings:
             # Raising inside the block rolls the size back too: nothing is half-written.
-            _raise_problems(services.change_patch_settings(vm, new))
+            raise_problems(services.change_patch_settings(vm, new))
     vm = vm_queryset().get(pk=vm.pk)
     name = completed_operation_name(subscription.pk, "update", vm.arm_id, started)
     return ok(vm_to_arm(vm), headers=_async_headers(arm, subscription, vm, name))
@@ -612,7 +439,7 @@ POWER_ACTIONS = {
 }
 
 
-def _power_action(action: str):
+def power_action(action: str):
     def handler(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
         subscription = arm.subscription(subscriptionId, act=True)
         rg = arm.resource_group(subscription, resourceGroupName)
@@ -631,187 +458,3 @@ def _power_action(action: str):
 
     handler.__name__ = f"{action}_vm"
     return handler
-
-
-# --- Microsoft.Features ---------------------------------------------------------------------------
-
-
-def feature_to_arm(row: FeatureRegistration) -> dict:
-    return {
-        "id": f"/subscriptions/{row.subscription_id}/providers/Microsoft.Features/providers/{row.namespace}"
-        f"/features/{row.name}",
-        "name": f"{row.namespace}/{row.name}",
-        "type": "Microsoft.Features/providers/features",
-        "properties": {"state": row.state},
-    }
-
-
-def _known_feature(subscription: Subscription, namespace: str, name: str) -> FeatureRegistration:
-    """The feature, if the preview offers it (or this subscription has a row for it); else 404."""
-    row = features.feature(subscription, name, namespace)
-    known = row.pk is not None or (
-        namespace.lower() == FeatureRegistration.NAMESPACE.lower()
-        and name.lower() in {n.lower() for n in FeatureRegistration.HOTPATCH_FEATURES}
-    )
-    if not known:
-        raise ArmError(
-            404,
-            "FeatureNotFound",
-            f"The feature '{name}' could not be found in namespace '{namespace}'. The preview offers "
-            f"{', '.join(FeatureRegistration.HOTPATCH_FEATURES)} in {FeatureRegistration.NAMESPACE}.",
-        )
-    return row
-
-
-def get_feature(arm: ArmRequest, subscriptionId: str, providerNamespace: str, featureName: str):
-    subscription = arm.subscription(subscriptionId)
-    return ok(feature_to_arm(_known_feature(subscription, providerNamespace, featureName)))
-
-
-def register_feature(arm: ArmRequest, subscriptionId: str, providerNamespace: str, featureName: str):
-    subscription = arm.subscription(subscriptionId, act=True)
-    _known_feature(subscription, providerNamespace, featureName)
-    return ok(feature_to_arm(features.register_feature(subscription, featureName, providerNamespace)))
-
-
-def unregister_feature(arm: ArmRequest, subscriptionId: str, providerNamespace: str, featureName: str):
-    subscription = arm.subscription(subscriptionId, act=True)
-    _known_feature(subscription, providerNamespace, featureName)
-    return ok(feature_to_arm(features.unregister_feature(subscription, featureName, providerNamespace)))
-
-
-def list_features(arm: ArmRequest, subscriptionId: str, providerNamespace: str):
-    subscription = arm.subscription(subscriptionId)
-    return ok({"value": [feature_to_arm(f) for f in features.features(subscription, providerNamespace)]})
-
-
-def list_all_features(arm: ArmRequest, subscriptionId: str):
-    subscription = arm.subscription(subscriptionId)
-    return ok({"value": [feature_to_arm(f) for f in features.features(subscription)]})
-
-
-def feature_operations(arm: ArmRequest):
-    """The operations Microsoft.Features offers (FeatureClient.list_operations)."""
-
-    def op(name: str, description: str) -> dict:
-        return {
-            "name": f"Microsoft.Features/{name}",
-            "display": {"provider": "Microsoft.Features", "resource": "Features", "operation": description},
-        }
-
-    return ok(
-        {
-            "value": [
-                op("features/read", "Gets the features of a subscription."),
-                op("providers/features/read", "Gets a feature of a subscription in a resource provider."),
-                op("providers/features/register/action", "Registers a feature in a resource provider."),
-                op("providers/features/unregister/action", "Unregisters a feature in a resource provider."),
-            ]
-        }
-    )
-
-
-# --- Resource providers ---------------------------------------------------------------------------
-
-PROVIDERS = {
-    "Microsoft.Compute": [
-        ("virtualMachines", "SupportsTags, SupportsLocation"),
-        ("locations/operations", "None"),
-    ],
-    "Microsoft.Features": [("features", "None"), ("providers", "None")],
-}
-
-
-def _known_provider(namespace: str) -> str:
-    canonical = next((n for n in PROVIDERS if n.lower() == namespace.lower()), None)
-    if canonical is None:
-        raise ArmError(
-            404,
-            "InvalidResourceNamespace",
-            f"The resource namespace '{namespace}' is invalid; this portal serves {', '.join(PROVIDERS)}.",
-        )
-    return canonical
-
-
-def provider_to_arm(subscription: Subscription, namespace: str, state: str) -> dict:
-    locations = [regions.REGIONS[r] for r in regions.REGIONS]
-    return {
-        "id": f"/subscriptions/{subscription.pk}/providers/{namespace}",
-        "namespace": namespace,
-        "registrationState": state,
-        "registrationPolicy": "RegistrationRequired",
-        "resourceTypes": [
-            {
-                "resourceType": resource_type,
-                "locations": locations if resource_type == "virtualMachines" else [],
-                "apiVersions": ["2026-04-01", "2025-04-01", "2024-11-01"],
-                "capabilities": capabilities,
-            }
-            for resource_type, capabilities in PROVIDERS[namespace]
-        ],
-    }
-
-
-def get_provider(arm: ArmRequest, subscriptionId: str, providerNamespace: str):
-    subscription = arm.subscription(subscriptionId)
-    namespace = _known_provider(providerNamespace)
-    return ok(provider_to_arm(subscription, namespace, features.provider(subscription, namespace).state))
-
-
-def list_providers(arm: ArmRequest, subscriptionId: str):
-    subscription = arm.subscription(subscriptionId)
-    return ok(
-        {
-            "value": [
-                provider_to_arm(subscription, namespace, features.provider(subscription, namespace).state)
-                for namespace in PROVIDERS
-            ]
-        }
-    )
-
-
-def register_provider(arm: ArmRequest, subscriptionId: str, providerNamespace: str):
-    # The optional body ({"thirdPartyProviderConsent": ...}) changes nothing here, and the Azure CLI
-    # sends Content-Type: application/json with no body at all: the body is not read.
-    subscription = arm.subscription(subscriptionId, act=True)
-    namespace = _known_provider(providerNamespace)
-    row = features.register_provider(subscription, namespace)
-    return ok(provider_to_arm(subscription, namespace, row.state))
-
-
-def unregister_provider(arm: ArmRequest, subscriptionId: str, providerNamespace: str):
-    subscription = arm.subscription(subscriptionId, act=True)
-    namespace = _known_provider(providerNamespace)
-    row = features.unregister_provider(subscription, namespace)
-    return ok(provider_to_arm(subscription, namespace, row.state))
-
-
-# --- Routes ---------------------------------------------------------------------------------------
-
-SUB = "/subscriptions/{subscriptionId}"
-RG = SUB + "/resourceGroups/{resourceGroupName}"
-VM = RG + "/providers/Microsoft.Compute/virtualMachines/{vmName}"
-FEATURES = SUB + "/providers/Microsoft.Features/providers/{providerNamespace}/features"
-
-router.route("/subscriptions", GET=list_subscriptions)
-router.route(SUB, GET=get_subscription)
-router.route("/tenants", GET=list_tenants)
-router.route(SUB + "/locations", GET=list_locations)
-router.route(SUB + "/resourceGroups", GET=list_resource_groups)
-router.route(RG, GET=get_resource_group, HEAD=resource_group_exists, PUT=put_resource_group)
-router.route(SUB + "/providers/Microsoft.Compute/virtualMachines", GET=list_all_vms)
-router.route(RG + "/providers/Microsoft.Compute/virtualMachines", GET=list_vms)
-router.route(VM, GET=get_vm, PUT=put_vm, PATCH=patch_vm, DELETE=delete_vm)
-router.route(VM + "/instanceView", GET=get_instance_view)
-for _action in POWER_ACTIONS:
-    router.route(f"{VM}/{_action}", POST=_power_action(_action))
-router.route("/providers/Microsoft.Features/operations", GET=feature_operations)
-router.route(SUB + "/providers/Microsoft.Features/features", GET=list_all_features)
-router.route(FEATURES, GET=list_features)
-router.route(FEATURES + "/{featureName}", GET=get_feature)
-router.route(FEATURES + "/{featureName}/register", POST=register_feature)
-router.route(FEATURES + "/{featureName}/unregister", POST=unregister_feature)
-router.route(SUB + "/providers", GET=list_providers)
-router.route(SUB + "/providers/{providerNamespace}", GET=get_provider)
-router.route(SUB + "/providers/{providerNamespace}/register", POST=register_provider)
-router.route(SUB + "/providers/{providerNamespace}/unregister", POST=unregister_provider)

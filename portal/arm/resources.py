@@ -1,0 +1,156 @@
+"""ARM API: subscriptions, tenants, locations and resource groups (azure-api.md §1).
+
+Every handler reads through the caller's roles (vms.access via ArmRequest.subscription): another
+user's subscription is a 404, a Reader may read but not act.
+"""
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from vms import access, regions
+from vms.models import RESOURCE_NAME_RE, ResourceGroup, Subscription
+
+from .core import (
+    ArmRequest,
+    Body,
+    check_tags,
+    empty,
+    ok,
+    page,
+    raise_problems,
+)
+from .errors import ArmError, bad_request
+
+VM_TYPE = "Microsoft.Compute/virtualMachines"
+DEFAULT_SIZE = "Standard_D2s_v5"
+ADMIN_USERNAME = "azureuser"  # the simulation has no accounts; ARM clients expect one
+
+
+# --- Subscriptions, tenants, locations ------------------------------------------------------------
+
+
+def subscription_to_arm(subscription: Subscription) -> dict:
+    return {
+        "id": f"/subscriptions/{subscription.pk}",
+        "subscriptionId": str(subscription.pk),
+        "displayName": subscription.display_name,
+        "state": "Enabled",
+        "tenantId": settings.PORTAL_ARM_TENANT_ID,
+        "authorizationSource": "RoleBased",
+        "managedByTenants": [],
+        "subscriptionPolicies": {
+            "locationPlacementId": "Public_2014-09-01",
+            "quotaId": "Internal_2014-09-01",
+            "spendingLimit": "Off",
+        },
+    }
+
+
+def list_subscriptions(arm: ArmRequest):
+    return page(arm, access.subscriptions_for(arm.user).order_by("display_name", "pk"), subscription_to_arm)
+
+
+def get_subscription(arm: ArmRequest, subscriptionId: str):
+    return ok(subscription_to_arm(arm.subscription(subscriptionId)))
+
+
+def list_tenants(arm: ArmRequest):
+    tenant = settings.PORTAL_ARM_TENANT_ID
+    return ok(
+        {
+            "value": [
+                {
+                    "id": f"/tenants/{tenant}",
+                    "tenantId": tenant,
+                    "tenantCategory": "Home",
+                    "displayName": "Hotpatch Portal",
+                    "defaultDomain": "hotpatch-portal.local",
+                    "domains": ["hotpatch-portal.local"],
+                }
+            ]
+        }
+    )
+
+
+def list_locations(arm: ArmRequest, subscriptionId: str):
+    subscription = arm.subscription(subscriptionId)
+    return ok(
+        {
+            "value": [
+                {
+                    "id": f"/subscriptions/{subscription.pk}/locations/{name}",
+                    "subscriptionId": str(subscription.pk),
+                    "name": name,
+                    "type": "Region",
+                    "displayName": display,
+                    "regionalDisplayName": display,
+                    "metadata": {"regionType": "Physical", "pairedRegion": _paired(subscription, name)},
+                }
+                for name, display in regions.REGIONS.items()
+            ]
+        }
+    )
+
+
+def _paired(subscription: Subscription, name: str) -> list[dict]:
+    pair = regions.PAIRS.get(name)
+    return [{"name": pair, "id": f"/subscriptions/{subscription.pk}/locations/{pair}"}] if pair else []
+
+
+# --- Resource groups ------------------------------------------------------------------------------
+
+
+def rg_to_arm(rg: ResourceGroup) -> dict:
+    return {
+        "id": f"/subscriptions/{rg.subscription_id}/resourceGroups/{rg.name}",
+        "name": rg.name,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": rg.location,
+        "properties": {"provisioningState": "Succeeded"},
+    }
+
+
+def list_resource_groups(arm: ArmRequest, subscriptionId: str):
+    subscription = arm.subscription(subscriptionId)
+    return page(arm, subscription.resource_groups.order_by("name", "pk"), rg_to_arm)
+
+
+def get_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
+    subscription = arm.subscription(subscriptionId)
+    return ok(rg_to_arm(arm.resource_group(subscription, resourceGroupName)))
+
+
+def resource_group_exists(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
+    subscription = arm.subscription(subscriptionId)
+    arm.resource_group(subscription, resourceGroupName)
+    return empty(204)
+
+
+def put_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
+    subscription = arm.subscription(subscriptionId, act=True)
+    body = Body(arm.json_object(required=True))
+    check_tags(body)
+    raise_problems(body.problems)
+    location = body.get("location", object, None)
+    region = regions.normalize_region(location) if isinstance(location, str) else None
+    if region is None:
+        raise bad_request(f"'{location}' is not a known location.", "location", "LocationNotAvailableForResourceGroup")
+    existing = ResourceGroup.objects.filter(subscription=subscription, name__iexact=resourceGroupName).first()
+    if existing is not None:
+        if existing.location != region:
+            raise ArmError(
+                409,
+                "InvalidResourceGroupLocation",
+                f"Invalid resource group location '{location}'. The Resource group already exists in location "
+                f"'{existing.location}'.",
+            )
+        return ok(rg_to_arm(existing))
+    if not RESOURCE_NAME_RE.match(resourceGroupName) or len(resourceGroupName) > 90:
+        raise bad_request(f"'{resourceGroupName}' is not a valid resource group name.", "resourceGroupName")
+    try:
+        with transaction.atomic():
+            rg = ResourceGroup.objects.create(subscription=subscription, name=resourceGroupName, location=region)
+    except IntegrityError:  # created by a concurrent request
+        rg = arm.resource_group(subscription, resourceGroupName)
+        return ok(rg_to_arm(rg))
+    return ok(rg_to_arm(rg), status=201)

@@ -1,0 +1,67 @@
+"""Every page of the browser UI: URL -> view. The ARM API's routes are in portal/arm/routes.py.
+
+Two namespaces, as the templates name them: `vms:` (the inventory's pages) and `patching:` (the
+Hotpatch blade, operations, the calendar).
+"""
+
+from django.urls import include, path
+
+from .views import api_tokens, azure_cli, fleet, hotpatch, preferences, subscriptions, vm
+
+vm_pages = [
+    path("vms/", fleet.fleet, name="list"),
+    path("vms/export.csv", fleet.fleet_export, name="export"),
+    path("vms/new/", vm.create, name="create"),
+    path("vms/<int:pk>/", vm.overview, name="overview"),
+    path("vms/<int:pk>/guest-updates/", vm.guest_updates, name="guest-updates"),
+    path("vms/<int:pk>/delete/", vm.delete, name="delete"),
+    path("subscriptions/", subscriptions.subscriptions, name="subscriptions"),
+    path(
+        "subscriptions/<uuid:subscription_id>/preview-features/",
+        subscriptions.preview_features,
+        name="preview-features",
+    ),
+    path(
+        "subscriptions/<uuid:subscription_id>/preview-features/<str:name>/<str:action>/",
+        subscriptions.feature_action,
+        name="feature-action",
+    ),
+    path(
+        "subscriptions/<uuid:subscription_id>/providers/Microsoft.Compute/<str:action>/",
+        subscriptions.provider_action,
+        name="provider-action",
+    ),
+    path(
+        "subscriptions/<uuid:subscription_id>/service-principals/",
+        azure_cli.service_principals,
+        name="service-principals",
+    ),
+    path(
+        "subscriptions/<uuid:subscription_id>/service-principals/<int:pk>/remove/",
+        azure_cli.remove_service_principal,
+        name="service-principal-remove",
+    ),
+    path(
+        "subscriptions/<uuid:subscription_id>/service-principals/<int:pk>/revoke/",
+        azure_cli.revoke_service_principal,
+        name="service-principal-revoke",
+    ),
+    path("azure-cli/", azure_cli.azure_cli, name="azure-cli"),
+    path("azure-cli/hotpatch-portal-cert.pem", azure_cli.certificate, name="azure-cli-cert"),
+    path("preferences/", preferences.preferences, name="preferences"),
+]
+
+patching_pages = [
+    path("vms/<int:pk>/hotpatch/", hotpatch.hotpatch, name="hotpatch"),
+    path("vms/<int:pk>/hotpatch/assess/", hotpatch.assess, name="assess"),
+    path("vms/<int:pk>/hotpatch/install/", hotpatch.install, name="install"),
+    path("operations/<int:pk>/status/", hotpatch.operation_status, name="operation-status"),
+    path("calendar/", hotpatch.hotpatch_calendar, name="calendar"),
+]
+
+urlpatterns = [
+    path("", include((vm_pages, "vms"))),
+    path("", include((patching_pages, "patching"))),
+    path("account/api-tokens/", api_tokens.api_tokens, name="api-tokens"),
+    path("account/api-tokens/<int:pk>/revoke/", api_tokens.revoke_api_token, name="api-token-revoke"),
+]
