@@ -38,6 +38,26 @@ class InstallParameters:
     reboot_setting: str
     maximum_duration: timedelta
 
+    @classmethod
+    def from_stored(cls, data: dict) -> "InstallParameters":
+        """Read back what to_json stored on an Operation: validated when the operation was created, so
+        trusted here (a worker must not turn a stored run into a stuck one by refusing it)."""
+        windows = data.get("windowsParameters") or {}
+        published = windows.get("maxPatchPublishDate")
+        return cls(
+            selection=Selection(
+                classifications=frozenset(windows.get("classificationsToInclude") or ()),
+                kbs_to_include=frozenset(windows.get("kbNumbersToInclude") or ()),
+                kbs_to_exclude=frozenset(windows.get("kbNumbersToExclude") or ()),
+                exclude_kbs_requiring_reboot=bool(windows.get("excludeKbsRequiringReboot")),
+                max_patch_publish_date=datetime.fromisoformat(published) if published else None,
+            ),
+            reboot_setting=data.get("rebootSetting") or "IfRequired",
+            maximum_duration=isodate.parse_duration(data["maximumDuration"])
+            if data.get("maximumDuration")
+            else DEFAULT_DURATION,
+        )
+
     def to_json(self) -> dict:
         s = self.selection
         return {

@@ -1,9 +1,11 @@
 """The writes that span several models: provisioning a guest, starting and running operations.
 
-Everything that assesses or installs goes through `start_operation` and `execute_operation`: the
-views, the API, the admin, the platform's beat tasks and the demo seeder's simulated past.
+Everything that assesses or installs goes through `start_operation` / `queue_operations` (one row per
+run) and `execute_operations` (the one way to run them): the views, the API, the admin, the
+platform's beat tasks, the fleet simulation and the demo seeder's simulated past.
 """
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -41,7 +43,7 @@ from .models import (
     StartedBy,
     Update,
 )
-from .parameters import CRITICAL_AND_SECURITY, InstallParameters, from_arm
+from .parameters import CRITICAL_AND_SECURITY, InstallParameters
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +97,31 @@ def catalog_for(product: str) -> list[sim.Patch]:
     return patches
 
 
-def guest_view(vm: VirtualMachine, state: GuestState) -> sim.Guest:
-    return sim.Guest(
-        hotpatch_enrolled=vm.enable_hotpatching and vm.hotpatch_capable,
-        build=state.build,
-        baseline_id=state.baseline_id,
-        installed=frozenset(state.installed_updates.values_list("update_id", flat=True)),
-        reboot_pending=state.reboot_pending,
-    )
+def guest_state(vm: VirtualMachine) -> GuestState | None:
+    """The VM's guest state, or None for a VM created without one (the admin allows it)."""
+    try:
+        return vm.guest
+    except VirtualMachine.guest.RelatedObjectDoesNotExist:
+        return None
+
+
+def guests_of(vms: list[VirtualMachine]) -> dict[int, sim.Guest]:
+    """The guest as the pure simulation sees it, for each VM (with its guest state loaded): one query."""
+    installed: dict[int, set[int]] = {vm.pk: set() for vm in vms}
+    for guest_id, update_id in InstalledUpdate.objects.filter(guest_id__in=list(installed)).values_list(
+        "guest_id", "update_id"
+    ):
+        installed[guest_id].add(update_id)
+    return {
+        vm.pk: sim.Guest(
+            hotpatch_enrolled=vm.enable_hotpatching and vm.hotpatch_capable,
+            build=vm.guest.build,
+            baseline_id=vm.guest.baseline_id,
+            installed=frozenset(installed[vm.pk]),
+            reboot_pending=vm.guest.reboot_pending,
+        )
+        for vm in vms
+    }
 
 
 def hotpatch_verdict(vm: VirtualMachine, state: GuestState, guest: sim.Guest, catalog: list[sim.Patch], now: datetime):
@@ -126,7 +145,7 @@ def refresh_hotpatch_status(vm: VirtualMachine, now: datetime | None = None, *, 
     """
     now = now or timezone.now()
     state = vm.guest
-    verdict = hotpatch_verdict(vm, state, guest_view(vm, state), catalog_for(vm.product), now)
+    verdict = hotpatch_verdict(vm, state, guests_of([vm])[vm.pk], catalog_for(vm.product), now)
     if turned_on and verdict.status in (HotpatchStatus.ENABLED, HotpatchStatus.ACTION_REQUIRED):
         verdict = sim.HotpatchVerdict(HotpatchStatus.PENDING_EVALUATION, "Waiting for the next assessment.")
     GuestState.objects.filter(pk=state.pk).update(hotpatch_status=verdict.status, hotpatch_status_reason=verdict.reason)
@@ -388,7 +407,7 @@ def queue_operations(
     user=None,
 ) -> list[int]:
     """start_operations, returning the new operations' ids; `enqueue=False` leaves running them to the
-    caller (a simulated clock runs them with execute_operation(pk, now=...)). `user` is who asked, for
+    caller (a simulated clock runs them with execute_operations(ids, now=...)). `user` is who asked, for
     operations a person started on many VMs at once (the admin's actions)."""
     now = now or timezone.now()
     if kind == OperationKind.INSTALLATION:
@@ -421,15 +440,31 @@ def queue_operations(
 
 
 # --- Running operations ---------------------------------------------------------------------------
+# One way to run operations, for one or for thousands: claim them (compare-and-swap), read their VMs
+# and guests set-based, simulate each guest (pure), let real time pass when the clock is real, and
+# record every outcome set-based (compare-and-swap again). The Celery task runs a batch of one; the
+# platform's rounds on a simulated clock, the fleet simulation and the demo's history run hundreds.
 
 
-def _claim(operation_id: int, now: datetime) -> bool:
-    """NotStarted -> InProgress, once: a redelivered task finds nothing to claim."""
-    return bool(
-        Operation.objects.filter(pk=operation_id, status=OperationStatus.NOT_STARTED).update(
+@dataclass(frozen=True)
+class Executed:
+    recorded: list[int]  # operations whose outcome was written
+    # Operations whose VM agent did not answer, still in progress: the caller retries or fails them.
+    unreachable: dict[int, str]
+
+
+def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
+    """NotStarted -> InProgress, once: a redelivered task, or a second worker, finds nothing to claim."""
+    with transaction.atomic():
+        claimed = list(
+            Operation.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=operation_ids, status=OperationStatus.NOT_STARTED)
+            .values_list("pk", flat=True)
+        )
+        Operation.objects.filter(pk__in=claimed).update(
             status=OperationStatus.IN_PROGRESS, started_at=now, attempts=F("attempts") + 1
         )
-    )
+    return list(Operation.objects.filter(pk__in=claimed).order_by("pk"))
 
 
 def release_for_retry(operation_id: int) -> None:
@@ -463,114 +498,92 @@ def execute_operation(
     now: datetime | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Operation | None:
-    """Run one queued operation against the simulated guest and record its outcome.
+    """Run one queued operation: execute_operations for a batch of one (what the Celery task calls).
 
-    `now` fixes the simulated clock (the demo's past, the fleet simulation); by default it is real
-    time and the simulated work takes PORTAL_SIM_SPEED-scaled seconds. Safe to call twice.
+    Returns the recorded operation, or None if there was nothing to run (already claimed, finished or
+    gone) or it failed before the guest worked (VM deleted or stopped). AgentUnreachable if the VM
+    agent did not answer: the operation stays in progress for the caller to retry or fail.
+    """
+    executed = execute_operations([operation_id], now=now, sleep=sleep)
+    if operation_id in executed.unreachable:
+        raise AgentUnreachable(executed.unreachable[operation_id])
+    return Operation.objects.get(pk=operation_id) if executed.recorded else None
+
+
+def execute_operations(
+    operation_ids: list[int],
+    *,
+    now: datetime | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Executed:
+    """Run queued operations against their simulated guests and record the outcomes; safe to call twice.
+
+    `now` fixes a simulated clock (the platform's rounds in a simulation, the demo's past): each run
+    ends its simulated duration after `now`. Without it the clock is real: the simulated work takes
+    PORTAL_SIM_SPEED-scaled seconds, an installation that reboots shows its VM restarting meanwhile,
+    and each recorded installation is followed by an assessment, as the real agent does. A handful of
+    queries for the whole batch, whatever its size.
     """
     clock = now or timezone.now()
-    if not _claim(operation_id, clock):
-        return None  # already running elsewhere, finished, or gone
-    operation = Operation.objects.get(pk=operation_id)
-    vm = (
-        VirtualMachine.objects.select_related("resource_group", "guest").filter(pk=operation.vm_id).first()
-        if operation.vm_id
-        else None
-    )
-    if vm is None:
-        fail_operation(operation_id, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock)
-        return None
-    if not vm.is_running:
-        fail_operation(operation_id, "VMNotRunning", _not_running(vm), clock)
-        return None
-    if not _agent_answers(operation):
-        raise AgentUnreachable(f"The VM agent on '{vm.name}' did not answer.")
-
-    speed = settings.PORTAL_SIM_SPEED if now is None else 0
-    state = vm.guest
-    catalog = catalog_for(vm.product)
-    guest = guest_view(vm, state)
-    available = sim.applicable(guest, catalog, clock)
-
-    if operation.kind == OperationKind.ASSESSMENT:
-        if speed:
-            sleep(sim.ASSESSMENT_SECONDS / speed)
-        finished = clock + timedelta(seconds=sim.ASSESSMENT_SECONDS) if now else timezone.now()
-        return record_assessment(operation_id, vm, available, catalog, guest, finished)
-
-    outcome = _install(operation, vm, guest, available, clock)
-    if speed:
-        install_seconds = outcome.simulated_seconds - (
-            sim.REBOOT_SECONDS if outcome.reboot_status == "Completed" else 0
-        )
-        sleep(install_seconds / speed)
-        if outcome.reboot_status == "Completed":
-            # The VM is unavailable while it restarts; the history shows the reboot under way. Both
-            # are compare-and-swap: a run failed as stale meanwhile, or a VM stopped by its owner,
-            # is left as it is.
-            if not Operation.objects.filter(pk=operation_id, status=OperationStatus.IN_PROGRESS).update(
-                reboot_status=RebootStatus.STARTED
-            ):
-                return None
-            VirtualMachine.objects.filter(pk=vm.pk, power_state=VirtualMachine.PowerState.RUNNING).update(
-                power_state=VirtualMachine.PowerState.STARTING
-            )
-            sleep(sim.REBOOT_SECONDS / speed)
-    finished = clock + timedelta(seconds=outcome.simulated_seconds) if now else timezone.now()
-    recorded = record_installation(operation_id, vm, available, outcome, finished)
-    if recorded is not None and now is None:
-        # What is left to install changed: refresh the compliance view, as the real agent does.
-        start_operation(vm, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
-    return recorded
-
-
-def execute_operations(operation_ids: list[int], *, now: datetime) -> list[int]:
-    """Run many queued operations on a simulated clock, set-based; returns the ids it recorded.
-
-    The same claim, guest simulation and recording as execute_operation(pk, now=...), with a handful
-    of queries for the whole batch instead of a dozen per operation: the platform's rounds on a
-    simulated clock (the fleet simulation, the demo's history) start hundreds at a time. For callers
-    that own the operations they pass (nothing else runs them: they were queued without enqueueing).
-    An agent that does not answer fails its operation at once: there is no task to retry.
-    """
-    if not operation_ids:
-        return []
-    Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.NOT_STARTED).update(
-        status=OperationStatus.IN_PROGRESS, started_at=now, attempts=F("attempts") + 1
-    )
-    operations = list(
-        Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS, started_at=now)
-    )
+    operations = _claim(operation_ids, clock) if operation_ids else []
+    if not operations:
+        return Executed([], {})
     vms = VirtualMachine.objects.select_related("resource_group", "guest").in_bulk(
         [op.vm_id for op in operations if op.vm_id]
     )
-    installed: dict[int, set[int]] = {pk: set() for pk in vms}
-    for guest_id, update_id in InstalledUpdate.objects.filter(guest_id__in=list(vms)).values_list(
-        "guest_id", "update_id"
-    ):
-        installed[guest_id].add(update_id)
-    findings = []
+    guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
+    findings, unreachable = [], {}
     for operation in operations:
         vm = vms.get(operation.vm_id)
-        state = getattr(vm, "guest", None) if vm is not None else None
-        if state is None:
-            fail_operation(operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", now)
+        if vm is None or guest_state(vm) is None:
+            fail_operation(operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock)
         elif not vm.is_running:
-            fail_operation(operation.pk, "VMNotRunning", _not_running(vm), now)
+            fail_operation(operation.pk, "VMNotRunning", _not_running(vm), clock)
         elif not _agent_answers(operation):
-            fail_operation(
-                operation.pk, "VMAgentStatusCommunicationError", f"The VM agent on '{vm.name}' did not answer.", now
-            )
+            unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer."
         else:
-            guest = sim.Guest(
-                hotpatch_enrolled=vm.enable_hotpatching and vm.hotpatch_capable,
-                build=state.build,
-                baseline_id=state.baseline_id,
-                installed=frozenset(installed[vm.pk]),
-                reboot_pending=state.reboot_pending,
+            findings.append(_simulate(operation, vm, guests[vm.pk], clock))
+    if now is None:
+        findings = _in_real_time(findings, sleep)
+    recorded = record_findings(findings)
+    if now is None:
+        # What is left to install changed: refresh the compliance view, as the real agent does.
+        installed_on = [f.vm for f in findings if f.outcome is not None and f.operation_id in recorded]
+        queue_operations(installed_on, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
+    return Executed(recorded, unreachable)
+
+
+def _in_real_time(findings: list["Finding"], sleep: Callable[[float], None]) -> list["Finding"]:
+    """Let the simulated work take its (PORTAL_SIM_SPEED-scaled) time; the runs end now.
+
+    The guests of a batch work side by side, so the batch takes as long as its longest run. A VM that
+    reboots is shown restarting meanwhile; both steps are compare-and-swap: a run failed as stale
+    meanwhile, or a VM stopped by its owner, is left as it is.
+    """
+    speed = settings.PORTAL_SIM_SPEED
+    if speed and findings:
+        rebooting = [f for f in findings if f.outcome is not None and f.outcome.reboot_status == "Completed"]
+        work = [
+            sim.ASSESSMENT_SECONDS
+            if f.outcome is None
+            else f.outcome.simulated_seconds - (sim.REBOOT_SECONDS if f in rebooting else 0)
+            for f in findings
+        ]
+        sleep(max(work) / speed)
+        if rebooting:
+            still_running = set(
+                Operation.objects.filter(
+                    pk__in=[f.operation_id for f in rebooting], status=OperationStatus.IN_PROGRESS
+                ).values_list("pk", flat=True)
             )
-            findings.append(_simulate(operation, vm, guest, now))
-    return _record(findings)
+            Operation.objects.filter(pk__in=still_running).update(reboot_status=RebootStatus.STARTED)
+            VirtualMachine.objects.filter(
+                pk__in=[f.vm.pk for f in rebooting if f.operation_id in still_running],
+                power_state=VirtualMachine.PowerState.RUNNING,
+            ).update(power_state=VirtualMachine.PowerState.STARTING)
+            sleep(sim.REBOOT_SECONDS / speed)
+    finished = timezone.now()
+    return [dataclasses.replace(f, finished=finished) for f in findings]
 
 
 def _not_running(vm: VirtualMachine) -> str:
@@ -581,7 +594,7 @@ def _not_running(vm: VirtualMachine) -> str:
 
 
 @dataclass(frozen=True)
-class _Finding:
+class Finding:
     """What one run found (assessment) or did (installation), ready to record."""
 
     operation_id: int
@@ -593,20 +606,20 @@ class _Finding:
     outcome: sim.InstallOutcome | None = None  # None for an assessment
 
 
-def _simulate(operation: Operation, vm: VirtualMachine, guest: sim.Guest, now: datetime) -> _Finding:
+def _simulate(operation: Operation, vm: VirtualMachine, guest: sim.Guest, now: datetime) -> Finding:
     """The pure part of a run on a simulated clock: what the guest offers, and what installing does."""
     catalog = catalog_for(vm.product)
     available = sim.applicable(guest, catalog, now)
     if operation.kind == OperationKind.ASSESSMENT:
-        return _Finding(operation.pk, vm, available, now + timedelta(seconds=sim.ASSESSMENT_SECONDS), guest, catalog)
+        return Finding(operation.pk, vm, available, now + timedelta(seconds=sim.ASSESSMENT_SECONDS), guest, catalog)
     outcome = _install(operation, vm, guest, available, now)
-    return _Finding(
+    return Finding(
         operation.pk, vm, available, now + timedelta(seconds=outcome.simulated_seconds), guest, catalog, outcome
     )
 
 
 def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, available, clock: datetime):
-    parameters = from_arm(operation.parameters)
+    parameters = InstallParameters.from_stored(operation.parameters)
     return sim.install(
         guest,
         available,
@@ -619,7 +632,7 @@ def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, availab
     )
 
 
-def _record(findings: list[_Finding]) -> list[int]:
+def record_findings(findings: list[Finding]) -> list[int]:
     """Write finished runs, set-based: the operations, per-patch rows, installed updates, guest states.
 
     Compare-and-swap: only operations still in progress are written (one failed as stale meanwhile
@@ -733,35 +746,6 @@ def _fail_deleted(operation_id: int, vm_name: str, when: datetime) -> None:
         error_message=f"The virtual machine '{vm_name}' was deleted while the operation ran.",
         finished_at=when,
     )
-
-
-def record_assessment(
-    operation_id: int,
-    vm: VirtualMachine,
-    available: list[sim.Patch],
-    catalog: list[sim.Patch],
-    guest: sim.Guest,
-    finished: datetime,
-) -> Operation | None:
-    """Write an assessment's findings: per-patch rows, the operation, and the VM's compliance."""
-    if not _record([_Finding(operation_id, vm, available, finished, guest, catalog)]):
-        return None
-    return Operation.objects.get(pk=operation_id)
-
-
-def record_installation(
-    operation_id: int,
-    vm: VirtualMachine,
-    available: list[sim.Patch],
-    outcome: sim.InstallOutcome,
-    finished: datetime,
-) -> Operation | None:
-    """Write an installation's outcome and move the guest to its new build."""
-    if not _record(
-        [_Finding(operation_id, vm, available, finished, sim.Guest(False, "", None, frozenset()), [], outcome)]
-    ):
-        return None
-    return Operation.objects.get(pk=operation_id)
 
 
 def fail_stale_operations(now: datetime | None = None) -> int:

@@ -225,7 +225,8 @@ def test_a_stale_operation_is_failed_by_the_periodic_task(settings):
     assert waiting.status == OperationStatus.NOT_STARTED
     assert vm.power_state == VirtualMachine.PowerState.RUNNING
     # A finished operation is never overwritten by a late worker.
-    assert services.record_assessment(stale.pk, vm, [], [], services.guest_view(vm, vm.guest), MARCH) is None
+    guest = services.guests_of([vm])[vm.pk]
+    assert services.record_findings([services.Finding(stale.pk, vm, [], MARCH, guest, [])]) == []
 
     Operation.objects.filter(pk=waiting.pk).update(created_at=datetime.now(UTC) - 3 * deadline - timedelta(minutes=1))
     assert fail_stale_operations() == 1
@@ -389,3 +390,35 @@ def test_turning_hotpatch_off_unenrolls_until_the_next_baseline():
     assert services.change_patch_settings(vm, on, now=after_baseline) == []
     vm.refresh_from_db()
     assert vm.enable_hotpatching and vm.guest.hotpatch_status == "PendingEvaluation"
+
+
+def test_stored_parameters_are_not_validated_again_by_the_worker():
+    """Validated when the operation was created: a rule tightened since must not strand the run."""
+    vm = make_vm(now=MARCH - timedelta(days=40))
+    assess(vm)
+    operation, _ = services.start_operation(vm, OperationKind.INSTALLATION, now=MARCH, enqueue=False)
+    # As stored by an older version: a duration today's rules refuse (over 4 hours) and no classification.
+    Operation.objects.filter(pk=operation.pk).update(
+        parameters={"maximumDuration": "PT6H", "rebootSetting": "Never", "windowsParameters": {}}
+    )
+    with pytest.raises(InvalidParameters):
+        from_arm(Operation.objects.get(pk=operation.pk).parameters)
+    done = services.execute_operation(operation.pk, now=MARCH)
+    assert done is not None and done.status == OperationStatus.SUCCEEDED
+    # Nothing was selected (no classification, no KB): every available update is reported NotSelected.
+    assert done.installed_count == 0 and done.not_selected_count == done.results.count() > 0
+
+
+def test_a_batch_runs_each_operation_once_with_the_same_outcome_as_one_at_a_time():
+    vms = [make_vm(name=f"vm-{n}", now=MARCH - timedelta(days=40)) for n in range(3)]
+    one_at_a_time = assess(vms[0])
+    ids = services.queue_operations(vms[1:], OperationKind.ASSESSMENT, now=MARCH, enqueue=False)
+    executed = services.execute_operations(ids + ids, now=MARCH)
+    assert sorted(executed.recorded) == sorted(ids) and executed.unreachable == {}
+    assert services.execute_operations(ids, now=MARCH).recorded == []  # claimed once only
+    for batch in Operation.objects.filter(pk__in=ids):
+        assert batch.status == OperationStatus.SUCCEEDED and batch.attempts == 1
+        assert (batch.critical_security_count, batch.other_count) == (
+            one_at_a_time.critical_security_count,
+            one_at_a_time.other_count,
+        )

@@ -253,7 +253,7 @@ def test_a_vm_deleted_before_its_batch_runs_fails_its_operation_cleanly():
         enqueue=False,
     )
     services.delete_virtual_machine(VirtualMachine.objects.get(pk=vm.pk))
-    assert len(services.execute_operations(ids, now=NIGHT)) == 1
+    assert len(services.execute_operations(ids, now=NIGHT).recorded) == 1
     failed = Operation.objects.get(vm_name="doomed")
     assert failed.status == OperationStatus.FAILED and failed.error_code == "VMDeleted"
     assert Operation.objects.get(vm_name="kept").status == OperationStatus.SUCCEEDED

@@ -2,7 +2,7 @@
 
 `patch_fleet()` and `assess_fleet()` are what the beat tasks run every few minutes (real time), and
 what the fleet simulation and the demo seeder run on their simulated clock (`now=...`, `execute=True`:
-the operations then run right away through services.execute_operation, on the same clock).
+the operations then run right away through services.execute_operations, on the same clock).
 
 Idempotent: a round runs in one transaction holding an advisory lock on PostgreSQL (SQLite's
 IMMEDIATE transactions serialise writers anyway), so two beats started by mistake plan one after the
@@ -458,7 +458,10 @@ def start_installations(starts: list[planner.Start], now: datetime, *, enqueue: 
 def run_now(operation_ids: list[int], now: datetime) -> None:
     """Run queued operations at once on a simulated clock (the simulation, the demo's history)."""
     for i in range(0, len(operation_ids), 500):
-        services.execute_operations(operation_ids[i : i + 500], now=now)
+        executed = services.execute_operations(operation_ids[i : i + 500], now=now)
+        # No task to retry on a simulated clock: an agent that does not answer fails its run at once.
+        for operation_id, message in executed.unreachable.items():
+            services.fail_operation(operation_id, "VMAgentStatusCommunicationError", message, now)
 
 
 def _exclusive() -> bool:

@@ -4,7 +4,7 @@
 power changes due, lets an operator resume halted rollouts after a delay, runs periodic assessment
 (optional: it costs one operation per VM and day and changes no patching decision) and one round of
 automatic patching (`engine.patch_fleet(now, execute=True)`): installations run at once through
-services.execute_operation(pk, now=...), the same code a Celery worker runs.
+services.execute_operations(ids, now=...), the same code a Celery worker runs.
 
 The clock does not tick through idle hours: after a round that started nothing, with nothing in
 flight, it jumps to the earliest moment something can happen (a window opening for a VM that

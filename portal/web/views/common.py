@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django_htmx.middleware import HtmxDetails
 
+from patching import services
 from patching.models import (
     Operation,
     RolloutHalt,
@@ -82,14 +83,6 @@ def get_vm(request: HttpRequest, pk: int, *, act: bool = False) -> tuple[Virtual
     return vm, can_act
 
 
-def guest_of(vm: VirtualMachine):
-    """The VM's guest state, or None for a VM created without one (the admin allows it)."""
-    try:
-        return vm.guest
-    except VirtualMachine.guest.RelatedObjectDoesNotExist:
-        return None
-
-
 def active_halts(product: str | None = None):
     """Halted rollouts (not resumed yet), for the banner."""
     halts = RolloutHalt.objects.filter(resumed_at__isnull=True)
@@ -116,7 +109,7 @@ def vm_context(request: HttpRequest, vm: VirtualMachine, can_act: bool, section:
     return {
         "blade_title": BLADE_TITLES[section],
         "vm": vm,
-        "guest": guest_of(vm),
+        "guest": services.guest_state(vm),
         "can_act": can_act,
         "section": section,
         "subscription": vm.resource_group.subscription,

@@ -34,7 +34,7 @@ from portal.web.templatetags.portal import PATCH_MODE_LABELS
 from vms import access, images
 from vms.models import VirtualMachine
 
-from .common import HtmxHttpRequest, get_vm, guest_of, in_flight_operations, partial_for, portal_view, vm_context
+from .common import HtmxHttpRequest, get_vm, in_flight_operations, partial_for, portal_view, vm_context
 
 BLADE = "patching/hotpatch.html"
 INSTALL_PAGE = "patching/install.html"
@@ -85,7 +85,7 @@ def next_reboot(vm: VirtualMachine, guest, now: datetime) -> dict:
 
 def summary_context(vm: VirtualMachine) -> dict:
     now = timezone.now()
-    guest = guest_of(vm)
+    guest = services.guest_state(vm)
     product = images.PRODUCTS.get(vm.product)
     return {
         "next_baseline": calendar.next_baseline_date(vm.product, now) if product and product.has_hotpatch else None,
@@ -99,7 +99,7 @@ def summary_context(vm: VirtualMachine) -> dict:
 
 def compliance_context(request: HtmxHttpRequest, vm: VirtualMachine, notices: list[str]) -> dict:
     """The last assessment's available updates that are still not installed, grouped by classification."""
-    guest = guest_of(vm)
+    guest = services.guest_state(vm)
     results = []
     if guest and guest.last_assessment_id:
         results = list(
@@ -273,7 +273,7 @@ def install(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             else:
                 messages.warning(request, f"An installation is already running on {vm.name}; nothing new started.")
             return redirect(reverse("patching:hotpatch", args=[vm.pk]) + "?tab=history")
-    guest = guest_of(vm)
+    guest = services.guest_state(vm)
     available = []
     if guest and guest.last_assessment_id:
         available = list(
