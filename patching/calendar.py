@@ -86,6 +86,18 @@ class CalendarMonth:
         return self.kind in (MonthKind.BASELINE, MonthKind.UNPLANNED_BASELINE)
 
     @property
+    def is_hotpatch(self) -> bool:
+        return self.kind == MonthKind.HOTPATCH
+
+    @property
+    def is_unplanned_baseline(self) -> bool:
+        return self.kind == MonthKind.UNPLANNED_BASELINE
+
+    @property
+    def is_forecast(self) -> bool:
+        return self.source == "forecast"
+
+    @property
     def reboots(self) -> bool:
         return self.kind in REBOOTING_MONTHS
 

@@ -62,7 +62,8 @@ from django.db import transaction
 from vms.images import PRODUCTS, Product
 
 from .calendar import PLANNED_BASELINE_MONTHS, fourth_tuesday, month_label, patch_tuesday, release_moment
-from .models import CLASSIFICATION_LABELS, Classification, RebootBehavior, Update, UpdateKind, UpdateSource
+from .models import Classification, RebootBehavior, Update, UpdateKind, UpdateSource
+from .vocabulary import BASELINE_KINDS, WINDOWS_KINDS
 
 # Fixed forever: every patch_id is derived from it.
 NAMESPACE = uuid.UUID("3b0f8a52-5d36-4c8e-9a51-2f6f0e7c9d14")
@@ -98,8 +99,6 @@ GENERIC_COLUMNS = (
 )
 GENERIC_OPTIONAL = ("release_month", "build", "baseline_kb")
 
-BASELINE_KINDS = (UpdateKind.BASELINE, UpdateKind.UNPLANNED_BASELINE)
-WINDOWS_KINDS = (*Update.CUMULATIVE_KINDS, UpdateKind.HOTPATCH)
 
 # Nothing is generated for a product before it existed (WS2025's release build shipped 2024-11-01).
 GENERAL_AVAILABILITY = {
@@ -528,9 +527,9 @@ def _product_code(value: str) -> str:
 
 
 def _classification(value: str) -> str:
-    for token, label in CLASSIFICATION_LABELS.items():
+    for token, label in Classification.choices:
         if value.lower() in (token.lower(), label.lower()):
-            return token.value
+            return token
     raise ValueError(f"{value!r} is not a classification (use {', '.join(Classification.values)})")
 
 

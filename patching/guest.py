@@ -9,15 +9,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-BASELINE_KINDS = frozenset({"baseline", "unplanned_baseline"})
-# Rebooting security cumulative updates: the newest one released supersedes all Windows updates before it.
-SECURITY_CUMULATIVE_KINDS = frozenset({*BASELINE_KINDS, "monthly"})
-# Non-security cumulative updates: offered on top of the security one, never to hotpatch-enrolled VMs
-# (installing one would take the VM off its baseline build).
-QUALITY_CUMULATIVE_KINDS = frozenset({"oob", "preview"})
-WINDOWS_KINDS = SECURITY_CUMULATIVE_KINDS | QUALITY_CUMULATIVE_KINDS | {"hotpatch"}
-# Other families: the newest of each supersedes the older ones of that family.
-STANDALONE_KINDS = ("dotnet", "msrt", "definition")
+from .vocabulary import (  # noqa: F401 (the kind sets are the guest's vocabulary too: sim.BASELINE_KINDS)
+    BASELINE_KINDS,
+    QUALITY_CUMULATIVE_KINDS,
+    SECURITY_CUMULATIVE_KINDS,
+    STANDALONE_KINDS,
+    WINDOWS_KINDS,
+)
 
 # Simulated seconds each kind of work takes inside the guest.
 INSTALL_SECONDS = {

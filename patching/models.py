@@ -10,49 +10,15 @@ from django.utils import timezone
 
 from vms.images import PRODUCT_CHOICES
 
-
-class Classification(models.TextChoices):
-    """The install-filter tokens (VMGuestPatchClassificationWindows)."""
-
-    CRITICAL = "Critical"
-    SECURITY = "Security"
-    UPDATE_ROLLUP = "UpdateRollUp"
-    FEATURE_PACK = "FeaturePack"
-    SERVICE_PACK = "ServicePack"
-    DEFINITION = "Definition"
-    TOOLS = "Tools"
-    UPDATES = "Updates"
-
-
-# How Windows Update names a classification in assessment results (free text, not the filter token).
-CLASSIFICATION_LABELS = {
-    Classification.CRITICAL: "Critical Updates",
-    Classification.SECURITY: "Security Updates",
-    Classification.UPDATE_ROLLUP: "Update Rollups",
-    Classification.FEATURE_PACK: "Feature Packs",
-    Classification.SERVICE_PACK: "Service Packs",
-    Classification.DEFINITION: "Definition Updates",
-    Classification.TOOLS: "Tools",
-    Classification.UPDATES: "Updates",
-}
-
-
-class RebootBehavior(models.TextChoices):
-    NEVER = "NeverReboots"
-    ALWAYS = "AlwaysRequiresReboot"
-    CAN_REQUEST = "CanRequestReboot"
-
-
-class UpdateKind(models.TextChoices):
-    BASELINE = "baseline", "Baseline (planned)"
-    UNPLANNED_BASELINE = "unplanned_baseline", "Baseline (unplanned)"
-    HOTPATCH = "hotpatch", "Hotpatch"
-    MONTHLY = "monthly", "Monthly cumulative update"
-    OUT_OF_BAND = "oob", "Out-of-band cumulative update"
-    PREVIEW = "preview", "Non-security preview"
-    DOTNET = "dotnet", ".NET cumulative update"
-    MSRT = "msrt", "Malicious Software Removal Tool"
-    DEFINITION = "definition", "Defender definition update"
+from .vocabulary import (
+    BASELINE_KINDS,
+    CUMULATIVE_KINDS,
+    Classification,
+    HotpatchStatus,
+    PatchState,
+    RebootBehavior,
+    UpdateKind,
+)
 
 
 class UpdateSource(models.TextChoices):
@@ -73,9 +39,8 @@ class UpdateQuerySet(models.QuerySet):
 class Update(models.Model):
     """One update as Windows Update offers it to one product."""
 
-    BASELINE_KINDS = (UpdateKind.BASELINE, UpdateKind.UNPLANNED_BASELINE)
-    # Rebooting cumulative updates of the Windows servicing stack (not hotpatches).
-    CUMULATIVE_KINDS = (*BASELINE_KINDS, UpdateKind.MONTHLY, UpdateKind.OUT_OF_BAND, UpdateKind.PREVIEW)
+    BASELINE_KINDS = tuple(sorted(BASELINE_KINDS))
+    CUMULATIVE_KINDS = tuple(sorted(CUMULATIVE_KINDS))
 
     patch_id = models.UUIDField(unique=True, default=uuid.uuid4)
     product = models.CharField(max_length=20, choices=PRODUCT_CHOICES)
@@ -112,21 +77,19 @@ class Update(models.Model):
 
     @property
     def classification_label(self) -> str:
-        return CLASSIFICATION_LABELS[Classification(self.classification)]
+        return Classification(self.classification).label
 
     @property
     def is_baseline(self) -> bool:
         return self.kind in self.BASELINE_KINDS
 
+    @property
+    def is_hotpatch(self) -> bool:
+        return self.kind == UpdateKind.HOTPATCH
 
-class HotpatchStatus(models.TextChoices):
-    """The API's hotpatchEnablementStatus."""
-
-    UNKNOWN = "Unknown"
-    PENDING_EVALUATION = "PendingEvaluation"
-    DISABLED = "Disabled"
-    ACTION_REQUIRED = "ActionRequired"
-    ENABLED = "Enabled"
+    @property
+    def never_reboots(self) -> bool:
+        return self.reboot_behavior == RebootBehavior.NEVER
 
 
 class PatchDecision(models.TextChoices):
@@ -175,6 +138,15 @@ class GuestState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vm} guest ({self.build})"
+
+    @property
+    def decision_is_settled(self) -> bool:
+        """The platform patched it, or there was nothing to install."""
+        return self.patch_decision in (PatchDecision.PATCHED, PatchDecision.UP_TO_DATE)
+
+    @property
+    def decision_is_halted(self) -> bool:
+        return self.patch_decision == PatchDecision.HALTED
 
 
 class InstalledUpdate(models.Model):  # noqa: DJ008 (a through table)
@@ -292,6 +264,27 @@ class Operation(models.Model):
         return self.kind == OperationKind.ASSESSMENT
 
     @property
+    def is_failed(self) -> bool:
+        return self.status == OperationStatus.FAILED
+
+    @property
+    def is_succeeded(self) -> bool:
+        return self.status == OperationStatus.SUCCEEDED
+
+    @property
+    def is_completed_with_warnings(self) -> bool:
+        return self.status == OperationStatus.COMPLETED_WITH_WARNINGS
+
+    @property
+    def is_rebooting(self) -> bool:
+        """Running, and its VM restarting as part of it."""
+        return self.status == OperationStatus.IN_PROGRESS and self.reboot_status == RebootStatus.STARTED
+
+    @property
+    def started_by_user(self) -> bool:
+        return self.started_by == StartedBy.USER
+
+    @property
     def arm_status(self) -> str:
         """The long-running operation's status: a failed patch run is still a finished operation."""
         if not self.is_finished:
@@ -305,15 +298,6 @@ class Operation(models.Model):
         if self.started_at and self.finished_at:
             return self.finished_at - self.started_at
         return None
-
-
-class PatchState(models.TextChoices):
-    AVAILABLE = "Available"
-    INSTALLED = "Installed"
-    FAILED = "Failed"
-    PENDING = "Pending"
-    EXCLUDED = "Excluded"
-    NOT_SELECTED = "NotSelected"
 
 
 class PatchResult(models.Model):

@@ -10,24 +10,20 @@ from datetime import UTC, datetime, timedelta
 
 import isodate
 
+from vms.patch_settings import Problem
+from vms.vocabulary import RebootSetting
+
 from .catalog import normalize_kb
 from .guest import Selection
 from .models import Classification
 
-REBOOT_SETTINGS = ("IfRequired", "Never", "Always")
 MIN_DURATION = timedelta(minutes=10)
 MAX_DURATION = timedelta(hours=4)
 DEFAULT_DURATION = timedelta(hours=2)
 
 
-@dataclass(frozen=True)
-class ParameterProblem:
-    target: str  # the wire name, e.g. "windowsParameters.kbNumbersToInclude"
-    message: str
-
-
 class InvalidParameters(ValueError):
-    def __init__(self, problems: list[ParameterProblem]):
+    def __init__(self, problems: list[Problem]):
         super().__init__("; ".join(p.message for p in problems))
         self.problems = problems
 
@@ -117,20 +113,18 @@ def parse_datetime(value) -> datetime:
 
 def from_arm(body: dict) -> InstallParameters:
     """Parse an installPatches body; every problem is reported, with its wire target."""
-    problems: list[ParameterProblem] = []
+    problems: list[Problem] = []
     if not isinstance(body, dict):
-        raise InvalidParameters([ParameterProblem("", "The request body must be a JSON object.")])
+        raise InvalidParameters([Problem("", "The request body must be a JSON object.")])
     windows = body.get("windowsParameters") or {}
     if not isinstance(windows, dict):
-        problems.append(ParameterProblem("windowsParameters", "windowsParameters must be an object."))
+        problems.append(Problem("windowsParameters", "windowsParameters must be an object."))
         windows = {}
 
     reboot = body.get("rebootSetting")
-    if reboot not in REBOOT_SETTINGS:
+    if reboot not in RebootSetting.values:
         problems.append(
-            ParameterProblem(
-                "rebootSetting", f"rebootSetting must be one of {', '.join(REBOOT_SETTINGS)}, not {reboot!r}."
-            )
+            Problem("rebootSetting", f"rebootSetting must be one of {', '.join(RebootSetting.values)}, not {reboot!r}.")
         )
 
     duration = DEFAULT_DURATION
@@ -138,12 +132,12 @@ def from_arm(body: dict) -> InstallParameters:
         try:
             duration = parse_duration(body["maximumDuration"])
         except ValueError as e:
-            problems.append(ParameterProblem("maximumDuration", str(e)))
+            problems.append(Problem("maximumDuration", str(e)))
 
     def string_list(name: str) -> list[str]:
         value = windows.get(name) or []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.append(ParameterProblem(f"windowsParameters.{name}", f"{name} must be a list of strings."))
+            problems.append(Problem(f"windowsParameters.{name}", f"{name} must be a list of strings."))
             return []
         return value
 
@@ -151,7 +145,7 @@ def from_arm(body: dict) -> InstallParameters:
     for item in string_list("classificationsToInclude"):
         if item not in Classification.values:
             problems.append(
-                ParameterProblem(
+                Problem(
                     "windowsParameters.classificationsToInclude",
                     f"'{item}' is not a classification; use {', '.join(Classification.values)}.",
                 )
@@ -165,19 +159,17 @@ def from_arm(body: dict) -> InstallParameters:
             try:
                 found.add(normalize_kb(item))
             except ValueError as e:
-                problems.append(ParameterProblem(f"windowsParameters.{name}", str(e)))
+                problems.append(Problem(f"windowsParameters.{name}", str(e)))
         return found
 
     include, exclude = kbs("kbNumbersToInclude"), kbs("kbNumbersToExclude")
     both = include & exclude
     if both:
         listed = ", ".join(f"KB{kb}" for kb in sorted(both))
-        problems.append(
-            ParameterProblem("windowsParameters.kbNumbersToExclude", f"{listed} is both included and excluded.")
-        )
+        problems.append(Problem("windowsParameters.kbNumbersToExclude", f"{listed} is both included and excluded."))
     if not classifications and not include and not problems:
         problems.append(
-            ParameterProblem(
+            Problem(
                 "windowsParameters.classificationsToInclude", "Choose at least one classification or KB to include."
             )
         )
@@ -185,16 +177,14 @@ def from_arm(body: dict) -> InstallParameters:
     exclude_reboot = windows.get("excludeKbsRequiringReboot", False)
     if not isinstance(exclude_reboot, bool):
         problems.append(
-            ParameterProblem(
-                "windowsParameters.excludeKbsRequiringReboot", "excludeKbsRequiringReboot must be true or false."
-            )
+            Problem("windowsParameters.excludeKbsRequiringReboot", "excludeKbsRequiringReboot must be true or false.")
         )
     max_date = None
     if windows.get("maxPatchPublishDate") not in (None, ""):
         try:
             max_date = parse_datetime(windows["maxPatchPublishDate"])
         except ValueError as e:
-            problems.append(ParameterProblem("windowsParameters.maxPatchPublishDate", str(e)))
+            problems.append(Problem("windowsParameters.maxPatchPublishDate", str(e)))
 
     if problems:
         raise InvalidParameters(problems)

@@ -14,8 +14,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import images, regions
-from .patch_settings import ASSESSMENT_MODES, PATCH_MODES, REBOOT_SETTINGS, PatchSettings
+from .patch_settings import PatchSettings
 from .patch_settings import validate as validate_settings
+from .vocabulary import AssessmentMode, PatchMode, RebootSetting, RegistrationState
 
 RESOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9_]$|^[A-Za-z0-9]$")
 RESOURCE_NAME = RegexValidator(
@@ -111,12 +112,12 @@ class VirtualMachine(models.Model):
     # osProfile.windowsConfiguration and its patchSettings (azure-api.md §1).
     provision_vm_agent = models.BooleanField(default=True)
     enable_automatic_updates = models.BooleanField(default=True)
-    patch_mode = models.CharField(max_length=20, choices=[(m, m) for m in PATCH_MODES], default="AutomaticByOS")
+    patch_mode = models.CharField(max_length=20, choices=PatchMode.choices, default=PatchMode.AUTOMATIC_BY_OS)
     enable_hotpatching = models.BooleanField(default=False)
     assessment_mode = models.CharField(
-        max_length=20, choices=[(m, m) for m in ASSESSMENT_MODES], default="ImageDefault"
+        max_length=20, choices=AssessmentMode.choices, default=AssessmentMode.IMAGE_DEFAULT
     )
-    reboot_setting = models.CharField(max_length=12, choices=[(m, m) for m in REBOOT_SETTINGS], default="IfRequired")
+    reboot_setting = models.CharField(max_length=12, choices=RebootSetting.choices, default=RebootSetting.IF_REQUIRED)
     bypass_platform_safety_checks = models.BooleanField(default=False)
     # When hotpatch was last turned off: re-enrolment waits for the next baseline after this.
     hotpatch_disabled_at = models.DateTimeField(null=True, blank=True)
@@ -148,6 +149,10 @@ class VirtualMachine(models.Model):
             f"/subscriptions/{rg.subscription_id}/resourceGroups/{rg.name}"
             f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
         )
+
+    @property
+    def is_azure_orchestrated(self) -> bool:
+        return self.patch_mode == PatchMode.AUTOMATIC_BY_PLATFORM
 
     @property
     def is_running(self) -> bool:
@@ -201,16 +206,6 @@ class VirtualMachine(models.Model):
         )
 
 
-class RegistrationState(models.TextChoices):
-    """Microsoft.Features and provider registration states (azure-api.md §6)."""
-
-    NOT_REGISTERED = "NotRegistered"
-    REGISTERING = "Registering"
-    REGISTERED = "Registered"
-    UNREGISTERING = "Unregistering"
-    UNREGISTERED = "Unregistered"
-
-
 TRANSITIONAL_STATES = (RegistrationState.REGISTERING, RegistrationState.UNREGISTERING)
 
 
@@ -242,6 +237,19 @@ class FeatureRegistration(models.Model):
     def is_transitioning(self) -> bool:
         return self.state in TRANSITIONAL_STATES
 
+    @property
+    def is_registering(self) -> bool:
+        return self.state == RegistrationState.REGISTERING
+
+    @property
+    def is_unregistering(self) -> bool:
+        return self.state == RegistrationState.UNREGISTERING
+
+    @property
+    def is_on(self) -> bool:
+        """Registered, or on its way there."""
+        return self.state in (RegistrationState.REGISTERED, RegistrationState.REGISTERING)
+
 
 class ProviderRegistration(models.Model):
     """A resource provider's registration on one subscription (`az provider register`)."""
@@ -263,6 +271,19 @@ class ProviderRegistration(models.Model):
     @property
     def is_transitioning(self) -> bool:
         return self.state in TRANSITIONAL_STATES
+
+    @property
+    def is_registering(self) -> bool:
+        return self.state == RegistrationState.REGISTERING
+
+    @property
+    def is_unregistering(self) -> bool:
+        return self.state == RegistrationState.UNREGISTERING
+
+    @property
+    def is_on(self) -> bool:
+        """Registered, or on its way there."""
+        return self.state in (RegistrationState.REGISTERED, RegistrationState.REGISTERING)
 
 
 class CredentialQuerySet(models.QuerySet):

@@ -7,12 +7,7 @@ from dataclasses import dataclass, replace
 
 from .images import is_hotpatch_capable
 from .regions import is_government
-
-PATCH_MODES = ("AutomaticByPlatform", "AutomaticByOS", "Manual")
-ASSESSMENT_MODES = ("ImageDefault", "AutomaticByPlatform")
-REBOOT_SETTINGS = ("IfRequired", "Never", "Always")
-# "Unknown" is a value Azure reports; it is accepted on input and means IfRequired.
-REBOOT_SETTINGS_ACCEPTED = (*REBOOT_SETTINGS, "Unknown")
+from .vocabulary import REBOOT_SETTING_UNKNOWN, AssessmentMode, PatchMode, RebootSetting
 
 
 @dataclass(frozen=True)
@@ -59,17 +54,17 @@ def validate(
     p = "properties.osProfile.windowsConfiguration"
     ps = f"{p}.patchSettings"
     problems: list[Problem] = []
-    if new.patch_mode not in PATCH_MODES:
-        problems.append(Problem(f"{ps}.patchMode", f"patchMode must be one of {', '.join(PATCH_MODES)}."))
-    if new.assessment_mode not in ASSESSMENT_MODES:
+    if new.patch_mode not in PatchMode.values:
+        problems.append(Problem(f"{ps}.patchMode", f"patchMode must be one of {', '.join(PatchMode.values)}."))
+    if new.assessment_mode not in AssessmentMode.values:
         problems.append(
-            Problem(f"{ps}.assessmentMode", f"assessmentMode must be one of {', '.join(ASSESSMENT_MODES)}.")
+            Problem(f"{ps}.assessmentMode", f"assessmentMode must be one of {', '.join(AssessmentMode.values)}.")
         )
-    if new.reboot_setting not in REBOOT_SETTINGS_ACCEPTED:
+    if new.reboot_setting not in (*RebootSetting.values, REBOOT_SETTING_UNKNOWN):
         problems.append(
             Problem(
                 f"{ps}.automaticByPlatformSettings.rebootSetting",
-                f"rebootSetting must be one of {', '.join(REBOOT_SETTINGS)}.",
+                f"rebootSetting must be one of {', '.join(RebootSetting.values)}.",
             )
         )
     if problems:

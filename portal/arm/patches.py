@@ -10,7 +10,6 @@ from django.db.models import OuterRef, Subquery
 
 from patching import services
 from patching.models import (
-    CLASSIFICATION_LABELS,
     Classification,
     Operation,
     OperationKind,
@@ -54,7 +53,7 @@ def api_error(operation: Operation, results=()) -> dict | None:
 
 
 def _classifications(update) -> list[str]:
-    return [CLASSIFICATION_LABELS[Classification(update.classification)]]
+    return [Classification(update.classification).label]
 
 
 def assessment_result(operation: Operation, results: list[PatchResult]) -> dict:

@@ -8,7 +8,7 @@ from zoneinfo import available_timezones
 
 from django import forms
 
-from patching.models import CLASSIFICATION_LABELS, Classification
+from patching.models import Classification
 from patching.parameters import (
     DEFAULT_DURATION,
     InstallParameters,
@@ -16,10 +16,10 @@ from patching.parameters import (
     from_arm,
     split_kbs,
 )
-from portal.web.templatetags.portal import ASSESSMENT_MODE_LABELS, PATCH_MODE_LABELS, REBOOT_SETTING_LABELS
 from vms import images, regions
 from vms.models import ResourceGroup, Subscription
-from vms.patch_settings import ASSESSMENT_MODES, PATCH_MODES, REBOOT_SETTINGS, PatchSettings, Problem
+from vms.patch_settings import PatchSettings, Problem
+from vms.vocabulary import AssessmentMode, PatchMode, RebootSetting
 
 PS = "properties.osProfile.windowsConfiguration.patchSettings"
 # Problem targets (services, patch_settings) -> the field that shows the message.
@@ -63,7 +63,7 @@ class PatchSettingsFields(forms.Form):
 
     patch_mode = forms.ChoiceField(
         label="Patch orchestration",
-        choices=[(mode, PATCH_MODE_LABELS[mode]) for mode in PATCH_MODES],
+        choices=PatchMode.choices,
         widget=forms.RadioSelect,
     )
     enable_hotpatching = forms.BooleanField(
@@ -73,12 +73,12 @@ class PatchSettingsFields(forms.Form):
     )
     reboot_setting = forms.ChoiceField(
         label="Reboot option",
-        choices=[(value, REBOOT_SETTING_LABELS[value]) for value in REBOOT_SETTINGS],
+        choices=RebootSetting.choices,
         help_text="How Azure-orchestrated patching reboots the VM when an update needs it.",
     )
     assessment_mode = forms.ChoiceField(
         label="Periodic assessment",
-        choices=[(mode, ASSESSMENT_MODE_LABELS[mode]) for mode in ASSESSMENT_MODES],
+        choices=AssessmentMode.choices,
         help_text="Periodic assessment checks for missing updates every 24 hours.",
     )
 
@@ -241,14 +241,12 @@ INSTALL_FIELDS = {
     "maximumDuration": "maximum_duration",
     "rebootSetting": "reboot_setting",
 }
-REBOOT_CHOICES = [("IfRequired", "Reboot if required"), ("Never", "Never reboot"), ("Always", "Always reboot")]
-assert [value for value, _ in REBOOT_CHOICES] == list(REBOOT_SETTINGS)
 
 
 class InstallForm(forms.Form):
     classifications = forms.MultipleChoiceField(
         label="Update classifications",
-        choices=[(c.value, CLASSIFICATION_LABELS[c]) for c in Classification],
+        choices=Classification.choices,
         widget=forms.CheckboxSelectMultiple,
         required=False,
         initial=[Classification.CRITICAL, Classification.SECURITY],
@@ -273,7 +271,10 @@ class InstallForm(forms.Form):
         help_text="Optional. Updates published after this date are not installed.",
     )
     reboot_setting = forms.ChoiceField(
-        label="Reboot option", choices=REBOOT_CHOICES, initial="IfRequired", widget=forms.RadioSelect
+        label="Reboot option",
+        choices=RebootSetting.choices,
+        initial=RebootSetting.IF_REQUIRED,
+        widget=forms.RadioSelect,
     )
     maximum_duration = forms.IntegerField(
         label="Maximum duration (minutes)",

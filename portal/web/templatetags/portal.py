@@ -1,36 +1,17 @@
 """Template filters of the portal pages: labels Azure users know, status tones, times in the viewer's zone."""
 
 from datetime import date, datetime
+from functools import partial
 
 from django import template
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-register = template.Library()
+from patching.vocabulary import HotpatchStatus, PatchState, RebootBehavior
+from vms.vocabulary import AssessmentMode, PatchMode, RebootSetting, RegistrationState, label
 
-# The words the Azure portal uses for patchSettings.patchMode.
-PATCH_MODE_LABELS = {
-    "AutomaticByPlatform": "Azure-orchestrated",
-    "AutomaticByOS": "Windows automatic updates",
-    "Manual": "Manual updates",
-}
-ASSESSMENT_MODE_LABELS = {"ImageDefault": "Image default", "AutomaticByPlatform": "Periodic (every 24 hours)"}
-REBOOT_SETTING_LABELS = {"IfRequired": "Reboot if required", "Never": "Never reboot", "Always": "Always reboot"}
-REBOOT_BEHAVIOR_LABELS = {
-    "NeverReboots": "Never reboots",
-    "AlwaysRequiresReboot": "Always requires reboot",
-    "CanRequestReboot": "Can request reboot",
-}
-HOTPATCH_STATUS_LABELS = {
-    "Enabled": "Enabled",
-    "PendingEvaluation": "Pending evaluation",
-    "ActionRequired": "Action required",
-    "Disabled": "Disabled",
-    "Unknown": "Unknown",
-}
-PATCH_STATE_LABELS = {"NotSelected": "Not selected"}
-REGISTRATION_LABELS = {"NotRegistered": "Not registered"}
+register = template.Library()
 
 # Every status word the portal shows, and the colour family it is drawn in.
 TONES = {
@@ -64,39 +45,19 @@ def product_short(code: str) -> str:
     return PRODUCT_SHORT.get(code, code)
 
 
-@register.filter
-def patch_mode_label(value: str) -> str:
-    return PATCH_MODE_LABELS.get(value, value)
-
-
-@register.filter
-def assessment_mode_label(value: str) -> str:
-    return ASSESSMENT_MODE_LABELS.get(value, value)
-
-
-@register.filter
-def reboot_setting_label(value: str) -> str:
-    return REBOOT_SETTING_LABELS.get(value, value)
-
-
-@register.filter
-def reboot_behavior_label(value: str) -> str:
-    return REBOOT_BEHAVIOR_LABELS.get(value, value)
-
-
-@register.filter
-def hotpatch_label(value: str) -> str:
-    return HOTPATCH_STATUS_LABELS.get(value, value)
-
-
-@register.filter
-def patch_state_label(value: str) -> str:
-    return PATCH_STATE_LABELS.get(value, value)
-
-
-@register.filter
-def registration_label(value: str) -> str:
-    return REGISTRATION_LABELS.get(value, value)
+# The labels of the domain's vocabularies (vms/vocabulary.py, patching/vocabulary.py), for values a
+# template has as plain strings; a value that is not one of the choices shows as it is.
+LABELLED = {
+    "patch_mode_label": PatchMode,
+    "assessment_mode_label": AssessmentMode,
+    "reboot_setting_label": RebootSetting,
+    "reboot_behavior_label": RebootBehavior,
+    "hotpatch_label": HotpatchStatus,
+    "patch_state_label": PatchState,
+    "registration_label": RegistrationState,
+}
+for _name, _choices in LABELLED.items():
+    register.filter(_name, partial(label, _choices))
 
 
 @register.filter

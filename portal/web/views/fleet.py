@@ -22,15 +22,14 @@ from patching.models import (
     OperationKind,
     OperationStatus,
 )
-from portal.web.templatetags.portal import HOTPATCH_STATUS_LABELS, PATCH_MODE_LABELS
-from vms import access, images, regions
+from vms import access, images, regions, vocabulary
 from vms.models import (
     ResourceGroup,
     Role,
     RoleAssignment,
     VirtualMachine,
 )
-from vms.patch_settings import PATCH_MODES
+from vms.vocabulary import PatchMode
 
 from .common import HtmxHttpRequest, active_halts, partial_for, portal_view
 
@@ -142,13 +141,13 @@ def fleet_for(request: HttpRequest) -> Fleet:
         FleetFilter(
             "orchestration",
             "Patch orchestration",
-            [(m, PATCH_MODE_LABELS[m]) for m in PATCH_MODES],
+            PatchMode.choices,
             lambda v: Q(patch_mode=v),
         ),
         FleetFilter(
             "hotpatch",
             "Hotpatch status",
-            [(s, HOTPATCH_STATUS_LABELS[s]) for s in HotpatchStatus.values],
+            HotpatchStatus.choices,
             lambda v: Q(guest__hotpatch_status=v),
         ),
         FleetFilter(
@@ -193,7 +192,7 @@ def fleet_tiles(vms) -> dict:
     counts = vms.order_by().aggregate(
         total=Count("pk"),
         **{f"status_{key}": Count("pk", filter=q) for key, (_, q) in UPDATE_STATUS.items()},
-        **{f"mode_{mode}": Count("pk", filter=Q(patch_mode=mode)) for mode in PATCH_MODES},
+        **{f"mode_{mode}": Count("pk", filter=Q(patch_mode=mode)) for mode in PatchMode.values},
         hotpatch_enabled=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ENABLED)),
         hotpatch_action=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ACTION_REQUIRED)),
     )
@@ -217,7 +216,7 @@ def fleet_tiles(vms) -> dict:
             {"key": key, "label": label, "count": counts[f"status_{key}"], "share": share, "offset": offset}
         )
         offset += share
-    modes = [{"key": mode, "label": PATCH_MODE_LABELS[mode], "count": counts[f"mode_{mode}"]} for mode in PATCH_MODES]
+    modes = [{"key": mode, "label": mode.label, "count": counts[f"mode_{mode}"]} for mode in PatchMode]
     return {"total": counts["total"], "statuses": statuses, "modes": modes, "installs": installs, **counts}
 
 
@@ -334,7 +333,7 @@ def fleet_export(request: HttpRequest) -> StreamingHttpResponse:
                     sku,
                     products.get(product, product),
                     power,
-                    PATCH_MODE_LABELS.get(mode, mode),
+                    vocabulary.label(PatchMode, mode),
                     "yes" if hotpatch else "no",
                     status or "",
                     build or "",

@@ -19,7 +19,6 @@ from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from patching import calendar, services
 from patching.models import (
-    CLASSIFICATION_LABELS,
     IN_FLIGHT,
     Classification,
     HotpatchStatus,
@@ -30,9 +29,9 @@ from patching.models import (
     PatchResult,
 )
 from portal.web.forms import InstallForm
-from portal.web.templatetags.portal import PATCH_MODE_LABELS
 from vms import access, images
 from vms.models import VirtualMachine
+from vms.vocabulary import PatchMode
 
 from .common import HtmxHttpRequest, get_vm, in_flight_operations, partial_for, portal_view, vm_context
 
@@ -74,7 +73,7 @@ def next_reboot(vm: VirtualMachine, guest, now: datetime) -> dict:
     if guest and guest.reboot_pending:
         return {"date": None, "text": "Now: a reboot is pending to finish installing updates"}
     if vm.patch_mode != "AutomaticByPlatform":
-        return {"date": None, "text": f"Not planned by Azure (patch orchestration: {PATCH_MODE_LABELS[vm.patch_mode]})"}
+        return {"date": None, "text": f"Not planned by Azure (patch orchestration: {PatchMode(vm.patch_mode).label})"}
     enrolled = vm.enable_hotpatching and vm.hotpatch_capable
     if enrolled and guest and guest.hotpatch_status == HotpatchStatus.ACTION_REQUIRED:
         return {"date": None, "text": "At its next off-peak window, when the missing baseline installs"}
@@ -126,11 +125,10 @@ def compliance_context(request: HtmxHttpRequest, vm: VirtualMachine, notices: li
     latest = vm.operations.filter(kind=OperationKind.ASSESSMENT).finished().select_related("user").first()
     return {
         "compliance_groups": [
-            {"classification": c, "label": CLASSIFICATION_LABELS[Classification(c)], "results": rows}
-            for c, rows in groups.items()
+            {"classification": c, "label": Classification(c).label, "results": rows} for c, rows in groups.items()
         ],
         "classification_counts": [
-            {"value": c, "label": CLASSIFICATION_LABELS[Classification(c)], "count": counts[c]}
+            {"value": c, "label": Classification(c).label, "count": counts[c]}
             for c in sorted(counts, key=lambda c: order[c])
         ],
         "classification": chosen,
