@@ -300,6 +300,14 @@ class Operation(models.Model):
         return None
 
 
+class PatchResultQuerySet(models.QuerySet):
+    def still_available(self, guest) -> "PatchResultQuerySet":
+        """The guest's last assessment's findings that it has not installed since."""
+        return self.filter(operation_id=guest.last_assessment_id).exclude(
+            update_id__in=InstalledUpdate.objects.filter(guest_id=guest.pk).values("update_id")
+        )
+
+
 class PatchResult(models.Model):
     """One update's outcome in one operation: 'Available' for an assessment, its fate for an install."""
 
@@ -307,6 +315,8 @@ class PatchResult(models.Model):
     update = models.ForeignKey(Update, models.PROTECT, related_name="+")
     state = models.CharField(max_length=12, choices=PatchState.choices)
     error = models.CharField(max_length=300, blank=True)
+
+    objects = PatchResultQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]

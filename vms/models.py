@@ -209,7 +209,30 @@ class VirtualMachine(models.Model):
 TRANSITIONAL_STATES = (RegistrationState.REGISTERING, RegistrationState.UNREGISTERING)
 
 
-class FeatureRegistration(models.Model):
+class RegistrationStateMixin:
+    """What a registration's `state` means, for FeatureRegistration and ProviderRegistration alike."""
+
+    state: str
+
+    @property
+    def is_transitioning(self) -> bool:
+        return self.state in TRANSITIONAL_STATES
+
+    @property
+    def is_registering(self) -> bool:
+        return self.state == RegistrationState.REGISTERING
+
+    @property
+    def is_unregistering(self) -> bool:
+        return self.state == RegistrationState.UNREGISTERING
+
+    @property
+    def is_on(self) -> bool:
+        """Registered, or on its way there."""
+        return self.state in (RegistrationState.REGISTERED, RegistrationState.REGISTERING)
+
+
+class FeatureRegistration(RegistrationStateMixin, models.Model):
     """One preview feature's state on one subscription (the seed's `az feature register`)."""
 
     # The three features the 2021 preview asked for, in the order the seed lists them.
@@ -233,25 +256,8 @@ class FeatureRegistration(models.Model):
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}: {self.state}"
 
-    @property
-    def is_transitioning(self) -> bool:
-        return self.state in TRANSITIONAL_STATES
 
-    @property
-    def is_registering(self) -> bool:
-        return self.state == RegistrationState.REGISTERING
-
-    @property
-    def is_unregistering(self) -> bool:
-        return self.state == RegistrationState.UNREGISTERING
-
-    @property
-    def is_on(self) -> bool:
-        """Registered, or on its way there."""
-        return self.state in (RegistrationState.REGISTERED, RegistrationState.REGISTERING)
-
-
-class ProviderRegistration(models.Model):
+class ProviderRegistration(RegistrationStateMixin, models.Model):
     """A resource provider's registration on one subscription (`az provider register`)."""
 
     subscription = models.ForeignKey(Subscription, models.CASCADE, related_name="providers")
@@ -267,23 +273,6 @@ class ProviderRegistration(models.Model):
 
     def __str__(self) -> str:
         return f"{self.namespace}: {self.state}"
-
-    @property
-    def is_transitioning(self) -> bool:
-        return self.state in TRANSITIONAL_STATES
-
-    @property
-    def is_registering(self) -> bool:
-        return self.state == RegistrationState.REGISTERING
-
-    @property
-    def is_unregistering(self) -> bool:
-        return self.state == RegistrationState.UNREGISTERING
-
-    @property
-    def is_on(self) -> bool:
-        """Registered, or on its way there."""
-        return self.state in (RegistrationState.REGISTERED, RegistrationState.REGISTERING)
 
 
 class CredentialQuerySet(models.QuerySet):

@@ -22,7 +22,6 @@ from patching.models import (
     IN_FLIGHT,
     Classification,
     HotpatchStatus,
-    InstalledUpdate,
     Operation,
     OperationKind,
     OperationStatus,
@@ -102,8 +101,7 @@ def compliance_context(request: HtmxHttpRequest, vm: VirtualMachine, notices: li
     results = []
     if guest and guest.last_assessment_id:
         results = list(
-            PatchResult.objects.filter(operation_id=guest.last_assessment_id)
-            .exclude(update_id__in=InstalledUpdate.objects.filter(guest_id=vm.pk).values("update_id"))
+            PatchResult.objects.still_available(guest)
             .select_related("update")
             .order_by("update__classification", "-update__published_at", "update__kb")
         )
@@ -275,10 +273,7 @@ def install(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     available = []
     if guest and guest.last_assessment_id:
         available = list(
-            PatchResult.objects.filter(operation_id=guest.last_assessment_id)
-            .exclude(update_id__in=InstalledUpdate.objects.filter(guest_id=vm.pk).values("update_id"))
-            .select_related("update")
-            .order_by("-update__published_at")
+            PatchResult.objects.still_available(guest).select_related("update").order_by("-update__published_at")
         )
     context = {**vm_context(request, vm, can_act, "hotpatch"), "form": form, "available": available}
     if request.htmx and not request.htmx.boosted:
