@@ -62,6 +62,7 @@ def subscriptions(request: HttpRequest) -> HttpResponse:
         s.features_registered = registered.get(s.pk, 0)
         s.provider_state = providers.get(s.pk, RegistrationState.NOT_REGISTERED)
         s.role = Role.OWNER if request.user.is_superuser else roles.get(s.pk)
+        s.is_owner = s.role == Role.OWNER
         s.onboarded = s.features_registered == len(FeatureRegistration.HOTPATCH_FEATURES) and (
             s.provider_state == RegistrationState.REGISTERED
         )
