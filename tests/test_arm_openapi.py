@@ -11,10 +11,12 @@ import pytest
 import schemathesis
 from django.test import Client
 
+from patching.models import Operation, OperationStatus, PatchState
 from portal.arm.core import METHODS, Endpoint, Router
 from portal.arm.openapi import PATH_PARAMETERS, document
+from portal.arm.patches import WIRE_STATUS, wire_status
 from portal.arm.routes import ENDPOINTS, router
-from portal.arm.schemas import PARAMETERS, SCHEMAS
+from portal.arm.schemas import INSTALLATION_STATE, PARAMETERS, PATCH_STATUS, SCHEMAS
 
 DOC = document("http://testserver/arm")
 # Declared in schemas.py but used by no operation: PUT on a VM names VirtualMachine as its request body.
@@ -72,6 +74,15 @@ def test_every_reference_resolves_and_every_component_is_used():
     assert {f"#/components/parameters/{name}" for name in PARAMETERS} <= used
     unused = {name for name in SCHEMAS if f"#/components/schemas/{name}" not in used}
     assert unused == UNUSED_SCHEMAS
+
+
+def test_the_enums_name_every_stored_value_as_the_wire_shows_it():
+    assert WIRE_STATUS
+    for status in OperationStatus:
+        assert wire_status(Operation(status=status)) in PATCH_STATUS["enum"], status
+    assert set(PatchState) - {PatchState.AVAILABLE} <= set(INSTALLATION_STATE["enum"])
+    assert PATCH_STATUS["enum"][0] == INSTALLATION_STATE["enum"][0] == "Unknown"
+    assert all(type(value) is str for value in PATCH_STATUS["enum"])  # plain strings, not enum members
 
 
 def test_every_operation_is_identified_once_and_answers_something():

@@ -2,11 +2,14 @@
 parameters, the error responses, and the builders routes.py uses to declare each operation's
 request and responses.
 
-Written by hand from azure-api.md (the wire contract). openapi.py puts these together with the
-route table (routes.py) into /arm/openapi.json; schemathesis checks real responses against them
+Written by hand from azure-api.md (the wire contract). Enums whose wire values are a model's
+choices are generated from those choices. openapi.py puts these together with the route table
+(routes.py) into /arm/openapi.json; schemathesis checks real responses against them
 (tests/test_arm_fuzz.py).
 """
 
+from patching.models import Classification, OperationStatus, PatchState, RebootBehavior, RebootStatus
+from vms.models import RegistrationState
 from vms.regions import REGIONS
 
 # --- Building blocks ------------------------------------------------------------------------------
@@ -59,6 +62,16 @@ def enum(*values: str, nullable: bool = False) -> dict:
     return schema
 
 
+def choices(vocabulary, *, without=(), unknown: bool = False) -> dict:
+    """The enum of a model's TextChoices, in their order: the wire values are the stored values.
+
+    `unknown` puts "Unknown" first, a value Azure's enum has that the model never stores; `without`
+    leaves out stored values the wire never shows.
+    """
+    values = [str(value) for value in vocabulary.values if value not in without]
+    return enum(*(["Unknown"] if unknown else []), *values)
+
+
 def nullable(schema: dict) -> dict:
     return {**schema, "nullable": True}
 
@@ -80,18 +93,14 @@ def listing(item: str) -> dict:
     return obj({"value": array(ref(item)), "nextLink": STR}, ["value"])
 
 
-PATCH_STATUS = enum("Unknown", "InProgress", "Failed", "Succeeded", "CompletedWithWarnings")
-REBOOT_BEHAVIOR = enum("Unknown", "NeverReboots", "AlwaysRequiresReboot", "CanRequestReboot")
-CLASSIFICATIONS = (
-    "Critical",
-    "Security",
-    "UpdateRollUp",
-    "FeaturePack",
-    "ServicePack",
-    "Definition",
-    "Tools",
-    "Updates",
-)
+# PatchOperationStatus: a queued operation (NotStarted) is already InProgress on the wire (patches.WIRE_STATUS).
+PATCH_STATUS = choices(OperationStatus, without=[OperationStatus.NOT_STARTED], unknown=True)
+REBOOT_BEHAVIOR = choices(RebootBehavior, unknown=True)
+CLASSIFICATION = choices(Classification)
+# PatchInstallationState: an installation's results; Available is an assessment's, never an installation's.
+INSTALLATION_STATE = choices(PatchState, without=[PatchState.AVAILABLE], unknown=True)
+# patchMode, assessmentMode and rebootSetting are still tuples of strings in vms.patch_settings (and the
+# reboot settings again in patching.parameters), not TextChoices: typed here until they are.
 
 SCHEMAS = {
     "ErrorDetail": obj({"code": STR, "message": STR, "target": STR}, ["code", "message"]),
@@ -335,7 +344,7 @@ SCHEMAS = {
             "rebootSetting": enum("IfRequired", "Never", "Always"),
             "windowsParameters": tolerant(
                 {
-                    "classificationsToInclude": array(enum(*CLASSIFICATIONS)),
+                    "classificationsToInclude": array(CLASSIFICATION),
                     "kbNumbersToInclude": array(KB),
                     "kbNumbersToExclude": array(KB),
                     "excludeKbsRequiringReboot": BOOL,
@@ -377,7 +386,7 @@ SCHEMAS = {
                         "activityId": STR,
                         "publishedDate": TIME,
                         "lastModifiedDateTime": NTIME,
-                        "assessmentState": enum("Unknown", "Available"),
+                        "assessmentState": enum("Unknown", str(PatchState.AVAILABLE)),
                     }
                 )
             ),
@@ -389,7 +398,7 @@ SCHEMAS = {
         {
             "status": PATCH_STATUS,
             "installationActivityId": STR,
-            "rebootStatus": enum("Unknown", "NotNeeded", "Required", "Started", "Failed", "Completed"),
+            "rebootStatus": choices(RebootStatus),
             "maintenanceWindowExceeded": BOOL,
             "excludedPatchCount": INT,
             "notSelectedPatchCount": INT,
@@ -404,9 +413,7 @@ SCHEMAS = {
                         "version": STR,
                         "kbId": STR,
                         "classifications": array(STR),
-                        "installationState": enum(
-                            "Unknown", "Installed", "Failed", "Excluded", "NotSelected", "Pending"
-                        ),
+                        "installationState": INSTALLATION_STATE,
                     }
                 )
             ),
@@ -437,7 +444,7 @@ SCHEMAS = {
         {
             "id": STR,
             "namespace": STR,
-            "registrationState": enum("NotRegistered", "Registering", "Registered", "Unregistering", "Unregistered"),
+            "registrationState": choices(RegistrationState),
             "registrationPolicy": STR,
             "resourceTypes": array(
                 obj({"resourceType": STR, "locations": array(STR), "apiVersions": array(STR), "capabilities": STR})
