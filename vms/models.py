@@ -36,6 +36,23 @@ class Subscription(models.Model):
     def __str__(self) -> str:
         return self.display_name
 
+    def to_arm(self, tenant_id: str) -> dict:
+        """The subscription as ARM shows it (azure-api.md §1), in the tenant given."""
+        return {
+            "id": f"/subscriptions/{self.pk}",
+            "subscriptionId": str(self.pk),
+            "displayName": self.display_name,
+            "state": "Enabled",
+            "tenantId": tenant_id,
+            "authorizationSource": "RoleBased",
+            "managedByTenants": [],
+            "subscriptionPolicies": {
+                "locationPlacementId": "Public_2014-09-01",
+                "quotaId": "Internal_2014-09-01",
+                "spendingLimit": "Off",
+            },
+        }
+
 
 class Role(models.TextChoices):
     READER = "Reader"
@@ -72,6 +89,16 @@ class ResourceGroup(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def to_arm(self) -> dict:
+        """The resource group as ARM shows it (azure-api.md §1)."""
+        return {
+            "id": f"/subscriptions/{self.subscription_id}/resourceGroups/{self.name}",
+            "name": self.name,
+            "type": "Microsoft.Resources/resourceGroups",
+            "location": self.location,
+            "properties": {"provisioningState": "Succeeded"},
+        }
 
 
 class VirtualMachineQuerySet(models.QuerySet):
@@ -255,6 +282,16 @@ class FeatureRegistration(RegistrationStateMixin, models.Model):
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}: {self.state}"
+
+    def to_arm(self) -> dict:
+        """The feature as Microsoft.Features shows it (azure-api.md §6)."""
+        return {
+            "id": f"/subscriptions/{self.subscription_id}/providers/Microsoft.Features/providers/{self.namespace}"
+            f"/features/{self.name}",
+            "name": f"{self.namespace}/{self.name}",
+            "type": "Microsoft.Features/providers/features",
+            "properties": {"state": self.state},
+        }
 
 
 class ProviderRegistration(RegistrationStateMixin, models.Model):

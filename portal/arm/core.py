@@ -3,16 +3,17 @@ typed body reads, the Router, responses, long-running-operation headers, and the
 
 Handlers are plain functions `handler(arm: ArmRequest, **path_params) -> HttpResponse` in
 resources.py, compute.py, patches.py, operations.py, providers.py and identity.py; routes.py is the
-table that maps each path and method to one; views.dispatch serves them all. `ArmMiddleware` makes
-sure that nothing under /arm/, not even an error raised by Django before the view runs, reaches a
-client as an HTML page, and stamps x-ms-request-id.
+table of `Endpoint`s that maps each path and method to one and describes it; views.dispatch serves
+them all through the `Router` built from that table. `ArmMiddleware` makes sure that nothing under
+/arm/, not even an error raised by Django before the view runs, reaches a client as an HTML page,
+and stamps x-ms-request-id.
 """
 
 import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlencode
@@ -212,6 +213,33 @@ def check_tags(body: Body) -> None:
 
 
 Handler = Callable[..., HttpResponse]
+METHODS = ("GET", "HEAD", "PUT", "PATCH", "DELETE", "POST")  # the order routes.py lists a path's methods in
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ARM operation: what serves it, and everything /arm/openapi.json says about it.
+
+    `path` is an OpenAPI-style template (`{name}` matches one segment); its parameters are described
+    by the component parameter of that name. `query` names the other component parameters (api-version
+    is on every operation), `request` is the OpenAPI requestBody and `responses` the successful answers
+    (the error responses are on every operation). `authenticated=False`: no bearer token is needed.
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    operation_id: str
+    summary: str
+    tags: tuple[str, ...]
+    responses: dict
+    query: tuple[str, ...] = ()
+    request: dict | None = None
+    authenticated: bool = True
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"\{([A-Za-z]+)\}", self.path)
 
 
 @dataclass
@@ -222,18 +250,38 @@ class Route:
     authenticated: bool = True
 
 
-class Router:
-    def __init__(self):
-        self.routes: list[Route] = []
+def _segments_overlap(a: str, b: str) -> bool:
+    """Whether some path matches both templates (a `{name}` segment matches any one segment)."""
+    sa, sb = a.strip("/").lower().split("/"), b.strip("/").lower().split("/")
+    if len(sa) != len(sb):
+        return False
+    return all(x == y or x.startswith("{") or y.startswith("{") for x, y in zip(sa, sb, strict=True))
 
-    def route(self, template: str, *, authenticated: bool = True, **handlers: Handler) -> None:
-        """Register handlers by method for a path template; `{name}` matches one path segment."""
-        parts = re.split(r"(\{[A-Za-z]+\})", template.strip("/"))
-        pattern = "".join(
-            f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") and p.endswith("}") else re.escape(p) for p in parts
-        )
-        regex = re.compile(f"^{pattern}$", re.IGNORECASE)
-        self.routes.append(Route(template, regex, {m.upper(): h for m, h in handlers.items()}, authenticated))
+
+class Router:
+    """The routes of a table of endpoints, one per path template with its handlers by method.
+
+    Refuses a table a request could not be routed by unambiguously: a method twice on one path,
+    two templates one path could match, or a path that is authenticated for one method and not another.
+    """
+
+    def __init__(self, endpoints: Iterable[Endpoint]):
+        self.routes: list[Route] = []
+        by_path: dict[str, Route] = {}
+        for endpoint in endpoints:
+            route = by_path.get(endpoint.path)
+            if route is None:
+                clash = next((r.template for r in self.routes if _segments_overlap(r.template, endpoint.path)), None)
+                if clash:
+                    raise ValueError(f"{endpoint.path} and {clash} can match the same path")
+                route = Route(endpoint.path, _regex(endpoint.path), {}, endpoint.authenticated)
+                by_path[endpoint.path] = route
+                self.routes.append(route)
+            if endpoint.method in route.handlers:
+                raise ValueError(f"{endpoint.method} {endpoint.path} is in the table twice")
+            if endpoint.authenticated != route.authenticated:
+                raise ValueError(f"{endpoint.path} must be authenticated for every method or for none")
+            route.handlers[endpoint.method] = endpoint.handler
 
     def match(self, path: str) -> tuple[Route | None, dict]:
         path = path.strip("/")
@@ -242,6 +290,12 @@ class Router:
             if found:
                 return route, found.groupdict()
         return None, {}
+
+
+def _regex(template: str) -> re.Pattern:
+    parts = re.split(r"(\{[A-Za-z]+\})", template.strip("/"))
+    pattern = "".join(f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") and p.endswith("}") else re.escape(p) for p in parts)
+    return re.compile(f"^{pattern}$", re.IGNORECASE)
 
 
 # --- Responses ------------------------------------------------------------------------------------

@@ -17,16 +17,6 @@ ADMIN_USERNAME = "azureuser"  # the simulation has no accounts; ARM clients expe
 # --- Microsoft.Features ---------------------------------------------------------------------------
 
 
-def feature_to_arm(row: FeatureRegistration) -> dict:
-    return {
-        "id": f"/subscriptions/{row.subscription_id}/providers/Microsoft.Features/providers/{row.namespace}"
-        f"/features/{row.name}",
-        "name": f"{row.namespace}/{row.name}",
-        "type": "Microsoft.Features/providers/features",
-        "properties": {"state": row.state},
-    }
-
-
 def _known_feature(subscription: Subscription, namespace: str, name: str) -> FeatureRegistration:
     """The feature, if the preview offers it (or this subscription has a row for it); else 404."""
     row = features.feature(subscription, name, namespace)
@@ -46,29 +36,29 @@ def _known_feature(subscription: Subscription, namespace: str, name: str) -> Fea
 
 def get_feature(arm: ArmRequest, subscriptionId: str, providerNamespace: str, featureName: str):
     subscription = arm.subscription(subscriptionId)
-    return ok(feature_to_arm(_known_feature(subscription, providerNamespace, featureName)))
+    return ok(_known_feature(subscription, providerNamespace, featureName).to_arm())
 
 
 def register_feature(arm: ArmRequest, subscriptionId: str, providerNamespace: str, featureName: str):
     subscription = arm.subscription(subscriptionId, act=True)
     _known_feature(subscription, providerNamespace, featureName)
-    return ok(feature_to_arm(features.register_feature(subscription, featureName, providerNamespace)))
+    return ok(features.register_feature(subscription, featureName, providerNamespace).to_arm())
 
 
 def unregister_feature(arm: ArmRequest, subscriptionId: str, providerNamespace: str, featureName: str):
     subscription = arm.subscription(subscriptionId, act=True)
     _known_feature(subscription, providerNamespace, featureName)
-    return ok(feature_to_arm(features.unregister_feature(subscription, featureName, providerNamespace)))
+    return ok(features.unregister_feature(subscription, featureName, providerNamespace).to_arm())
 
 
 def list_features(arm: ArmRequest, subscriptionId: str, providerNamespace: str):
     subscription = arm.subscription(subscriptionId)
-    return ok({"value": [feature_to_arm(f) for f in features.features(subscription, providerNamespace)]})
+    return ok({"value": [f.to_arm() for f in features.features(subscription, providerNamespace)]})
 
 
 def list_all_features(arm: ArmRequest, subscriptionId: str):
     subscription = arm.subscription(subscriptionId)
-    return ok({"value": [feature_to_arm(f) for f in features.features(subscription)]})
+    return ok({"value": [f.to_arm() for f in features.features(subscription)]})
 
 
 def feature_operations(arm: ArmRequest):

@@ -30,20 +30,7 @@ ADMIN_USERNAME = "azureuser"  # the simulation has no accounts; ARM clients expe
 
 
 def subscription_to_arm(subscription: Subscription) -> dict:
-    return {
-        "id": f"/subscriptions/{subscription.pk}",
-        "subscriptionId": str(subscription.pk),
-        "displayName": subscription.display_name,
-        "state": "Enabled",
-        "tenantId": settings.PORTAL_ARM_TENANT_ID,
-        "authorizationSource": "RoleBased",
-        "managedByTenants": [],
-        "subscriptionPolicies": {
-            "locationPlacementId": "Public_2014-09-01",
-            "quotaId": "Internal_2014-09-01",
-            "spendingLimit": "Off",
-        },
-    }
+    return subscription.to_arm(settings.PORTAL_ARM_TENANT_ID)
 
 
 def list_subscriptions(arm: ArmRequest):
@@ -100,24 +87,14 @@ def _paired(subscription: Subscription, name: str) -> list[dict]:
 # --- Resource groups ------------------------------------------------------------------------------
 
 
-def rg_to_arm(rg: ResourceGroup) -> dict:
-    return {
-        "id": f"/subscriptions/{rg.subscription_id}/resourceGroups/{rg.name}",
-        "name": rg.name,
-        "type": "Microsoft.Resources/resourceGroups",
-        "location": rg.location,
-        "properties": {"provisioningState": "Succeeded"},
-    }
-
-
 def list_resource_groups(arm: ArmRequest, subscriptionId: str):
     subscription = arm.subscription(subscriptionId)
-    return page(arm, subscription.resource_groups.order_by("name", "pk"), rg_to_arm)
+    return page(arm, subscription.resource_groups.order_by("name", "pk"), ResourceGroup.to_arm)
 
 
 def get_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
     subscription = arm.subscription(subscriptionId)
-    return ok(rg_to_arm(arm.resource_group(subscription, resourceGroupName)))
+    return ok(arm.resource_group(subscription, resourceGroupName).to_arm())
 
 
 def resource_group_exists(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
@@ -144,7 +121,7 @@ def put_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: 
                 f"Invalid resource group location '{location}'. The Resource group already exists in location "
                 f"'{existing.location}'.",
             )
-        return ok(rg_to_arm(existing))
+        return ok(existing.to_arm())
     if not RESOURCE_NAME_RE.match(resourceGroupName) or len(resourceGroupName) > 90:
         raise bad_request(f"'{resourceGroupName}' is not a valid resource group name.", "resourceGroupName")
     try:
@@ -152,5 +129,5 @@ def put_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: 
             rg = ResourceGroup.objects.create(subscription=subscription, name=resourceGroupName, location=region)
     except IntegrityError:  # created by a concurrent request
         rg = arm.resource_group(subscription, resourceGroupName)
-        return ok(rg_to_arm(rg))
-    return ok(rg_to_arm(rg), status=201)
+        return ok(rg.to_arm())
+    return ok(rg.to_arm(), status=201)

@@ -1,45 +1,350 @@
-"""The ARM API's route table: every path and method, and the handler that serves it.
+"""The ARM API's route table: every path and method, the handler that serves it, and what
+/arm/openapi.json says about it. This table is the API's only description: views.dispatch routes by
+it and openapi.document() describes it.
 
-Paths are OpenAPI-style templates (`{name}` matches one segment) and match case-insensitively.
+In path order (case-insensitive), a path's methods in the order GET, HEAD, PUT, PATCH, DELETE, POST.
+Paths are OpenAPI-style templates (`{name}` matches one segment) and match case-insensitively; the
+component parameter of the same name describes each `{name}` (schemas.PARAMETERS). The error responses
+(400, 401, 403, 404, 405, 409, 413) and the api-version parameter are on every operation.
 """
 
 from . import compute, identity, operations, patches, providers, resources
-from .core import Router
-
-router = Router()
+from .core import Endpoint, Router
+from .schemas import ASYNC_HEADER, LRO_202, LRO_HEADERS, body, ref, request_body
 
 SUB = "/subscriptions/{subscriptionId}"
 RG = SUB + "/resourceGroups/{resourceGroupName}"
 VM = RG + "/providers/Microsoft.Compute/virtualMachines/{vmName}"
 FEATURES = SUB + "/providers/Microsoft.Features/providers/{providerNamespace}/features"
+PROVIDER = SUB + "/providers/{providerNamespace}"
 
-router.route("/subscriptions", GET=resources.list_subscriptions)
-router.route(SUB, GET=resources.get_subscription)
-router.route("/tenants", GET=resources.list_tenants)
-router.route(SUB + "/locations", GET=resources.list_locations)
-router.route(SUB + "/resourceGroups", GET=resources.list_resource_groups)
-router.route(
-    RG, GET=resources.get_resource_group, HEAD=resources.resource_group_exists, PUT=resources.put_resource_group
+LIST = ("SkipToken", "Top")  # paging: $skiptoken from nextLink, $top
+
+SUBSCRIPTIONS = ("Subscriptions",)
+RESOURCE_GROUPS = ("ResourceGroups",)
+VIRTUAL_MACHINES = ("VirtualMachines",)
+PATCHES = ("Patches",)
+FEATURE_TAGS = ("Features",)
+PROVIDERS = ("Providers",)
+
+
+def power_action(action: str, operation_id: str, summary: str) -> Endpoint:
+    return Endpoint(
+        "POST",
+        f"{VM}/{action}",
+        compute.power_action(action),
+        operation_id,
+        f"{summary}; a long-running operation (Contributor).",
+        VIRTUAL_MACHINES,
+        LRO_202,
+    )
+
+
+ENDPOINTS = (
+    Endpoint(
+        "GET",
+        "/metadata/endpoints",
+        identity.metadata_endpoints,
+        "Metadata_Endpoints",
+        "The cloud's endpoints for `az cloud register --endpoint-resource-manager` (no token needed).",
+        ("Metadata",),
+        {"200": body("CloudMetadata")},
+        authenticated=False,
+    ),
+    Endpoint(
+        "GET",
+        "/providers/Microsoft.Features/operations",
+        providers.feature_operations,
+        "Features_ListOperations",
+        "Microsoft.Features operations.",
+        FEATURE_TAGS,
+        {"200": body("OperationListResult")},
+    ),
+    # --- Subscriptions, locations ---
+    Endpoint(
+        "GET",
+        "/subscriptions",
+        resources.list_subscriptions,
+        "Subscriptions_List",
+        "The subscriptions the caller holds a role on.",
+        SUBSCRIPTIONS,
+        {"200": body("SubscriptionListResult")},
+        query=LIST,
+    ),
+    Endpoint(
+        "GET",
+        SUB,
+        resources.get_subscription,
+        "Subscriptions_Get",
+        "One subscription.",
+        SUBSCRIPTIONS,
+        {"200": body("Subscription")},
+    ),
+    Endpoint(
+        "GET",
+        SUB + "/locations",
+        resources.list_locations,
+        "Subscriptions_ListLocations",
+        "The regions.",
+        SUBSCRIPTIONS,
+        {"200": body("LocationListResult")},
+    ),
+    # --- Resource providers, operations, all VMs, preview features ---
+    Endpoint(
+        "GET",
+        SUB + "/providers",
+        providers.list_providers,
+        "Providers_List",
+        "The resource providers.",
+        PROVIDERS,
+        {"200": body("ProviderListResult")},
+    ),
+    Endpoint(
+        "GET",
+        SUB + "/providers/Microsoft.Compute/locations/{location}/operations/{operationId}",
+        operations.operation,
+        "Operations_Get",
+        "Status of an operation (Azure-AsyncOperation); with monitor=true its result (Location): 202 until "
+        "done, then 200 with VirtualMachineAssessPatchesResult / VirtualMachineInstallPatchesResult, or the "
+        "VM for a create/update, or 204 for a delete.",
+        PATCHES,
+        {
+            "200": {
+                "description": "The status, or the result.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                ref("OperationStatusResponse"),
+                                ref("VirtualMachineAssessPatchesResult"),
+                                ref("VirtualMachineInstallPatchesResult"),
+                                ref("VirtualMachine"),
+                            ]
+                        }
+                    }
+                },
+            },
+            "202": {"description": "monitor=true: still running.", "headers": LRO_HEADERS},
+            "204": {"description": "monitor=true: a finished delete."},
+        },
+        query=("Monitor",),
+    ),
+    Endpoint(
+        "GET",
+        SUB + "/providers/Microsoft.Compute/virtualMachines",
+        compute.list_all_vms,
+        "VirtualMachines_ListAll",
+        "The subscription's VMs, paged.",
+        VIRTUAL_MACHINES,
+        {"200": body("VirtualMachineListResult")},
+        query=("Expand", *LIST),
+    ),
+    Endpoint(
+        "GET",
+        SUB + "/providers/Microsoft.Features/features",
+        providers.list_all_features,
+        "Features_ListAll",
+        "All preview features of the subscription.",
+        FEATURE_TAGS,
+        {"200": body("FeatureOperationsListResult")},
+    ),
+    Endpoint(
+        "GET",
+        FEATURES,
+        providers.list_features,
+        "Features_List",
+        "The preview features of a namespace.",
+        FEATURE_TAGS,
+        {"200": body("FeatureOperationsListResult")},
+    ),
+    Endpoint(
+        "GET",
+        FEATURES + "/{featureName}",
+        providers.get_feature,
+        "Features_Get",
+        "One preview feature's state.",
+        FEATURE_TAGS,
+        {"200": body("FeatureResult")},
+    ),
+    Endpoint(
+        "POST",
+        FEATURES + "/{featureName}/register",
+        providers.register_feature,
+        "Features_Register",
+        "Register: Registering, then Registered.",
+        FEATURE_TAGS,
+        {"200": body("FeatureResult")},
+    ),
+    Endpoint(
+        "POST",
+        FEATURES + "/{featureName}/unregister",
+        providers.unregister_feature,
+        "Features_Unregister",
+        "Unregister: Unregistering, then Unregistered.",
+        FEATURE_TAGS,
+        {"200": body("FeatureResult")},
+    ),
+    Endpoint(
+        "GET",
+        PROVIDER,
+        providers.get_provider,
+        "Providers_Get",
+        "A resource provider's registration.",
+        PROVIDERS,
+        {"200": body("Provider")},
+    ),
+    Endpoint(
+        "POST",
+        PROVIDER + "/register",
+        providers.register_provider,
+        "Providers_Register",
+        "Register: Registering, then Registered.",
+        PROVIDERS,
+        {"200": body("Provider")},
+    ),
+    Endpoint(
+        "POST",
+        PROVIDER + "/unregister",
+        providers.unregister_provider,
+        "Providers_Unregister",
+        "Unregister.",
+        PROVIDERS,
+        {"200": body("Provider")},
+    ),
+    # --- Resource groups ---
+    Endpoint(
+        "GET",
+        SUB + "/resourceGroups",
+        resources.list_resource_groups,
+        "ResourceGroups_List",
+        "Resource groups of a subscription.",
+        RESOURCE_GROUPS,
+        {"200": body("ResourceGroupListResult")},
+        query=LIST,
+    ),
+    Endpoint(
+        "GET",
+        RG,
+        resources.get_resource_group,
+        "ResourceGroups_Get",
+        "A resource group.",
+        RESOURCE_GROUPS,
+        {"200": body("ResourceGroup")},
+    ),
+    Endpoint(
+        "HEAD",
+        RG,
+        resources.resource_group_exists,
+        "ResourceGroups_CheckExistence",
+        "204 if it exists, else 404.",
+        RESOURCE_GROUPS,
+        {"204": {"description": "It exists."}},
+    ),
+    Endpoint(
+        "PUT",
+        RG,
+        resources.put_resource_group,
+        "ResourceGroups_CreateOrUpdate",
+        "Create a resource group (Contributor).",
+        RESOURCE_GROUPS,
+        {"200": body("ResourceGroup"), "201": body("ResourceGroup")},
+        request=request_body("ResourceGroupCreate"),
+    ),
+    # --- Virtual machines, their power actions and patches ---
+    Endpoint(
+        "GET",
+        RG + "/providers/Microsoft.Compute/virtualMachines",
+        compute.list_vms,
+        "VirtualMachines_List",
+        "The resource group's VMs, paged.",
+        VIRTUAL_MACHINES,
+        {"200": body("VirtualMachineListResult")},
+        query=("Expand", *LIST),
+    ),
+    Endpoint(
+        "GET",
+        VM,
+        compute.get_vm,
+        "VirtualMachines_Get",
+        "A VM; $expand=instanceView adds properties.instanceView.",
+        VIRTUAL_MACHINES,
+        {"200": body("VirtualMachine")},
+        query=("Expand",),
+    ),
+    Endpoint(
+        "PUT",
+        VM,
+        compute.put_vm,
+        "VirtualMachines_CreateOrUpdate",
+        "Create a VM (201) or change an existing VM's patchSettings (200); a long-running operation.",
+        VIRTUAL_MACHINES,
+        {
+            "200": {**body("VirtualMachine"), "headers": ASYNC_HEADER},
+            "201": {**body("VirtualMachine"), "headers": ASYNC_HEADER},
+        },
+        request=body("VirtualMachine"),
+    ),
+    Endpoint(
+        "PATCH",
+        VM,
+        compute.patch_vm,
+        "VirtualMachines_Update",
+        "Change patchSettings (or the size); a long-running operation.",
+        VIRTUAL_MACHINES,
+        {"200": {**body("VirtualMachine"), "headers": ASYNC_HEADER}},
+        request=request_body("VirtualMachineUpdate"),
+    ),
+    Endpoint(
+        "DELETE",
+        VM,
+        compute.delete_vm,
+        "VirtualMachines_Delete",
+        "Delete a VM; a long-running operation (204 if there is none).",
+        VIRTUAL_MACHINES,
+        {**LRO_202, "204": {"description": "No such VM."}},
+    ),
+    Endpoint(
+        "POST",
+        VM + "/assessPatches",
+        patches.assess_patches,
+        "VirtualMachines_AssessPatches",
+        "Assess available patches; a long-running operation.",
+        PATCHES,
+        LRO_202,
+    ),
+    power_action("deallocate", "VirtualMachines_Deallocate", "Stop and deallocate the VM"),
+    Endpoint(
+        "POST",
+        VM + "/installPatches",
+        patches.install_patches,
+        "VirtualMachines_InstallPatches",
+        "Install patches; a long-running operation.",
+        PATCHES,
+        LRO_202,
+        request=request_body("VirtualMachineInstallPatchesParameters"),
+    ),
+    Endpoint(
+        "GET",
+        VM + "/instanceView",
+        compute.get_instance_view,
+        "VirtualMachines_InstanceView",
+        "Power state and patchStatus.",
+        VIRTUAL_MACHINES,
+        {"200": body("VirtualMachineInstanceView")},
+    ),
+    power_action("powerOff", "VirtualMachines_PowerOff", "Stop the VM (it stays allocated)"),
+    power_action("restart", "VirtualMachines_Restart", "Restart a running VM (409 if it is not running)"),
+    power_action("start", "VirtualMachines_Start", "Start the VM"),
+    # --- The tenant ---
+    Endpoint(
+        "GET",
+        "/tenants",
+        resources.list_tenants,
+        "Tenants_List",
+        "The portal's one tenant.",
+        SUBSCRIPTIONS,
+        {"200": body("TenantListResult")},
+    ),
 )
-router.route(SUB + "/providers/Microsoft.Compute/virtualMachines", GET=compute.list_all_vms)
-router.route(RG + "/providers/Microsoft.Compute/virtualMachines", GET=compute.list_vms)
-router.route(VM, GET=compute.get_vm, PUT=compute.put_vm, PATCH=compute.patch_vm, DELETE=compute.delete_vm)
-router.route(VM + "/instanceView", GET=compute.get_instance_view)
-for _action in compute.POWER_ACTIONS:
-    router.route(f"{VM}/{_action}", POST=compute.power_action(_action))
-router.route("/providers/Microsoft.Features/operations", GET=providers.feature_operations)
-router.route(SUB + "/providers/Microsoft.Features/features", GET=providers.list_all_features)
-router.route(FEATURES, GET=providers.list_features)
-router.route(FEATURES + "/{featureName}", GET=providers.get_feature)
-router.route(FEATURES + "/{featureName}/register", POST=providers.register_feature)
-router.route(FEATURES + "/{featureName}/unregister", POST=providers.unregister_feature)
-router.route(SUB + "/providers", GET=providers.list_providers)
-router.route(SUB + "/providers/{providerNamespace}", GET=providers.get_provider)
-router.route(SUB + "/providers/{providerNamespace}/register", POST=providers.register_provider)
-router.route(SUB + "/providers/{providerNamespace}/unregister", POST=providers.unregister_provider)
-router.route(f"{VM}/assessPatches", POST=patches.assess_patches)
-router.route(f"{VM}/installPatches", POST=patches.install_patches)
-router.route(
-    SUB + "/providers/Microsoft.Compute/locations/{location}/operations/{operationId}", GET=operations.operation
-)
-router.route("/metadata/endpoints", authenticated=False, GET=identity.metadata_endpoints)
+
+router = Router(ENDPOINTS)

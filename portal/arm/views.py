@@ -1,5 +1,5 @@
-"""The ARM API's two Django views: `dispatch` serves every path under /arm/ from the route table;
-`openapi_json` describes it.
+"""The ARM API's Django view: `dispatch` serves every path under /arm/ from the route table
+(routes.py); openapi.openapi_json describes it.
 
 `dispatch` matches the path case-insensitively (ARM path segments are), authenticates the bearer
 token, requires an api-version (any value), calls the handler and turns every failure into the ARM
