@@ -1,12 +1,15 @@
 """ARM error shapes: the envelope everywhere, never an HTML page, never a 500 for a malformed request."""
 
-# ruff: noqa: F811 (the fixtures imported from tests.arm_fixtures are what pytest passes in)
+from datetime import timedelta
 
 import pytest
 from django.test import Client
 
 from portal.arm.routes import router
-from tests.arm_fixtures import ArmClient, alice, alice_token, api, arm_settings, bob, error_of, fleet, vm_path  # noqa: F401
+from patching.models import Operation, OperationKind
+from tests.arm_client import error_of, vm_path
+
+pytestmark = pytest.mark.usefixtures("arm_settings")
 
 INSTALL = "/installPatches"
 

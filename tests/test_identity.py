@@ -17,7 +17,7 @@ from django.test import Client
 from django.utils import timezone
 
 from portal.arm import auth, identity
-from tests.arm_fixtures import ArmClient, error_of
+from tests.arm_client import ArmClient, error_of
 from tests.factories import make_resource_group, make_subscription, make_vm
 from vms import principals
 from vms.models import RoleAssignment, ServicePrincipal

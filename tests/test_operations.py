@@ -17,21 +17,15 @@ from patching.models import (
 )
 from patching.parameters import InstallParameters, InvalidParameters, from_arm
 from patching.tasks import fail_stale_operations, run_operation
-from tests.factories import load_catalog, make_vm
+from tests.factories import make_vm
 from vms.models import VirtualMachine
 from vms.patch_settings import PatchSettings
 
-pytestmark = pytest.mark.django_db
+# These tests assert what an install does; the simulated failure rate would make them flaky.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog", "no_random_failures")]
 
 # 2026-03-20: the real catalog has the 2026-01 baseline and the 2026-02 and 2026-03 hotpatches.
 MARCH = datetime(2026, 3, 20, 12, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def catalog(settings):
-    load_catalog()
-    # These tests assert what an install does; the simulated failure rate would make them flaky.
-    settings.PORTAL_PATCH_FAILURE_RATE = 0
 
 
 def assess(vm, now=MARCH):

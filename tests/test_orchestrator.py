@@ -22,17 +22,8 @@ from vms.patch_settings import PatchSettings
 # a hotpatch month for Windows Server 2022 Azure Edition (the August unplanned baseline before it).
 NIGHT = datetime(2024, 9, 11, 0, 30, tzinfo=UTC)
 PLATFORM_INSTALLS = {"kind": OperationKind.INSTALLATION, "started_by": StartedBy.PLATFORM}
-
-
-@pytest.fixture(autouse=True)
-def no_random_failures(settings):
-    """Installations succeed unless a test says otherwise (the simulated failure rate is per VM id)."""
-    settings.PORTAL_PATCH_FAILURE_RATE = 0.0
-
-
-@pytest.fixture(autouse=True)
-def catalog(db):
-    load_catalog()
+# Installations succeed unless a test says otherwise (the simulated failure rate is per VM id).
+pytestmark = pytest.mark.usefixtures("catalog", "no_random_failures")
 
 
 AZURE_ORCHESTRATED = PatchSettings(patch_mode="AutomaticByPlatform", assessment_mode="AutomaticByPlatform")

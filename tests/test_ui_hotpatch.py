@@ -8,19 +8,11 @@ from django.utils import timezone
 
 from patching.models import Operation, OperationKind, OperationStatus
 from patching.parameters import from_arm
-from tests.browser.data import make_fleet, make_user, run_now
-from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
+from tests.browser.data import make_fleet, run_now
+from tests.factories import make_resource_group, make_subscription, make_vm
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 HX = {"HX-Request": "true"}
-
-
-@pytest.fixture
-def user(client):
-    load_catalog()
-    user = make_user("olivia")
-    client.force_login(user)
-    return user
 
 
 @pytest.fixture

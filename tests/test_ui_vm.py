@@ -4,19 +4,10 @@ import pytest
 from django.urls import reverse
 
 from patching.models import GuestState, Operation, OperationKind, PatchDecision, RolloutHalt
-from tests.browser.data import make_user
-from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
+from tests.factories import make_resource_group, make_subscription, make_vm
 from vms.models import ResourceGroup, VirtualMachine
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def user(client):
-    load_catalog()
-    user = make_user("olivia")
-    client.force_login(user)
-    return user
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
 
 @pytest.fixture
