@@ -36,10 +36,11 @@ def test_requests_without_a_valid_token_are_401(db, header):
 def test_a_valid_token_authenticates_and_records_its_use(api, alice_token):
     token = ApiToken.objects.get()
     assert token.last_used_at is None
+    before = timezone.now()
     response = api.get("subscriptions")
     assert response.status_code == 200
     token.refresh_from_db()
-    assert token.last_used_at is not None
+    assert before <= token.last_used_at <= timezone.now()
 
 
 def test_tokens_are_stored_as_sha256_hashes_only(alice):
