@@ -28,8 +28,11 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from django.conf import settings
+from django.test import Client
 from hypothesis import settings as hypothesis_settings
 
+from tests.arm_client import ArmClient
+from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,3 +207,96 @@ def start_beat(live_worker, tmp_path):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fast_password_hashing():
+    """MD5 instead of PBKDF2's million rounds for the test users' passwords (about a second each here).
+
+    Only the test process hashes them: no password made here is checked by a live process.
+    """
+    from django.test.utils import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
+
+
+# --- Data most test files share --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def catalog(db):
+    """The real update catalog up to tests.factories.CATALOG_UNTIL (built once per run, copied in here)."""
+    load_catalog()
+
+
+@pytest.fixture
+def no_random_failures(settings):
+    """Installations succeed unless a test says otherwise (the simulated failure rate is per VM id)."""
+    settings.PORTAL_PATCH_FAILURE_RATE = 0.0
+    return settings
+
+
+@pytest.fixture
+def user(client, db):
+    """Olivia, signed in to the portal with `client` (no role anywhere yet)."""
+    from tests.browser.data import make_user
+
+    olivia = make_user("olivia")
+    client.force_login(olivia)
+    return olivia
+
+
+# --- The ARM API (tests/test_arm_*.py) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def arm_settings(settings):
+    """No Retry-After wait and no simulated delay; the ARM test modules use it for every test."""
+    settings.PORTAL_ARM_RETRY_AFTER = 0
+    settings.PORTAL_SIM_SPEED = 0
+    return settings
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", password="pw-bob-123")
+
+
+@pytest.fixture
+def alice_token(alice) -> str:
+    from vms.models import ApiToken
+
+    return ApiToken.issue(alice, "tests")[1]
+
+
+@pytest.fixture
+def api(alice_token) -> ArmClient:
+    """Alice's ARM client: her bearer token, the current api-version, CSRF checks on."""
+    return ArmClient(Client(enforce_csrf_checks=True), alice_token)
+
+
+@pytest.fixture
+def fleet(catalog, alice, bob):
+    """Alice: Contributor on Contoso (two VMs in rg-web), Reader on Fabrikam (one VM). Bob: his own subscription."""
+    contoso = make_subscription("Contoso", user=alice, role="Contributor")
+    fabrikam = make_subscription("Fabrikam", user=alice, role="Reader")
+    bobs = make_subscription("Bob's", user=bob, role="Owner")
+    web = make_resource_group(contoso, "rg-web")
+    ro = make_resource_group(fabrikam, "rg-ro")
+    other = make_resource_group(bobs, "rg-bob")
+    return {
+        "contoso": contoso,
+        "fabrikam": fabrikam,
+        "bobs": bobs,
+        "web": web,
+        "web1": make_vm(resource_group=web, name="web-01"),
+        "web2": make_vm(resource_group=web, name="web-02", product="ws2022"),
+        "ro1": make_vm(resource_group=ro, name="ro-01"),
+        "bob1": make_vm(resource_group=other, name="bob-01"),
+    }

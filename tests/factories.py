@@ -4,7 +4,10 @@ import itertools
 import uuid
 from datetime import UTC, date, datetime
 
+from django.db import connection
+
 from patching import catalog, services
+from patching.models import Update
 from vms import images
 from vms.models import (
     FeatureRegistration,
@@ -21,8 +24,50 @@ CATALOG_UNTIL = date(2027, 1, 31)
 _names = itertools.count(1)
 
 
+# The rows ensure_catalog(CATALOG_UNTIL) writes into an empty table, as built by the run's first
+# load_catalog() (one tuple per row, in Update's concrete field order).
+_catalog_rows: list[tuple] | None = None
+
+
 def load_catalog() -> None:
+    """The real catalog up to CATALOG_UNTIL, as `ensure_catalog(until=CATALOG_UNTIL)` makes it.
+
+    Built once per test run: the first call runs ensure_catalog and keeps the rows; every later call
+    on an empty table copies the same rows back in one COPY (ensure_catalog is deterministic, and
+    tests/test_catalog.py checks that the copy equals a fresh build). Each test still starts without
+    a catalog unless it asks for one, and a transactional test's flush does not matter: the next call
+    copies the rows in again. A table that already has rows gets the real ensure_catalog.
+    """
+    global _catalog_rows
+    if _catalog_rows is not None and not Update.objects.exists():
+        _copy_catalog(_catalog_rows)
+        return
+    empty = not Update.objects.exists()
     catalog.ensure_catalog(until=CATALOG_UNTIL)
+    if empty:
+        _catalog_rows = list(Update.objects.order_by("pk").values_list(*_catalog_columns()))
+
+
+def _catalog_columns() -> list[str]:
+    return [field.attname for field in Update._meta.concrete_fields]
+
+
+def _copy_catalog(rows: list[tuple]) -> None:
+    fields = Update._meta.concrete_fields
+    table = connection.ops.quote_name(Update._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    with connection.cursor() as cursor:
+        with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(
+                    [field.get_db_prep_value(value, connection) for field, value in zip(fields, row, strict=True)]
+                )
+        # The ids were taken from the sequence by the first build; keep it above them all the same.
+        cursor.execute(
+            "SELECT setval(pg_get_serial_sequence(%s, 'id'), "
+            "GREATEST(MAX(id), nextval(pg_get_serial_sequence(%s, 'id')))) FROM " + table,
+            [Update._meta.db_table, Update._meta.db_table],
+        )
 
 
 def make_subscription(

@@ -1,31 +1,17 @@
 """The Django admin: lists that stay cheap, and actions that go through the same services."""
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from patching import services
 from patching.models import Operation, OperationKind
-from tests.factories import load_catalog, make_resource_group, make_vm
+from tests.factories import make_resource_group, make_vm
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_client(client):
-    user = get_user_model().objects.create_superuser("root", "root@example.com", "pw-for-tests")
-    client.force_login(user)
-    client.user = user
-    return client
-
-
-@pytest.fixture(autouse=True)
-def catalog():
-    load_catalog()
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
 
 def test_assess_now_action_starts_one_assessment_per_vm_through_the_service(
-    admin_client, django_capture_on_commit_callbacks
+    admin_client, admin_user, django_capture_on_commit_callbacks
 ):
     rg = make_resource_group()
     vms = [make_vm(resource_group=rg) for _ in range(3)]
@@ -38,7 +24,7 @@ def test_assess_now_action_starts_one_assessment_per_vm_through_the_service(
     assert len(callbacks) == 1  # one bulk hand-off to Celery after the commit
     operations = Operation.objects.filter(kind=OperationKind.ASSESSMENT)
     assert {op.vm_id for op in operations} == {vm.pk for vm in vms}
-    assert all(op.user == admin_client.user and op.started_by == "User" for op in operations)
+    assert all(op.user == admin_user and op.started_by == "User" for op in operations)
 
     # Pressing it again while they run joins them.
     response = admin_client.post(url, {"action": "assess_now", "_selected_action": [vms[0].pk]}, follow=True)

@@ -1,12 +1,16 @@
 """ARM error shapes: the envelope everywhere, never an HTML page, never a 500 for a malformed request."""
 
-# ruff: noqa: F811 (the fixtures imported from tests.arm_fixtures are what pytest passes in)
+from datetime import timedelta
 
+import isodate
 import pytest
 from django.test import Client
 
+from patching.models import Operation, OperationKind
 from portal.arm.routes import router
-from tests.arm_fixtures import ArmClient, alice, alice_token, api, arm_settings, bob, error_of, fleet, vm_path  # noqa: F401
+from tests.arm_client import error_of, vm_path
+
+pytestmark = pytest.mark.usefixtures("arm_settings")
 
 INSTALL = "/installPatches"
 
@@ -133,10 +137,15 @@ def test_every_problem_is_in_details(api, fleet):
     }
 
 
-@pytest.mark.parametrize("duration", ["PT4H", "PT04H00M00S", "PT90M", "PT1H30M"])
-def test_both_sdk_duration_spellings_parse(api, fleet, duration):
+@pytest.mark.parametrize(
+    "duration, minutes", [("PT4H", 240), ("PT04H00M00S", 240), ("PT90M", 90), ("PT01H30M00S", 90), ("PT1H30M", 90)]
+)
+def test_both_sdk_duration_spellings_parse(api, fleet, duration, minutes):
+    """PT90M (track-2 SDKs) and PT01H30M00S (AutoRest SDKs): exactly 90 minutes on the stored operation."""
     response = api.post(vm_path(fleet["web1"], INSTALL), install_body(maximumDuration=duration))
     assert response.status_code == 202, response.content
+    operation = Operation.objects.get(vm=fleet["web1"], kind=OperationKind.INSTALLATION)
+    assert isodate.parse_duration(operation.parameters["maximumDuration"]) == timedelta(minutes=minutes)
 
 
 def test_the_azure_cli_empty_linux_parameters_are_accepted(api, fleet):
@@ -155,13 +164,28 @@ def test_the_azure_cli_empty_linux_parameters_are_accepted(api, fleet):
 def test_strings_postgresql_cannot_store_are_refused_not_500(api, fleet, raw):
     response = api.request("PUT", vm_path(fleet["web1"]).replace("web-01", "new-vm"), raw=raw.encode())
     assert response.status_code == 400, response.content
+    assert error_of(response)["code"] == "InvalidRequestContent"
+    assert not fleet["web"].virtual_machines.filter(name="new-vm").exists()
 
 
-@pytest.mark.parametrize("name", ["web\x00", "a" * 3000, "%00", "..", "web-01\x7f"])
-def test_odd_names_in_the_path_are_not_500(api, fleet, name):
+@pytest.mark.parametrize(
+    "name, status, code",
+    [
+        ("web\x00", 400, "InvalidParameter"),
+        ("a" * 3000, 404, "ResourceNotFound"),
+        ("%00", 400, "InvalidParameter"),
+        ("..", 404, "ResourceNotFound"),
+        ("web-01\x7f", 400, "InvalidParameter"),
+    ],
+)
+def test_odd_names_in_the_path_are_not_500(api, fleet, name, status, code):
     response = api.get(vm_path(fleet["web1"]).replace("web-01", name))
     assert response.status_code in (400, 404)
     assert response["Content-Type"].startswith("application/json")
+    # Control characters are a bad vmName; any other name is a VM that is not there.
+    assert response.status_code == status and error_of(response)["code"] == code, response.content[:200]
+    if code == "InvalidParameter":
+        assert error_of(response)["target"] == "vmName"
 
 
 @pytest.mark.parametrize("token", ["x", "-1", "²", "9" * 30])

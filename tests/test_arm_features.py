@@ -1,11 +1,13 @@
 """Microsoft.Features and provider registration through the ARM API: the portal's state machine."""
 
-# ruff: noqa: F811 (the fixtures imported from tests.arm_fixtures are what pytest passes in)
+import pytest
 
-from tests.arm_fixtures import alice, alice_token, api, arm_settings, bob, error_of, fleet  # noqa: F401
+from tests.arm_client import error_of
 from tests.factories import make_subscription
 from vms import features
 from vms.models import FeatureRegistration, ProviderRegistration
+
+pytestmark = pytest.mark.usefixtures("arm_settings")
 
 NS = "providers/Microsoft.Features/providers/Microsoft.Compute/features"
 

@@ -12,8 +12,6 @@ so the operations the fuzzer starts are never enqueued.
 `PORTAL_FUZZ_EXAMPLES=300 make test PYTEST_ARGS=tests/test_arm_fuzz.py`).
 """
 
-# ruff: noqa: F811 (the fixtures imported from tests.arm_fixtures are what pytest passes in)
-
 import copy
 import os
 import uuid
@@ -34,9 +32,10 @@ from schemathesis.specs.openapi.checks import (
 
 from portal.arm.openapi import document
 from portal.wsgi import application
-from tests.arm_fixtures import alice, alice_token, arm_settings, bob  # noqa: F401
 from tests.factories import load_catalog, make_resource_group, make_vm
 from vms.models import FeatureRegistration, RoleAssignment, Subscription
+
+pytestmark = pytest.mark.usefixtures("arm_settings")
 
 EXAMPLES = int(os.environ.get("PORTAL_FUZZ_EXAMPLES", "40"))
 CHECKS = [

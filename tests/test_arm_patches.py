@@ -4,14 +4,16 @@ The worker is replaced by calling services.execute_operation in the test (the li
 in test_arm_sdk.py): what matters here is the protocol around the Operation row.
 """
 
-# ruff: noqa: F811 (the fixtures imported from tests.arm_fixtures are what pytest passes in)
-
 from urllib.parse import urlsplit
+
+import pytest
 
 from patching import services
 from patching.models import Operation, OperationKind, OperationStatus
-from tests.arm_fixtures import alice, alice_token, api, arm_settings, bob, error_of, fleet, vm_path  # noqa: F401
+from tests.arm_client import error_of, vm_path
 from vms.models import VirtualMachine
+
+pytestmark = pytest.mark.usefixtures("arm_settings")
 
 
 def follow(api, url):

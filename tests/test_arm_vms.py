@@ -1,15 +1,16 @@
 """ARM API of the inventory: subscriptions, resource groups, VMs (shapes, paging, create/update/delete)."""
 
-# ruff: noqa: F811 (the fixtures imported from tests.arm_fixtures are what pytest passes in)
-
+import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from patching import services
 from patching.models import Operation, OperationKind
-from tests.arm_fixtures import alice, alice_token, api, arm_settings, bob, error_of, fleet, vm_path  # noqa: F401
+from tests.arm_client import error_of, vm_path
 from tests.factories import make_vm
 from vms.models import FeatureRegistration, VirtualMachine
+
+pytestmark = pytest.mark.usefixtures("arm_settings")
 
 WINDOWS = ("properties", "osProfile", "windowsConfiguration")
 

@@ -24,6 +24,7 @@ from patching.catalog import (
     normalize_kb,
 )
 from patching.models import Update, UpdateSource
+from tests.factories import CATALOG_UNTIL, load_catalog
 
 WINDOWS = ("baseline", "unplanned_baseline", "hotpatch", "monthly", "oob", "preview")
 REAL_SOURCES = (UpdateSource.RELEASE_HISTORY, UpdateSource.HOTPATCH_CALENDAR, UpdateSource.IMPORTED)
@@ -351,6 +352,43 @@ def test_real_data_for_a_generated_month_replaces_it(catalog, tmp_path):
     # Later generated builds continue above the imported one.
     july = one(product="ws2022", release_month="2026-07", kind="monthly")
     assert int(july.build.split(".")[1]) > 5300
+
+
+def full_snapshot() -> list[tuple]:
+    """Every catalog row, every field but the database ids (baselines by patch_id)."""
+    names = [f.attname for f in Update._meta.concrete_fields if f.attname not in ("id", "baseline_id")]
+    return sorted(Update.objects.values_list(*names, "baseline__patch_id"))
+
+
+def empty_the_catalog() -> None:
+    Update.objects.exclude(kind__in=("baseline", "unplanned_baseline")).delete()  # hotpatches first (PROTECT)
+    Update.objects.all().delete()
+
+
+@pytest.mark.django_db
+def test_the_test_suites_catalog_copy_is_what_ensure_catalog_builds():
+    """tests.factories.load_catalog() builds the catalog once per run and copies those rows in afterwards."""
+    load_catalog()
+    empty_the_catalog()
+    load_catalog()  # now surely the copy
+    copied = full_snapshot()
+    assert len(copied) > 700
+    # The copy leaves the id sequence above its rows: a new row gets a fresh id.
+    extra = Update.objects.create(
+        product="ws2019",
+        kb="5099999",
+        title="t",
+        kind="monthly",
+        classification="Security",
+        reboot_behavior="AlwaysRequiresReboot",
+        published_at=datetime(2027, 3, 9, 17, tzinfo=UTC),
+        release_month="2027-03",
+    )
+    assert extra.pk > max(Update.objects.exclude(pk=extra.pk).values_list("pk", flat=True))
+    extra.delete()
+    empty_the_catalog()
+    ensure_catalog(CATALOG_UNTIL)
+    assert full_snapshot() == copied
 
 
 # --- Importing files ----------------------------------------------------------------------------------

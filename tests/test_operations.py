@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+import isodate
 import pytest
 from django.db import IntegrityError, transaction
 
@@ -17,21 +18,15 @@ from patching.models import (
 )
 from patching.parameters import InstallParameters, InvalidParameters, from_arm
 from patching.tasks import fail_stale_operations, run_operation
-from tests.factories import load_catalog, make_vm
+from tests.factories import make_vm
 from vms.models import VirtualMachine
 from vms.patch_settings import PatchSettings
 
-pytestmark = pytest.mark.django_db
+# These tests assert what an install does; the simulated failure rate would make them flaky.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog", "no_random_failures")]
 
 # 2026-03-20: the real catalog has the 2026-01 baseline and the 2026-02 and 2026-03 hotpatches.
 MARCH = datetime(2026, 3, 20, 12, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def catalog(settings):
-    load_catalog()
-    # These tests assert what an install does; the simulated failure rate would make them flaky.
-    settings.PORTAL_PATCH_FAILURE_RATE = 0
 
 
 def assess(vm, now=MARCH):
@@ -275,8 +270,12 @@ def test_platform_and_user_operations_say_who_started_them():
 # --- installPatches parameters --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("duration", ["PT4H", "PT04H00M00S", "PT90M", "PT2H30M"])
-def test_both_sdk_duration_spellings_parse(duration):
+@pytest.mark.parametrize(
+    "duration, minutes",
+    [("PT4H", 240), ("PT04H00M00S", 240), ("PT90M", 90), ("PT01H30M00S", 90), ("PT1H30M", 90), ("PT2H30M", 150)],
+)
+def test_both_sdk_duration_spellings_parse(duration, minutes):
+    """The track-2 SDKs send PT90M, the AutoRest ones PT01H30M00S: the same duration on the stored operation."""
     parsed = from_arm(
         {
             "maximumDuration": duration,
@@ -284,7 +283,13 @@ def test_both_sdk_duration_spellings_parse(duration):
             "windowsParameters": {"classificationsToInclude": ["Security"]},
         }
     )
-    assert isinstance(parsed, InstallParameters) and parsed.maximum_duration <= timedelta(hours=4)
+    assert isinstance(parsed, InstallParameters) and parsed.maximum_duration == timedelta(minutes=minutes)
+    operation, _ = services.start_operation(
+        make_vm(now=MARCH), OperationKind.INSTALLATION, parameters=parsed, now=MARCH, enqueue=False
+    )
+    stored = Operation.objects.get(pk=operation.pk).parameters["maximumDuration"]
+    assert isodate.parse_duration(stored) == timedelta(minutes=minutes)
+    assert stored == isodate.duration_isoformat(timedelta(minutes=minutes))  # one spelling stored, whatever came in
 
 
 @pytest.mark.parametrize(

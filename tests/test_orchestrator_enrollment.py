@@ -8,28 +8,18 @@ import pytest
 from patching import services
 from patching.models import GuestState, Operation, OperationKind, StartedBy
 from patching.orchestrator import engine
-from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
+from tests.factories import make_resource_group, make_subscription, make_vm
 from vms import features
 from vms.models import FeatureRegistration, VirtualMachine
 
-pytestmark = pytest.mark.django_db
+# Installations succeed unless a test says otherwise (the simulated failure rate is per VM id).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog", "no_random_failures")]
 AUGUST = datetime(2024, 8, 20, tzinfo=UTC)  # on the August 2024 unplanned baseline
 
 
 def night(year: int, month: int, day: int) -> datetime:
     """00:30 UTC: 02:30 in Amsterdam (summer) or 01:30 (winter), inside the 23:00-05:00 window."""
     return datetime(year, month, day, 0, 30, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def no_random_failures(settings):
-    """Installations succeed unless a test says otherwise (the simulated failure rate is per VM id)."""
-    settings.PORTAL_PATCH_FAILURE_RATE = 0.0
-
-
-@pytest.fixture(autouse=True)
-def catalog():
-    load_catalog()
 
 
 def patch(now: datetime, hours: int = 3) -> None:

@@ -136,7 +136,7 @@ def test_rules_come_from_the_settings_values():
 
 
 def test_unresolvable_time_zones_read_as_none():
-    assert resolve_time_zone("Europe/Stockholm") is not None
+    assert resolve_time_zone("Europe/Stockholm") == ZoneInfo("Europe/Stockholm")
     for name in ("Mars/Olympus_Mons", "", "../etc/passwd"):
         assert resolve_time_zone(name) is None
 

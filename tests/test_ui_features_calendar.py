@@ -6,20 +6,12 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from tests.browser.data import make_user
 from tests.factories import load_catalog, make_subscription
 from vms import features
 from vms.models import FeatureRegistration, ProviderRegistration
 
 pytestmark = pytest.mark.django_db
 HX = {"HX-Request": "true"}
-
-
-@pytest.fixture
-def user(client):
-    user = make_user("olivia")
-    client.force_login(user)
-    return user
 
 
 def test_preview_features_register_and_the_poll_stops_once_settled(

@@ -9,22 +9,14 @@ from django.urls import reverse
 from tests.browser.data import make_fleet, make_user
 from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
 FLEET = reverse("vms:list")
 
 
 @pytest.fixture
-def fleet_user(client):
-    load_catalog()
-    user = make_user("olivia")
-    client.force_login(user)
-    return user
-
-
-@pytest.fixture
-def contoso(fleet_user):
-    return make_subscription("Contoso", user=fleet_user, role="Contributor")
+def contoso(user):
+    return make_subscription("Contoso", user=user, role="Contributor")
 
 
 def names(response) -> list[str]:

@@ -8,19 +8,11 @@ from django.utils import timezone
 
 from patching.models import Operation, OperationKind, OperationStatus
 from patching.parameters import from_arm
-from tests.browser.data import make_fleet, make_user, run_now
-from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
+from tests.browser.data import make_fleet, run_now
+from tests.factories import make_resource_group, make_subscription, make_vm
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 HX = {"HX-Request": "true"}
-
-
-@pytest.fixture
-def user(client):
-    load_catalog()
-    user = make_user("olivia")
-    client.force_login(user)
-    return user
 
 
 @pytest.fixture
@@ -116,7 +108,7 @@ def test_compliance_lists_available_updates_grouped_and_filtered_by_classificati
 
 
 def test_history_filters_by_time_range_and_status_and_opens_an_operation(client, vm, user):
-    run_now(vm, OperationKind.ASSESSMENT, minutes_ago=60)
+    assessment = run_now(vm, OperationKind.ASSESSMENT, minutes_ago=60)
     body = {
         "rebootSetting": "Never",
         "maximumDuration": "PT4H",
@@ -131,6 +123,13 @@ def test_history_filters_by_time_range_and_status_and_opens_an_operation(client,
     assert [op.pk for op in week.object_list] == [installation.pk]
     failed = client.get(blade(vm, tab="history", status="Failed")).context["history_page"]
     assert list(failed.object_list) == [] or all(op.status == "Failed" for op in failed.object_list)
+    # Not vacuous: with a failed operation in the history, the filter shows it and only it.
+    Operation.objects.filter(pk=assessment.pk).update(status=OperationStatus.FAILED)
+    failed = client.get(blade(vm, tab="history", status="Failed")).context["history_page"]
+    assert [op.pk for op in failed.object_list] == [assessment.pk]
+    installation.refresh_from_db()
+    finished = client.get(blade(vm, tab="history", status=installation.status)).context["history_page"]
+    assert [op.pk for op in finished.object_list] == [installation.pk]
     assert "Ignored the time range “1y”" in client.get(blade(vm, tab="history", range="1y")).text
 
     opened = client.get(blade(vm, tab="history", operation=installation.pk))

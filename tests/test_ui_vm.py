@@ -1,22 +1,16 @@
 """A VM's pages: Overview, Guest + host updates (settings through the services' rules), create, delete."""
 
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import pytest
 from django.urls import reverse
 
 from patching.models import GuestState, Operation, OperationKind, PatchDecision, RolloutHalt
-from tests.browser.data import make_user
-from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
+from tests.factories import make_resource_group, make_subscription, make_vm
 from vms.models import ResourceGroup, VirtualMachine
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def user(client):
-    load_catalog()
-    user = make_user("olivia")
-    client.force_login(user)
-    return user
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
 
 @pytest.fixture
@@ -239,5 +233,7 @@ def test_time_zone_preference_changes_how_times_are_shown(client, vm):
     client.cookies["portal_tz"] = "Europe%2FStockholm"  # what portal.js sets from the browser
     text = client.get(reverse("vms:overview", args=[vm.pk])).text
     assert " CET" in text or " CEST" in text
+    # The VM was created just now: its times read in Stockholm's abbreviation of today.
+    assert f" {datetime.now(ZoneInfo('Europe/Stockholm')).tzname()}" in text
     client.cookies["portal_tz"] = "Not/AZone"
     assert " UTC" in client.get(reverse("vms:overview", args=[vm.pk])).text

@@ -4,15 +4,10 @@ import pytest
 
 from patching import services
 from patching.models import Operation, OperationKind, OperationStatus
-from tests.factories import load_catalog, make_resource_group, make_subscription
+from tests.factories import make_resource_group, make_subscription
 from vms.patch_settings import PatchSettings
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def catalog():
-    load_catalog()
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
 
 def create(rg, **fields):
