@@ -3,6 +3,7 @@
 #   make demo       the whole portal in one command (web, https, a Celery worker, Celery beat: the Procfile)
 #   make worker     one more Celery worker against the same settings
 #   make test       the test suite, against PostgreSQL and Redis (private ones if the machine has none)
+#   make test-fast  the same without the tests that start processes of their own (marker `live`)
 #   make lock       regenerate requirements.txt / requirements-test.txt from pyproject.toml
 
 SHELL := /bin/bash
@@ -14,12 +15,13 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: help demo worker test install install-test lock
+.PHONY: help demo worker test test-fast install install-test lock
 
 help:
 	@echo "make demo       run the portal: web on http://127.0.0.1:$${PORT:-8000}/ (https on $${PORTAL_TLS_PORT:-8443}), a Celery worker and beat"
 	@echo "make worker     start one more Celery worker (same DATABASE_URL / REDIS_URL as the demo)"
 	@echo "make test       run all the tests (PostgreSQL and Redis: DATABASE_URL / REDIS_URL, the local ones, or private ones it starts)"
+	@echo "make test-fast  the tests without the live ones (no Celery worker or beat, browser, az CLI or SDK 37 venv)"
 	@echo "make lock       regenerate the lock files requirements.txt and requirements-test.txt from pyproject.toml"
 
 $(PY):
@@ -79,3 +81,6 @@ TEST_SERVICES := $(PY) scripts/test_services.py
 
 test: $(VENV)/.installed-test
 	$(TEST_SERVICES) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed-test
+	$(TEST_SERVICES) $(VENV)/bin/pytest -m "not live" $(PYTEST_ARGS)
