@@ -185,18 +185,26 @@ class Demo(honcho.manager.Manager):
         """SIGTERM to each, STOP_TIMEOUT seconds to exit, then SIGKILL; returns once every one has stopped."""
         deadline = time.monotonic() + STOP_TIMEOUT
         terminated: set[str] = set()
+        killed_at = 0.0
         while not self._all_stopped():
             for name, process in self._processes.items():
                 # A process whose start is still on its way is signalled once it shows up.
                 if name not in terminated and process.get("pid") is not None and process.get("returncode") is None:
                     self._procmgr.terminate(process["pid"])
                     terminated.add(name)
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline and not killed_at:
                 for name, process in self._processes.items():
                     if process.get("returncode") is None:
                         self.say(f"the {name} did not stop within {STOP_TIMEOUT} s: killing it")
                 self.kill()
-                deadline = float("inf")
+                killed_at = time.monotonic()
+            if killed_at and time.monotonic() > killed_at + STOP_TIMEOUT:
+                # Only if honcho's helper for a process died before it could report the end (a signal
+                # in the instant it started): stop waiting for that report.
+                for name, process in self._processes.items():
+                    if process.get("returncode") is None:
+                        self.say(f"the {name}: no word of its end; giving up on it")
+                        process["returncode"] = -signal.SIGKILL
             self.pump(0.1)
         while self.pump(0.05) or not self.events.empty():  # the last lines they printed
             pass
