@@ -1,30 +1,37 @@
 """`make demo`: the whole portal in one foreground command.
 
 Prepares the database (migrate, then the idempotent demo fleet), makes sure the `demo` superuser can
-sign in, collects static files, makes a self-signed certificate on first start, and then runs four
-children side by side: the web server over http for the browser (gunicorn on PORT), the same app over
-https for the Azure CLI (a second gunicorn on PORTAL_TLS_PORT with that certificate), a Celery worker
-and Celery beat, their output interleaved line by line with a prefix.
+sign in, collects static files, makes a self-signed certificate on first start, and then runs the four
+processes of the Procfile side by side with honcho: the web server over http for the browser (gunicorn
+on PORT), the same app over https for the Azure CLI (a second gunicorn on PORTAL_TLS_PORT with that
+certificate), a Celery worker and Celery beat, their output interleaved line by line with a prefix.
+Once both web servers answer it prints the addresses and the login.
 Ctrl-C or SIGTERM stops them all; if one of them dies, the others are stopped and the command fails,
-naming the one that died.
+naming the one that died. Linux and macOS alike (no platform-specific process handling here).
 
 With no DATABASE_URL / REDIS_URL this is the embedded default (SQLite and a filesystem broker under
 var/); with them, the same processes run against PostgreSQL and Redis.
 """
 
+import datetime
 import http.client
 import os
+import queue
 import secrets
-import selectors
 import signal
-import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import honcho.environ
+import honcho.manager
+import honcho.printer
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-STOP_TIMEOUT = 10  # seconds a child gets to exit after SIGTERM before it is killed
+PROCFILE = BASE_DIR / "Procfile"
+STOP_TIMEOUT = 10  # seconds a process gets to exit after SIGTERM before it is killed
 
 
 def prepare() -> str:
@@ -55,8 +62,6 @@ def prepare() -> str:
 
 def ensure_certificate(cert: Path, key: Path) -> None:
     """The self-signed certificate for https (manage.py make_dev_cert): made once, renewed when expired."""
-    import datetime
-
     from cryptography import x509
 
     from vms.management.commands.make_dev_cert import write_self_signed
@@ -68,122 +73,143 @@ def ensure_certificate(cert: Path, key: Path) -> None:
     write_self_signed(cert, key, ["127.0.0.1", "::1", "localhost"])
 
 
-def set_parent_death_signal() -> None:
-    """Runs in each child before exec: on Linux, if this process is killed outright, so is the child."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+class Printer(honcho.printer.Printer):
+    """Each line as `name | text`, the name padded to the widest (in colour on a terminal).
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    honcho's own printer puts the time in front; this keeps the demo's output as it always was. The
+    banner thread and the manager write too, so a lock keeps lines whole.
+    """
 
+    def __init__(self, width: int):
+        super().__init__(sys.stdout, width=width)
+        self.lock = threading.Lock()
 
-class Child:
-    def __init__(self, name: str, argv: list[str]):
-        self.name = name
-        self.argv = argv
-        self.buffer = b""
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=BASE_DIR,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            # Its own process group: Ctrl-C reaches only this supervisor, which then stops the
-            # children itself; signalling the group also reaches gunicorn's worker processes.
-            process_group=0,
-            preexec_fn=set_parent_death_signal,
-        )
-
-    @property
-    def command(self) -> str:
-        return " ".join(self.argv[2:])  # without "python -m"
-
-    def signal(self, signum: int) -> None:
-        try:
-            os.killpg(self.proc.pid, signum)
-        except ProcessLookupError:
-            pass
+    def write(self, message: honcho.printer.Message) -> None:
+        if isinstance(message.data, bytes):  # a line a process printed
+            lines = message.data.decode(errors="replace").splitlines() or [""]
+        else:  # the demo's own, possibly several lines at once (the banner, kept together)
+            lines = message.data.split("\n")
+        name = f"{message.name:<{self.width}} | "
+        if self.colour and self._colours_supported and message.colour:
+            name = honcho.printer._colour_string(message.colour, name)
+        with self.lock:
+            for line in lines:
+                self.output.write(f"{name}{line}\n")
+            self.output.flush()
 
 
-class Supervisor:
-    def __init__(self, commands: dict[str, list[str]]):
+class Demo(honcho.manager.Manager):
+    """honcho's manager, with the demo's rules for stopping.
+
+    honcho starts each Procfile process in a session of its own (so Ctrl-C reaches only this process,
+    which then stops them itself, and signalling the group also reaches gunicorn's worker processes)
+    and reads its output in a helper process. What this class adds to honcho's own loop: the banner
+    once both web servers answer, SIGHUP, a second Ctrl-C that kills at once, STOP_TIMEOUT, and an exit
+    code that tells a clean stop (0) from a process that died (1).
+    """
+
+    def __init__(self, procfile: Path, env: dict[str, str]):
+        commands = honcho.environ.parse_procfile(procfile.read_text()).processes
+        super().__init__(printer=Printer(width=max(len(name) for name in ("demo", *commands))))
+        for name, command in commands.items():
+            self.add_process(name, command, env=env, cwd=str(BASE_DIR))
         self.stop_requested: str | None = None
-        self.children: list[Child] = []
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, self.on_signal)
-        self.width = max(len(name) for name in ("demo", *commands))
-        self.children.extend(Child(name, argv) for name, argv in commands.items())
-        self.selector = selectors.DefaultSelector()
-        for child in self.children:
-            os.set_blocking(child.proc.stdout.fileno(), False)
-            self.selector.register(child.proc.stdout, selectors.EVENT_READ, child)
 
     def say(self, text: str) -> None:
-        sys.stdout.write(f"{'demo':<{self.width}} | {text}\n")
-        sys.stdout.flush()
+        self._printer.write(honcho.printer.Message("line", text, datetime.datetime.now(), "demo", None))
 
-    def pump(self, timeout: float) -> None:
-        """Copy whatever the children printed, whole lines only, each with its child's name."""
-        for key, _ in self.selector.select(timeout):
-            child: Child = key.data
-            chunk = os.read(key.fd, 65536)
-            if not chunk:  # the child closed its output
-                self.selector.unregister(key.fileobj)
-                chunk = b"\n" if child.buffer else b""
-            child.buffer += chunk
-            *lines, child.buffer = child.buffer.split(b"\n")
-            for line in lines:
-                sys.stdout.write(f"{child.name:<{self.width}} | {line.decode(errors='replace')}\n")
-        sys.stdout.flush()
+    def _system_print(self, data: str) -> None:  # honcho's own messages, under the demo's name
+        self.say(data.rstrip("\n"))
 
     def on_signal(self, signum: int, frame) -> None:
         # A second Ctrl-C: don't wait any longer. (Only SIGINT: a SIGTERM to the process group
         # reaches this process twice, directly and forwarded by make.)
         if self.stop_requested and signum == signal.SIGINT:
-            for child in self.children:
-                child.signal(signal.SIGKILL)
+            self.kill()
         self.stop_requested = self.stop_requested or signal.Signals(signum).name
 
+    def kill(self) -> None:
+        """SIGKILL to the process group of each process still running."""
+        for process in self._processes.values():
+            if process.get("pid") is not None and process.get("returncode") is None:
+                self._procmgr.kill(process["pid"])
+
+    def command(self, name: str) -> str:
+        return self._processes[name]["obj"].cmd.removeprefix("exec ")
+
+    def pump(self, timeout: float) -> str | None:
+        """Print what the processes wrote; returns the name of a process that has just stopped."""
+        try:
+            message = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if message.type == "line":
+            self._printer.write(message)
+        elif message.type == "start":
+            self._processes[message.name]["pid"] = message.data["pid"]
+        elif message.type == "stop":
+            self._processes[message.name]["returncode"] = message.data["returncode"]
+            return message.name
+        return None
+
     def run(self, on_ready) -> int:
-        ready = False
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self.on_signal)
+        self._start()
+        ready = threading.Event()
+        threading.Thread(target=self.wait_until_ready, args=(on_ready, ready), daemon=True).start()
         died = None
-        while True:
-            self.pump(0.25)
-            if self.stop_requested:
-                break
-            died = next((c for c in self.children if c.proc.poll() is not None), None)
-            if died:
-                break
-            if not ready and on_ready():
-                ready = True
+        while not (self.stop_requested or died):
+            died = self.pump(0.25)
+        ready.set()  # the banner thread stops looking
         if died:
-            self.pump(0)
-            code = died.proc.returncode
+            code = self._processes[died]["returncode"]
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-            self.say(f"the {died.name} ({died.command}) {how}; stopping the others")
+            self.say(f"the {died} ({self.command(died)}) {how}; stopping the others")
         else:
             self.say(f"{self.stop_requested} received: stopping the web servers, the worker and beat")
         self.stop()
         if died:
-            self.say(f"stopped because the {died.name} died")
+            self.say(f"stopped because the {died} died")
             return 1
         self.say("all stopped")
         return 0
 
+    def wait_until_ready(self, on_ready, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if on_ready():
+                return
+            stop.wait(0.25)
+
     def stop(self) -> None:
-        for child in self.children:
-            if child.proc.poll() is None:
-                child.signal(signal.SIGTERM)
+        """SIGTERM to each, STOP_TIMEOUT seconds to exit, then SIGKILL; returns once every one has stopped."""
         deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline and any(c.proc.poll() is None for c in self.children):
+        terminated: set[str] = set()
+        killed_at = 0.0
+        while not self._all_stopped():
+            for name, process in self._processes.items():
+                # A process whose start is still on its way is signalled once it shows up.
+                if name not in terminated and process.get("pid") is not None and process.get("returncode") is None:
+                    self._procmgr.terminate(process["pid"])
+                    terminated.add(name)
+            if time.monotonic() > deadline and not killed_at:
+                for name, process in self._processes.items():
+                    if process.get("returncode") is None:
+                        self.say(f"the {name} did not stop within {STOP_TIMEOUT} s: killing it")
+                self.kill()
+                killed_at = time.monotonic()
+            if killed_at and time.monotonic() > killed_at + STOP_TIMEOUT:
+                # Only if honcho's helper for a process died before it could report the end (a signal
+                # in the instant it started): stop waiting for that report.
+                for name, process in self._processes.items():
+                    if process.get("returncode") is None:
+                        self.say(f"the {name}: no word of its end; giving up on it")
+                        process["returncode"] = -signal.SIGKILL
             self.pump(0.1)
-        for child in self.children:
-            if child.proc.poll() is None:
-                self.say(f"the {child.name} did not stop within {STOP_TIMEOUT} s: killing it")
-                child.signal(signal.SIGKILL)
-            child.proc.wait()
-        self.pump(0)
+        while self.pump(0.05) or not self.events.empty():  # the last lines they printed
+            pass
+        for process in self._processes.values():
+            process["process"].join(5)
 
 
 def web_answers(port: int, cafile: Path | None = None) -> bool:
@@ -212,25 +238,19 @@ def main() -> int:
     cert = Path(settings.PORTAL_TLS_CERT).resolve()
     key = cert.with_name("key.pem")
     ensure_certificate(cert, key)
-    # The web children build the "Use the Azure CLI" page from these.
-    os.environ["PORTAL_TLS_PORT"] = str(tls_port)
-    os.environ["PORTAL_TLS_CERT"] = str(cert)
-    python = [sys.executable, "-m"]
-    gunicorn = [*python, "gunicorn", "portal.wsgi:application", "--workers", "2", "--threads", "4",
-                "--graceful-timeout", "5", "--no-control-socket"]  # fmt: skip
-
-    # The worker's thread pool suits the filesystem broker and SQLite; with Redis and PostgreSQL it is
-    # just as good for a demo on one machine. Beat keeps its schedule file under var/
-    # (CELERY_BEAT_SCHEDULE_FILENAME in the settings).
-    supervisor = Supervisor(
-        {
-            "web": [*gunicorn, "--bind", f"127.0.0.1:{port}"],
-            "https": [*gunicorn, "--bind", f"127.0.0.1:{tls_port}", "--certfile", str(cert), "--keyfile", str(key)],
-            "worker": [*python, "celery", "-A", "portal", "worker", "--loglevel=info",
-                       "--pool=threads", "--concurrency=4", "-n", "demo@%h"],
-            "beat": [*python, "celery", "-A", "portal", "beat", "--loglevel=info"],
-        }
-    )  # fmt: skip
+    # The Procfile's processes take their ports, certificate and interpreter (this virtualenv's, first
+    # on the PATH) from the environment; the web servers also build the "Use the Azure CLI" page from
+    # PORTAL_TLS_PORT and PORTAL_TLS_CERT.
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "PORTAL_TLS_PORT": str(tls_port),
+        "PORTAL_TLS_CERT": str(cert),
+        "PORTAL_TLS_KEY": str(key),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
+        "PYTHONUNBUFFERED": "1",
+    }
+    demo = Demo(PROCFILE, env)
     database = "PostgreSQL" if os.environ.get("DATABASE_URL") else f"SQLite ({settings.DATABASES['default']['NAME']})"
     broker = "Redis" if os.environ.get("REDIS_URL") else f"the filesystem broker in {settings.VAR_DIR / 'broker'}"
 
@@ -238,7 +258,7 @@ def main() -> int:
         if not (web_answers(port) and web_answers(tls_port, cafile=cert)):
             return False
         url = f"http://127.0.0.1:{port}/"
-        for line in (
+        lines = (
             "",
             "=" * 72,
             f"Hotpatch Portal is running:  {url}",
@@ -251,11 +271,11 @@ def main() -> int:
             "More workers:                make worker (in another terminal)",
             "=" * 72,
             "",
-        ):
-            supervisor.say(line)
+        )
+        demo.say("\n".join(lines))
         return True
 
-    return supervisor.run(on_ready=banner)
+    return demo.run(on_ready=banner)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Fixtures for the whole suite.
 
-The suite runs against PostgreSQL and Redis (`make test` points DATABASE_URL and REDIS_URL at the
-local services); pytest-django creates and drops the test database itself.
+The suite runs against PostgreSQL and Redis (`make test` points DATABASE_URL and REDIS_URL at them:
+scripts/test_services.py, which starts private ones when the machine has none); pytest-django creates
+and drops the test database itself.
 
 Live worker: a test that needs tasks to run for real, in a real Celery worker process, asks for
 `live_worker`. The worker is started once per session against the test database and the same Redis
@@ -83,11 +84,26 @@ class LiveWorker:
                 self.process.wait()
 
 
+# Tests that start processes or virtualenvs of their own besides the live worker and beat: the
+# browser (Chromium), the az CLI (.venv-azcli) and the previous SDK generation (.venv-sdk37).
+LIVE_PATHS = ("tests/browser/", "tests/test_azure_cli.py", "tests/test_arm_sdk37.py")
+
+
 def pytest_collection_modifyitems(items):
-    """Tests that start the live worker carry the `worker` marker, so `-m "not worker"` leaves them out."""
+    """Mark the tests that start processes of their own, so `-m` can leave them out.
+
+    `worker`: tests that start the live Celery worker (`-m "not worker"`).
+    `live`: those, and every other test that starts processes or virtualenvs of its own (beat, the
+    browser, the az CLI, the SDK 37 venv); `make test-fast` runs `-m "not live"`.
+    """
     for item in items:
-        if "celery_worker_process" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        path = item.path.relative_to(ROOT).as_posix() if item.path.is_relative_to(ROOT) else ""
+        if "celery_worker_process" in fixtures:
             item.add_marker(pytest.mark.worker)
+            item.add_marker(pytest.mark.live)
+        elif "start_beat" in fixtures or path.startswith(LIVE_PATHS):
+            item.add_marker(pytest.mark.live)
 
 
 def _require_postgres_and_redis() -> None:

@@ -1,11 +1,14 @@
-"""Browser tests: Playwright driving Debian's Chromium against pytest-django's live server.
+"""Browser tests: Playwright driving Chromium against pytest-django's live server.
 
 The operations the browser starts run on the real Celery worker (`live_worker`, tests/conftest.py)
-over Redis, on the PostgreSQL test database. Without /usr/bin/chromium the tests fail, never skip:
-CI installs it (`.ci/run`), and a browser test that quietly skips proves nothing.
+over Redis, on the PostgreSQL test database. Chromium comes from PORTAL_CHROMIUM if set, else the
+system's (/usr/bin/chromium, chromium on the PATH, Chromium.app), else Playwright's own download
+(`.venv/bin/playwright install chromium`). Without one the tests fail, never skip, saying how to get
+one: CI installs Debian's (`.ci/run`), and a browser test that quietly skips proves nothing.
 """
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,12 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 
 from tests.browser.data import PASSWORD
 
-CHROMIUM = os.environ.get("PORTAL_CHROMIUM", "/usr/bin/chromium")
+SYSTEM_CHROMIUMS = (
+    "/usr/bin/chromium",
+    "chromium",
+    "chromium-browser",
+    "/Applications/Chromium.app/Contents/MacOS/Chromium",
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-background-networking",
@@ -29,14 +37,24 @@ VIEWPORT = {"width": 1440, "height": 900}
 expect.set_options(timeout=15_000)
 
 
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    if not Path(CHROMIUM).exists():
+def find_chromium(playwright: Playwright) -> str:
+    if os.environ.get("PORTAL_CHROMIUM"):
+        candidates = [os.environ["PORTAL_CHROMIUM"]]
+    else:
+        candidates = [shutil.which(name) or name for name in SYSTEM_CHROMIUMS] + [playwright.chromium.executable_path]
+    found = next((path for path in candidates if path and Path(path).is_file()), None)
+    if found is None:
         pytest.fail(
-            f"Chromium is not installed at {CHROMIUM}: the browser tests need it "
-            "(apt-get install -y chromium; .ci/run does this).",
+            f"No Chromium for the browser tests (looked for {', '.join(candidates)}): install one with "
+            "`apt-get install chromium` (Debian, as .ci/run does) or `.venv/bin/playwright install chromium`, "
+            "or set PORTAL_CHROMIUM to its path.",
             pytrace=False,
         )
+    return found
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
     # Playwright's sync API keeps an event loop in this thread; the tests' own ORM calls are still
     # synchronous, so Django's async-safety check is told so for the duration of the module.
     with pytest.MonkeyPatch.context() as patch:
@@ -47,7 +65,7 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    browser = playwright.chromium.launch(executable_path=find_chromium(playwright), headless=True, args=CHROMIUM_ARGS)
     yield browser
     browser.close()
 
