@@ -42,6 +42,9 @@ def prepare() -> str:
     """
     import django
 
+    from portal import var
+
+    var.prepare()  # var/ and its secret key first: the SQLite file, the broker, the children share them
     django.setup()
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
