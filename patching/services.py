@@ -10,7 +10,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -151,6 +151,28 @@ def refresh_hotpatch_status(vm: VirtualMachine, now: datetime | None = None, *, 
     GuestState.objects.filter(pk=state.pk).update(hotpatch_status=verdict.status, hotpatch_status_reason=verdict.reason)
 
 
+# --- The lock order -------------------------------------------------------------------------------
+
+
+def lock_vms(pks: Iterable[int]) -> list[VirtualMachine]:
+    """Lock VM rows (SELECT ... FOR UPDATE), in pk order; the ones that still exist. Inside a transaction.
+
+    THE LOCK ORDER, for every path that writes a VM together with its guest state or operations
+    (create, PATCH/PUT, DELETE, starting, recording and failing operations, power actions): first the
+    VirtualMachine rows (this function, ordered by pk when there are several), then their GuestState
+    rows, then their Operation rows, each set in pk order. Two paths that take the same locks in the
+    same order wait for each other instead of deadlocking. A DELETE takes the VM lock first and wins:
+    whoever comes after it finds the VM gone (404), whoever came before has committed.
+    """
+    return list(VirtualMachine.objects.select_for_update().filter(pk__in=list(pks)).order_by("pk"))
+
+
+def lock_vm(pk: int) -> VirtualMachine | None:
+    """lock_vms for one VM: the locked row, or None if it is gone."""
+    locked = lock_vms([pk])
+    return locked[0] if locked else None
+
+
 # --- Patch settings -------------------------------------------------------------------------------
 
 
@@ -181,20 +203,65 @@ def check_patch_settings(
     return problems
 
 
-def change_patch_settings(vm: VirtualMachine, new: PatchSettings, *, now: datetime | None = None) -> list[Problem]:
-    """Validate and apply new patchSettings to an existing VM; returns the problems, empty on success."""
+class StaleVersion(Exception):
+    """The VM changed since the caller read it: its version is no longer the one the caller saw."""
+
+    def __init__(self, vm: VirtualMachine):
+        super().__init__(f"The virtual machine '{vm.name}' was changed meanwhile (now version {vm.version}).")
+        self.vm = vm
+
+
+def update_virtual_machine(
+    vm_pk: int,
+    changes: dict,
+    *,
+    size: str | None = None,
+    versions: Collection[int] | None = None,
+    now: datetime | None = None,
+) -> tuple[VirtualMachine, list[Problem]]:
+    """Merge patchSettings `changes` (PatchSettings field names) and a new size onto the VM as it is now.
+
+    Under the VM's lock (see lock_vms): the values are read again there, so two concurrent updates of
+    different fields both land. `versions` (If-Match, the settings form's hidden field) must contain the
+    VM's current version, else StaleVersion. Returns (vm, problems); with problems nothing is written.
+    Every write bumps the version (the etag). VirtualMachine.DoesNotExist if the VM is gone.
+    """
     now = now or timezone.now()
-    problems = check_patch_settings(vm, new, now=now)
-    if problems:
-        return problems
-    turned_on = new.enable_hotpatching and not vm.enable_hotpatching
-    if vm.enable_hotpatching and not new.enable_hotpatching:
-        vm.hotpatch_disabled_at = now  # unenrolled: re-enrolment waits for the next baseline
-    vm.apply_patch_settings(new)
-    # Only the settings: power state and size change elsewhere, with targeted updates of their own.
-    vm.save(update_fields=[*VirtualMachine.PATCH_SETTINGS_FIELDS, "hotpatch_disabled_at"])
-    refresh_hotpatch_status(vm, now, turned_on=turned_on)
-    return []
+    with transaction.atomic():
+        vm = lock_vm(vm_pk)
+        if vm is None:
+            raise VirtualMachine.DoesNotExist(f"VirtualMachine {vm_pk} was deleted.")
+        if versions is not None and vm.version not in versions:
+            raise StaleVersion(vm)
+        new = vm.patch_settings.with_changes(**changes)
+        settings_changed = new != vm.patch_settings
+        if settings_changed and (problems := check_patch_settings(vm, new, now=now)):
+            return vm, problems
+        if not settings_changed and (not size or size == vm.size):
+            return vm, []  # nothing to write: the etag stays
+        turned_on = new.enable_hotpatching and not vm.enable_hotpatching
+        if vm.enable_hotpatching and not new.enable_hotpatching:
+            vm.hotpatch_disabled_at = now  # unenrolled: re-enrolment waits for the next baseline
+        vm.apply_patch_settings(new)
+        vm.size = size or vm.size
+        vm.version += 1
+        # Only these columns: power state changes elsewhere, with targeted updates of its own.
+        vm.save(update_fields=[*VirtualMachine.PATCH_SETTINGS_FIELDS, "hotpatch_disabled_at", "size", "version"])
+        if settings_changed:
+            refresh_hotpatch_status(vm, now, turned_on=turned_on)  # the guest state: second in the lock order
+    return vm, []
+
+
+def change_patch_settings(vm: VirtualMachine, new: PatchSettings, *, now: datetime | None = None) -> list[Problem]:
+    """Validate and apply whole new patchSettings to an existing VM; returns the problems, empty on success.
+
+    `vm` gets the stored values. Callers that change some fields use update_virtual_machine (merged).
+    """
+    updated, problems = update_virtual_machine(vm.pk, dataclasses.asdict(new), now=now)
+    if not problems:
+        for name in (*VirtualMachine.PATCH_SETTINGS_FIELDS, "hotpatch_disabled_at", "version"):
+            setattr(vm, name, getattr(updated, name))
+    return problems
 
 
 # --- Provisioning ---------------------------------------------------------------------------------
@@ -333,12 +400,21 @@ def _next_update_domain(resource_group: ResourceGroup, availability_set: str, do
     )
 
 
-def delete_virtual_machine(vm: VirtualMachine) -> None:
-    """Delete a VM; its operations in flight fail cleanly, its history stays (without the VM link)."""
+def delete_virtual_machine(vm: VirtualMachine) -> bool:
+    """Delete a VM; its operations in flight fail cleanly, its history stays (without the VM link).
+
+    In the lock order (lock_vms): the VM first, so a PATCH or a start that comes later waits and then
+    finds the VM gone, and a run that finishes later records VMDeleted. False if it was already gone.
+    """
     with transaction.atomic():
-        for pk in vm.operations.in_flight().values_list("pk", flat=True):
+        if lock_vm(vm.pk) is None:
+            return False
+        list(GuestState.objects.select_for_update().filter(pk=vm.pk))
+        in_flight = vm.operations.in_flight().select_for_update().order_by("pk").values_list("pk", flat=True)
+        for pk in list(in_flight):
             fail_operation(pk, "VMDeleted", f"The virtual machine '{vm.name}' was deleted.")
         vm.delete()
+    return True
 
 
 # --- Starting operations --------------------------------------------------------------------------
@@ -361,24 +437,50 @@ def start_operation(
     """
     if kind == OperationKind.INSTALLATION:
         parameters = parameters or CRITICAL_AND_SECURITY
-    try:
-        with transaction.atomic():
-            operation = Operation.objects.create(
-                vm=vm,
-                subscription_id=vm.resource_group.subscription_id,
-                vm_name=vm.name,
-                location=vm.location,
-                kind=kind,
-                started_by=started_by,
-                user=user if started_by == StartedBy.USER else None,
-                parameters=parameters.to_json() if parameters else {},
-                created_at=now or timezone.now(),
-            )
-    except IntegrityError:
-        return Operation.objects.in_flight().get(vm=vm, kind=kind), False
-    if enqueue:
-        transaction.on_commit(lambda: send_to_workers([operation.pk]))
-    return operation, True
+    for _attempt in range(3):
+        try:
+            with transaction.atomic():
+                # The VM's lock first (lock_vms): a DELETE cannot slip in between the check and the insert.
+                if lock_vm(vm.pk) is None:
+                    raise VirtualMachine.DoesNotExist(f"The virtual machine '{vm.name}' was deleted.")
+                operation = Operation.objects.create(
+                    vm=vm,
+                    subscription_id=vm.resource_group.subscription_id,
+                    vm_name=vm.name,
+                    location=vm.location,
+                    kind=kind,
+                    started_by=started_by,
+                    user=user if started_by == StartedBy.USER else None,
+                    parameters=parameters.to_json() if parameters else {},
+                    created_at=now or timezone.now(),
+                )
+        except IntegrityError as e:
+            if _constraint(e) != IN_FLIGHT_CONSTRAINT:
+                if VirtualMachine.objects.filter(pk=vm.pk).exists():
+                    raise
+                raise VirtualMachine.DoesNotExist(f"The virtual machine '{vm.name}' was deleted.") from e
+            running = Operation.objects.in_flight().filter(vm_id=vm.pk, kind=kind).first()
+            if running is not None:
+                return running, False
+            continue  # the one in flight finished meanwhile: try again
+        if enqueue:
+            transaction.on_commit(lambda: send_to_workers([operation.pk]))
+        return operation, True
+    # Three runs started and finished under our feet: the VM is busy, name what is there now.
+    running = Operation.objects.in_flight().filter(vm_id=vm.pk, kind=kind).first()
+    if running is None:
+        raise RuntimeError(f"Could not start a {kind} on '{vm.name}': runs keep starting and finishing.")
+    return running, False
+
+
+# The partial unique index that allows one operation in flight per VM and kind (patching/models.py).
+IN_FLIGHT_CONSTRAINT = "one_in_flight_per_vm_and_kind"
+
+
+def _constraint(error: IntegrityError) -> str | None:
+    """The name of the constraint PostgreSQL reports for an IntegrityError (None on other databases)."""
+    diag = getattr(error.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None)
 
 
 def start_operations(
@@ -428,10 +530,12 @@ def queue_operations(
         for vm in vms
     ]
     with transaction.atomic():
-        Operation.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+        # The VMs' locks first (lock_vms): a VM deleted meanwhile gets no operation (and no FK violation).
+        alive = {vm.pk for vm in lock_vms(row.vm_id for row in rows)}
+        Operation.objects.bulk_create([r for r in rows if r.vm_id in alive], batch_size=2000, ignore_conflicts=True)
         queued = list(
             Operation.objects.filter(
-                vm_id__in=[vm.pk for vm in vms], kind=kind, created_at=now, status=OperationStatus.NOT_STARTED
+                vm_id__in=alive, kind=kind, created_at=now, status=OperationStatus.NOT_STARTED
             ).values_list("pk", flat=True)
         )
         if enqueue:
@@ -571,16 +675,18 @@ def _in_real_time(findings: list["Finding"], sleep: Callable[[float], None]) -> 
         ]
         sleep(max(work) / speed)
         if rebooting:
-            still_running = set(
-                Operation.objects.filter(
-                    pk__in=[f.operation_id for f in rebooting], status=OperationStatus.IN_PROGRESS
-                ).values_list("pk", flat=True)
-            )
-            Operation.objects.filter(pk__in=still_running).update(reboot_status=RebootStatus.STARTED)
-            VirtualMachine.objects.filter(
-                pk__in=[f.vm.pk for f in rebooting if f.operation_id in still_running],
-                power_state=VirtualMachine.PowerState.RUNNING,
-            ).update(power_state=VirtualMachine.PowerState.STARTING)
+            with transaction.atomic():
+                lock_vms(f.vm.pk for f in rebooting)  # the lock order: VMs before their operations
+                still_running = set(
+                    Operation.objects.filter(
+                        pk__in=[f.operation_id for f in rebooting], status=OperationStatus.IN_PROGRESS
+                    ).values_list("pk", flat=True)
+                )
+                Operation.objects.filter(pk__in=still_running).update(reboot_status=RebootStatus.STARTED)
+                VirtualMachine.objects.filter(
+                    pk__in=[f.vm.pk for f in rebooting if f.operation_id in still_running],
+                    power_state=VirtualMachine.PowerState.RUNNING,
+                ).update(power_state=VirtualMachine.PowerState.STARTING)
             sleep(sim.REBOOT_SECONDS / speed)
     finished = timezone.now()
     return [dataclasses.replace(f, finished=finished) for f in findings]
@@ -643,12 +749,18 @@ def record_findings(findings: list[Finding]) -> list[int]:
     if not findings:
         return []
     with transaction.atomic():
+        # The lock order (lock_vms): VMs, then guest states, then operations, each set by pk.
+        lock_vms(f.vm.pk for f in findings)
+        states = {
+            state.pk: state
+            for state in GuestState.objects.select_for_update().filter(pk__in=[f.vm.pk for f in findings]).order_by("pk")
+        }
         live = set(
             Operation.objects.select_for_update()
             .filter(pk__in=[f.operation_id for f in findings], status=OperationStatus.IN_PROGRESS)
+            .order_by("pk")
             .values_list("pk", flat=True)
         )
-        states = GuestState.objects.select_for_update().in_bulk([f.vm.pk for f in findings if f.operation_id in live])
         operations: dict[tuple, list[int]] = defaultdict(list)
         guests: dict[tuple, list[int]] = defaultdict(list)
         results, installs, rebooted, recorded = [], [], [], []
@@ -762,7 +874,9 @@ def fail_stale_operations(now: datetime | None = None) -> int:
         | Q(status=OperationStatus.NOT_STARTED, created_at__lt=now - 3 * deadline)
     )
     with transaction.atomic():
-        vm_ids = list(stale.select_for_update().values_list("vm_id", flat=True))
+        # The lock order (lock_vms): the VMs of the stale runs first, then the runs themselves.
+        lock_vms(pk for pk in stale.values_list("vm_id", flat=True) if pk)
+        vm_ids = list(stale.select_for_update().order_by("pk").values_list("vm_id", flat=True))
         failed = stale.update(
             status=OperationStatus.FAILED,
             error_code="OperationTimedOut",

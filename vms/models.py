@@ -148,6 +148,9 @@ class VirtualMachine(models.Model):
     bypass_platform_safety_checks = models.BooleanField(default=False)
     # When hotpatch was last turned off: re-enrolment waits for the next baseline after this.
     hotpatch_disabled_at = models.DateTimeField(null=True, blank=True)
+    # Bumped on every write of what ARM shows of the VM (patch settings, size): its etag, so a client
+    # (If-Match) or the settings form (a hidden field) can refuse to overwrite a change it has not seen.
+    version = models.PositiveIntegerField(default=1, editable=False)
 
     objects = VirtualMachineQuerySet.as_manager()
 
@@ -176,6 +179,11 @@ class VirtualMachine(models.Model):
             f"/subscriptions/{rg.subscription_id}/resourceGroups/{rg.name}"
             f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
         )
+
+    @property
+    def etag(self) -> str:
+        """The ARM etag: the version, quoted as Azure Compute quotes it ("\"3\"")."""
+        return f'"{self.version}"'
 
     @property
     def is_azure_orchestrated(self) -> bool:

@@ -25,6 +25,7 @@ from .core import (
     ok,
     page,
     raise_problems,
+    vm_not_found,
 )
 from .errors import ArmError, bad_request
 from .patches import latest_operations, patch_status
@@ -95,7 +96,7 @@ def vm_to_arm(vm: VirtualMachine, instance_view: dict | None = None) -> dict:
         }
     if instance_view is not None:
         properties["instanceView"] = instance_view
-    body = {"id": vm.arm_id, "name": vm.name, "type": VM_TYPE, "location": vm.location, "tags": {}}
+    body = {"id": vm.arm_id, "name": vm.name, "type": VM_TYPE, "location": vm.location, "tags": {}, "etag": vm.etag}
     if vm.zone:
         body["zones"] = [vm.zone]
     body["properties"] = properties
@@ -200,7 +201,7 @@ def get_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
     rg = arm.resource_group(subscription, resourceGroupName)
     vm = arm.virtual_machine(rg, vmName, vm_queryset())
     view = instance_view(vm, latest_operations([vm])) if _expand_instance_view(arm) else None
-    return ok(vm_to_arm(vm, view))
+    return ok(vm_to_arm(vm, view), headers={"ETag": vm.etag})
 
 
 def get_instance_view(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
@@ -282,6 +283,37 @@ def _size(body: Body) -> str | None:
 # --- Virtual machines: writes ---------------------------------------------------------------------
 
 
+def _if_match(arm: ArmRequest) -> set[int] | None:
+    """If-Match as the VM versions it accepts: None when absent or `*` (any existing VM matches)."""
+    header = arm.request.headers.get("If-Match")
+    if header is None:
+        return None
+    versions = set()
+    for tag in header.split(","):
+        tag = tag.strip().removeprefix("W/").strip('"')
+        if tag == "*":
+            return None
+        if tag.isdigit():
+            versions.add(int(tag))
+    return versions  # none we could have issued: nothing matches
+
+
+def precondition_failed(message: str) -> ArmError:
+    return ArmError(412, "PreconditionFailed", message)
+
+
+def _check_if_none_match(arm: ArmRequest, vm: VirtualMachine) -> None:
+    """If-None-Match on PUT: `*` (or the VM's own etag) means create only, never overwrite."""
+    header = arm.request.headers.get("If-None-Match")
+    if header is None:
+        return
+    tags = {tag.strip().removeprefix("W/").strip('"') for tag in header.split(",")}
+    if "*" in tags or str(vm.version) in tags:
+        raise precondition_failed(
+            f"The VM '{vm.name}' already exists (etag {vm.etag}) and If-None-Match is '{header}': not overwritten."
+        )
+
+
 def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
     """Create a VM (201) or update an existing one's patch settings (200), as long-running operations."""
     subscription = arm.subscription(subscriptionId, act=True)
@@ -290,7 +322,10 @@ def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
     started = timezone.now()
     existing = vm_queryset().filter(resource_group=rg, name__iexact=vmName).first()
     if existing is not None:
+        _check_if_none_match(arm, existing)
         return _update_vm(arm, subscription, existing, body, started)
+    if arm.request.headers.get("If-Match") is not None:
+        raise precondition_failed(f"The VM '{vmName}' does not exist, and If-Match asks for an existing one.")
 
     if body.get("properties.osProfile.linuxConfiguration", object, None) is not None:
         body.problems.append(
@@ -345,7 +380,7 @@ def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
         raise_problems([_vm_name_target(p) for p in problems])
     vm = vm_queryset().get(pk=vm.pk)
     name = completed_operation_name(subscription.pk, "create", vm.arm_id, started)
-    return ok(vm_to_arm(vm), status=201, headers=_async_headers(arm, subscription, vm, name))
+    return ok(vm_to_arm(vm), status=201, headers={**_async_headers(arm, subscription, vm, name), "ETag": vm.etag})
 
 
 def _vm_name_target(problem: Problem) -> Problem:
@@ -377,7 +412,7 @@ def _update_vm(arm: ArmRequest, subscription, vm: VirtualMachine, body: Body, st
     size = _size(body)
     check_tags(body)
     time_zone = body.get(f"{WINDOWS}.timeZone", str, None)
-    new = vm.patch_settings.with_changes(**read_patch_settings(body))
+    changes = read_patch_settings(body)
     raise_problems(body.problems)
 
     refused = []
@@ -403,16 +438,24 @@ def _update_vm(arm: ArmRequest, subscription, vm: VirtualMachine, body: Body, st
             target=target,
         )
 
-    with transaction.atomic():
-        if size and size != vm.size:
-            VirtualMachine.objects.filter(pk=vm.pk).update(size=size)
-            vm.size = size
-        if new != vm.patch_settings:
-            # Raising inside the block rolls the size back too: nothing is half-written.
-            raise_problems(services.change_patch_settings(vm, new))
-    vm = vm_queryset().get(pk=vm.pk)
+    # The properties refused above never change after creation: the unlocked read was enough for them.
+    # The settings are merged onto the VM as it is under its lock, so a concurrent PATCH is not lost.
+    try:
+        _, problems = services.update_virtual_machine(vm.pk, changes, size=size, versions=_if_match(arm))
+    except VirtualMachine.DoesNotExist:
+        raise vm_not_found(vm.resource_group, vm.name) from None
+    except services.StaleVersion as e:
+        raise precondition_failed(
+            f"The VM '{vm.name}' was changed meanwhile: its etag is now {e.vm.etag}, not "
+            f"{arm.request.headers.get('If-Match')}. Read it again and retry."
+        ) from None
+    raise_problems(problems)
+    updated = vm_queryset().filter(pk=vm.pk).first()
+    if updated is None:  # deleted right after our update
+        raise vm_not_found(vm.resource_group, vm.name)
+    vm = updated
     name = completed_operation_name(subscription.pk, "update", vm.arm_id, started)
-    return ok(vm_to_arm(vm), headers=_async_headers(arm, subscription, vm, name))
+    return ok(vm_to_arm(vm), headers={**_async_headers(arm, subscription, vm, name), "ETag": vm.etag})
 
 
 def delete_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName: str):
@@ -424,7 +467,8 @@ def delete_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmNa
         return empty(204)
     started = timezone.now()
     arm_id, location = vm.arm_id, vm.location
-    services.delete_virtual_machine(vm)
+    if not services.delete_virtual_machine(vm):
+        return empty(204)  # another DELETE won
     name = completed_operation_name(subscription.pk, "delete", arm_id, started)
     return empty(202, lro_headers(arm, subscription.pk, location, name))
 
@@ -445,14 +489,18 @@ def power_action(action: str):
         rg = arm.resource_group(subscription, resourceGroupName)
         vm = arm.virtual_machine(rg, vmName)
         started = timezone.now()
-        if action == "restart" and not vm.is_running:
-            raise ArmError(
-                409,
-                "OperationNotAllowed",
-                f"Operation 'restart' is not allowed on VM '{vm.name}' since the VM is "
-                f"{vm.get_power_state_display().removeprefix('VM ')}: start it instead.",
-            )
-        VirtualMachine.objects.filter(pk=vm.pk).update(power_state=POWER_ACTIONS[action])
+        with transaction.atomic():
+            locked = services.lock_vm(vm.pk)  # the lock order: a DELETE either came first (404) or waits
+            if locked is None:
+                raise vm_not_found(rg, vm.name)
+            if action == "restart" and not locked.is_running:
+                raise ArmError(
+                    409,
+                    "OperationNotAllowed",
+                    f"Operation 'restart' is not allowed on VM '{vm.name}' since the VM is "
+                    f"{locked.get_power_state_display().removeprefix('VM ')}: start it instead.",
+                )
+            VirtualMachine.objects.filter(pk=vm.pk).update(power_state=POWER_ACTIONS[action])
         name = completed_operation_name(subscription.pk, action, vm.arm_id, started)
         return empty(202, lro_headers(arm, subscription.pk, vm.location, name))
 

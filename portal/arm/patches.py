@@ -24,6 +24,7 @@ from .core import (
     arm_time,
     empty,
     lro_headers,
+    vm_not_found,
 )
 from .errors import ArmError, invalid_parameters
 
@@ -228,7 +229,10 @@ def _start(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
     subscription = arm.subscription(subscriptionId, act=True)
     rg = arm.resource_group(subscription, resourceGroupName)
     vm = arm.virtual_machine(rg, vmName)
-    operation, created = services.start_operation(vm, kind, user=arm.user, parameters=parameters)
+    try:
+        operation, created = services.start_operation(vm, kind, user=arm.user, parameters=parameters)
+    except VirtualMachine.DoesNotExist:  # deleted since we read it
+        raise vm_not_found(rg, vmName) from None
     if not created:
         raise conflict(vm, operation)
     return empty(202, lro_headers(arm, subscription.pk, operation.location, str(operation.activity_id)))
