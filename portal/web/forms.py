@@ -93,6 +93,10 @@ class PatchSettingsFields(forms.Form):
 
 
 class PatchSettingsForm(PatchSettingsFields):
+    # The VM's version the page showed: a save made on an older page is refused, not applied over a
+    # change its user never saw. The page always sends it; a post without it is merged under the lock.
+    version = forms.IntegerField(widget=forms.HiddenInput, min_value=1, required=False)
+
     @classmethod
     def for_vm(cls, vm, data=None) -> "PatchSettingsForm":
         initial = {
@@ -100,8 +104,21 @@ class PatchSettingsForm(PatchSettingsFields):
             "enable_hotpatching": vm.enable_hotpatching,
             "reboot_setting": vm.reboot_setting,
             "assessment_mode": vm.assessment_mode,
+            "version": vm.version,
         }
         return cls(data=data, initial=initial)
+
+    @classmethod
+    def current(cls, vm) -> "PatchSettingsForm":
+        """A bound form holding the VM's stored settings (to show them with an error)."""
+        initial = cls.for_vm(vm).initial
+        form = cls.for_vm(vm, data={name: value for name, value in initial.items() if value is not False})
+        form.is_valid()
+        return form
+
+    def changes(self) -> dict:
+        """The settings this form sets, as PatchSettings field names (merged onto the stored ones)."""
+        return {name: self.cleaned_data[name] for name in PatchSettingsFields.base_fields}
 
     def add_problems(self, problems: list[Problem]) -> None:
         add_problems(self, problems, SETTINGS_FIELDS)

@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
@@ -44,6 +44,11 @@ def hotpatch_prerequisites(vm: VirtualMachine) -> tuple[list[str], bool]:
     return problems, gate
 
 
+def _seen(version: int | None) -> list[int] | None:
+    """The version the page was rendered from, as the versions the save accepts (None: any)."""
+    return None if version is None else [version]
+
+
 @require_http_methods(["GET", "POST"])
 @portal_view
 def guest_updates(request: HtmxHttpRequest, pk: int) -> HttpResponse:
@@ -52,12 +57,25 @@ def guest_updates(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST":
         form = PatchSettingsForm.for_vm(vm, data=request.POST)
         if form.is_valid():
-            problems = services.change_patch_settings(vm, form.patch_settings(vm.patch_settings))
-            if not problems:
-                messages.success(request, f"Saved the guest OS update settings of {vm.name}.")
-                return redirect("vms:guest-updates", vm.pk)
-            form.add_problems(problems)
-            vm.refresh_from_db()  # the service may have copied the rejected values onto the instance
+            try:
+                _, problems = services.update_virtual_machine(
+                    vm.pk, form.changes(), versions=_seen(form.cleaned_data["version"])
+                )
+            except VirtualMachine.DoesNotExist:
+                raise Http404(f"The virtual machine {vm.name} was deleted.") from None
+            except services.StaleVersion:
+                vm.refresh_from_db()
+                form = PatchSettingsForm.current(vm)  # the settings as they are now, to start over from
+                form.add_error(
+                    None,
+                    "Not saved: someone else changed these settings after you opened this page. "
+                    "They are shown as they are now; make your change again and save.",
+                )
+            else:
+                if not problems:
+                    messages.success(request, f"Saved the guest OS update settings of {vm.name}.")
+                    return redirect("vms:guest-updates", vm.pk)
+                form.add_problems(problems)
     else:
         form = PatchSettingsForm.for_vm(vm)
     if not can_act:
