@@ -464,7 +464,7 @@ def start_operation(
                 return running, False
             continue  # the one in flight finished meanwhile: try again
         if enqueue:
-            transaction.on_commit(lambda: send_to_workers([operation.pk]))
+            transaction.on_commit(lambda pk=operation.pk: send_to_workers([pk]))
         return operation, True
     # Three runs started and finished under our feet: the VM is busy, name what is there now.
     running = Operation.objects.in_flight().filter(vm_id=vm.pk, kind=kind).first()
@@ -753,7 +753,9 @@ def record_findings(findings: list[Finding]) -> list[int]:
         lock_vms(f.vm.pk for f in findings)
         states = {
             state.pk: state
-            for state in GuestState.objects.select_for_update().filter(pk__in=[f.vm.pk for f in findings]).order_by("pk")
+            for state in GuestState.objects.select_for_update()
+            .filter(pk__in=[f.vm.pk for f in findings])
+            .order_by("pk")
         }
         live = set(
             Operation.objects.select_for_update()
