@@ -15,11 +15,21 @@ class ArmClient:
     client: Client
     token: str | None
 
-    def request(self, method: str, path: str, body=None, *, api_version: str | None = API_VERSION, raw=None, **params):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body=None,
+        *,
+        api_version: str | None = API_VERSION,
+        raw=None,
+        headers: dict | None = None,
+        **params,
+    ):
         query = {**params}
         if api_version is not None:
             query["api-version"] = api_version
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers = {**({"Authorization": f"Bearer {self.token}"} if self.token else {}), **(headers or {})}
         data = raw if raw is not None else (json.dumps(body) if body is not None else "")
         url = "/arm/" + path.lstrip("/")
         if query:
