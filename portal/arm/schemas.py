@@ -227,6 +227,7 @@ SCHEMAS = {
             "location": STR,
             "tags": ref("Tags"),
             "zones": array(STR),
+            "etag": {**STR, "readOnly": True, "description": "Changes on every write; for If-Match / If-None-Match."},
             "properties": ref("VirtualMachineProperties"),
         },
         ["location"],
