@@ -10,6 +10,7 @@ by tests/test_arm_sdk37.py.
 from datetime import timedelta
 
 import pytest
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
@@ -325,11 +326,21 @@ def test_create_update_and_delete_a_vm(lab):
     )
     vm = compute.virtual_machines.begin_update("rg-web", "app-01", update).result()
     assert vm.os_profile.windows_configuration.patch_settings.automatic_by_platform_settings.reboot_setting == "Never"
+    before = vm.etag
 
     # PUT on the existing VM: what the SDK round-trips after a get, with hotpatch turned off.
     vm.os_profile.windows_configuration.patch_settings.enable_hotpatching = False
-    vm = compute.virtual_machines.begin_create_or_update("rg-web", "app-01", vm).result()
+    vm = compute.virtual_machines.begin_create_or_update(
+        "rg-web", "app-01", vm, etag=before, match_condition=MatchConditions.IfNotModified
+    ).result()
     assert vm.os_profile.windows_configuration.patch_settings.enable_hotpatching is False
+    assert vm.etag and vm.etag != before
+    # The etag the SDK read before that change is stale now: 412, nothing written.
+    with pytest.raises(HttpResponseError) as raised:
+        compute.virtual_machines.begin_update(
+            "rg-web", "app-01", update, etag=before, match_condition=MatchConditions.IfNotModified
+        )
+    assert raised.value.status_code == 412
     created.refresh_from_db()
     assert created.enable_hotpatching is False and created.hotpatch_disabled_at is not None
 

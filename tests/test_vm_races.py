@@ -57,19 +57,28 @@ def test_delete_racing_patch_and_assess_answers_no_5xx_and_the_vm_is_gone(alice_
     for i in range(rounds):
         vm = make_vm(resource_group=fleet["web"], name=f"race-{i:02d}")
         path = vm_path(vm)
+        install, _ = services.start_operation(vm, OperationKind.INSTALLATION, enqueue=False)
         results = race(
             lambda p=path: client(alice_token).delete(p),
             lambda p=path: client(alice_token).patch(p, settings_body(assessmentMode="AutomaticByPlatform")),
             lambda p=path: client(alice_token).post(p + "/assessPatches"),
             lambda p=path: client(alice_token).post(p + "/assessPatches"),
+            # A worker recording an installation on the same VM meanwhile (claim, guest, record).
+            lambda op=install: services.execute_operations([op.pk], now=timezone.now()),
         )
+        worker = results.pop()
+        assert not isinstance(worker, Exception), f"round {i}: the worker raised {worker!r}"
         for result in results:
             statuses[result if isinstance(result, Exception) else result.status_code] += 1
         survived += VirtualMachine.objects.filter(pk=vm.pk).exists()
-    print(f"DELETE vs PATCH vs 2x assessPatches, {rounds} rounds: {dict(statuses)}, VMs surviving: {survived}")
+    print(
+        f"DELETE vs PATCH vs 2x assessPatches vs a recording worker, {rounds} rounds: {dict(statuses)}, VMs surviving: {survived}"
+    )
     assert not [s for s in statuses if not isinstance(s, int) or s >= 500], statuses
     assert survived == 0
     assert not Operation.objects.in_flight().filter(vm_name__startswith="race-").exists()
+    recorded = Operation.objects.filter(vm_name__startswith="race-", kind=OperationKind.INSTALLATION)
+    print(f"  installations: {dict(Counter(recorded.values_list('status', 'error_code')))}")
 
 
 def test_concurrent_patches_of_different_fields_lose_nothing(alice_token, fleet):
