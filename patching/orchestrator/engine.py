@@ -516,8 +516,9 @@ def patch_fleet(now: datetime | None = None, *, execute: bool = False, cache: Fl
             halts += opened
         snap = snapshot(clock, rules, catalogs, cache)
         result = planner.plan(snap.fleet, clock, rules, open_halts(halts), memo=cache.verdicts if cache else None)
-        record_decisions(result.verdicts, snap.decisions, clock)
+        # The lock order (services.lock_vms): the VMs that start an installation, then guest states.
         started = start_installations(result.starts, clock, enqueue=not execute)
+        record_decisions(result.verdicts, snap.decisions, clock)
     if execute:
         run_now(started, clock)
     if cache is not None:
