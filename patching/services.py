@@ -409,7 +409,7 @@ def delete_virtual_machine(vm: VirtualMachine) -> bool:
     with transaction.atomic():
         if lock_vm(vm.pk) is None:
             return False
-        list(GuestState.objects.select_for_update().filter(pk=vm.pk))
+        list(GuestState.objects.select_for_update().filter(pk=vm.pk))  # second in the lock order
         in_flight = vm.operations.in_flight().select_for_update().order_by("pk").values_list("pk", flat=True)
         for pk in list(in_flight):
             fail_operation(pk, "VMDeleted", f"The virtual machine '{vm.name}' was deleted.")
@@ -433,7 +433,8 @@ def start_operation(
     """Queue an assessment or installation, or return the one of that kind already in flight.
 
     Returns (operation, created). The database's partial unique index, not this code, guarantees
-    that at most one of each kind is in flight per VM.
+    that at most one of each kind is in flight per VM. VirtualMachine.DoesNotExist if the VM was
+    deleted (the API answers 404).
     """
     if kind == OperationKind.INSTALLATION:
         parameters = parameters or CRITICAL_AND_SECURITY
