@@ -232,3 +232,21 @@ def test_blade_query_count_does_not_grow_with_the_fleet_or_the_history(client, u
     assert counts[10, "compliance"] == counts[490, "compliance"], counts
     assert counts[10, "history"] == counts[490, "history"], counts
     print(f"blade queries: {counts}")
+
+
+def test_assess_now_on_a_vm_deleted_meanwhile_is_a_404_not_a_500(client, vm, monkeypatch):
+    """The VM goes between the page's lookup and the start (a DELETE racing the click)."""
+    from portal.web.views import hotpatch
+    from vms.models import VirtualMachine
+
+    looked_up = hotpatch.get_vm
+
+    def get_then_delete(request, pk, **kwargs):
+        found = looked_up(request, pk, **kwargs)
+        VirtualMachine.objects.filter(pk=pk).delete()
+        return found
+
+    monkeypatch.setattr(hotpatch, "get_vm", get_then_delete)
+    response = client.post(reverse("patching:assess", args=[vm.pk]))
+    assert response.status_code == 404
+    assert not Operation.objects.filter(vm_name=vm.name).exists()

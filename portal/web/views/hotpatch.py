@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -226,12 +226,20 @@ def status_context(operation: Operation | None, kind: str, **extra) -> dict:
     return {"operation": operation, "kind": kind, "poll_every": POLL_EVERY, **extra}
 
 
+def start_or_404(vm: VirtualMachine, kind: str, **kwargs) -> tuple[Operation, bool]:
+    """services.start_operation; a VM deleted since the page looked it up is a 404, as it would be now."""
+    try:
+        return services.start_operation(vm, kind, **kwargs)
+    except VirtualMachine.DoesNotExist:
+        raise Http404(f"The virtual machine '{vm.name}' was deleted.") from None
+
+
 @require_POST
 @portal_view
 def assess(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Assess now: queue an assessment, or join the one in flight."""
     vm, _ = get_vm(request, pk, act=True)
-    operation, created = services.start_operation(vm, OperationKind.ASSESSMENT, user=request.user)
+    operation, created = start_or_404(vm, OperationKind.ASSESSMENT, user=request.user)
     if request.htmx:
         response = render(
             request, f"{BLADE}#operation-status", status_context(operation, operation.kind, joined=not created)
@@ -253,9 +261,7 @@ def install(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST":
         parameters = form.install_parameters()
         if parameters is not None:
-            operation, created = services.start_operation(
-                vm, OperationKind.INSTALLATION, user=request.user, parameters=parameters
-            )
+            operation, created = start_or_404(vm, OperationKind.INSTALLATION, user=request.user, parameters=parameters)
             if request.htmx:
                 # Close the dialog and show the operation's live status in its slot on the blade.
                 response = render(
