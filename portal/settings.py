@@ -164,7 +164,6 @@ if BEHIND_TLS_PROXY:
 # HSTS: SecurityMiddleware sends it on https responses only, so the http side of make demo is unaffected
 # (and browsers ignore it from an IP address or a certificate they don't trust). 0 turns it off.
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "31536000")
-SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # --- Sign-in lockout (django-axes) ----------------------------------------------------------------
 # After PORTAL_LOGIN_FAILURE_LIMIT failed sign-ins for one user name, or from one address, further

@@ -103,3 +103,24 @@ def test_a_locked_out_address_still_uses_api_tokens_and_service_principals(alice
     # The ARM API from the same address (the test client's 127.0.0.1), with alice's own bearer token.
     api = ArmClient(Client(enforce_csrf_checks=True), ApiToken.issue(alice, "tests")[1])
     assert api.get("/subscriptions").status_code == 200
+
+
+def test_behind_the_tls_proxy_the_address_is_the_proxys_last_forwarded_hop(settings):
+    """Every request comes from the proxy (REMOTE_ADDR); each caller is the hop the proxy appended."""
+    settings.BEHIND_TLS_PROXY = True
+    make_user("kim")
+
+    def attempt(hop: str, username: str, password: str) -> Client:
+        client = Client()
+        client.post(
+            LOGIN,
+            {"username": username, "password": password},
+            REMOTE_ADDR="10.0.0.1",
+            HTTP_X_FORWARDED_FOR=f"6.6.6.6, {hop}",  # the first hop is whatever the client claimed
+        )
+        return client
+
+    for n in range(5):
+        attempt("198.51.100.1", f"nobody-{n}", "guess")
+    assert not signed_in(attempt("198.51.100.1", "kim", PASSWORD))  # that caller is locked out
+    assert signed_in(attempt("198.51.100.2", "kim", PASSWORD))  # another caller behind the same proxy is not

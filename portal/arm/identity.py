@@ -11,8 +11,9 @@ az-cli.md §1, §3):
 Access tokens are signed (django.core.signing, HMAC with SECRET_KEY and a salt of their own) and carry
 the principal, the tenant, the audience and the expiry, so a restart forgets nothing; every ARM
 request checks the signature, expiry, tenant and audience, and that the principal still exists and is
-neither revoked nor expired. Failed secrets are counted per client id and per client address in the
-cache (shared by every web worker) and answered 429 past a limit. Every refusal of a credential says
+neither revoked nor expired. Failed secrets are counted per client id (the GUID it names, however it
+is spelled) and per client address in the cache (shared by every web worker) and answered 429 past a
+limit. Every refusal of a credential says
 the same thing, whichever part was wrong.
 """
 
