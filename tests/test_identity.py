@@ -275,6 +275,14 @@ def test_everything_under_adfs_answers_the_oauth_error_shape(db, method, path, s
     assert body["error"] == "invalid_request" and body["error_description"] and body["error_codes"]
 
 
+def test_bad_requests_django_refuses_before_the_view_are_oauth_400s(db, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    too_big = Client().post("/adfs/oauth2/token/", {"client_id": "x" * 2000}, secure=True)
+    nul = Client().get("/adfs/.well-known/openid-configuration", {"x": "\x00"}, secure=True)
+    for response in (too_big, nul):
+        assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+
+
 def test_a_crash_in_the_token_endpoint_is_an_oauth_500(world, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("boom")
