@@ -85,5 +85,5 @@ class SecureCookiesOverHttpsMiddleware:
 def lockout_response(request: HttpRequest, original_response, credentials) -> HttpResponse:
     """What django-axes answers a locked-out sign-in: the sign-in page again, saying why (429)."""
     minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60) if settings.AXES_COOLOFF_TIME else 0
-    context = {"locked_out": True, "cooloff_minutes": minutes, "next": request.POST.get("next", "")}
+    context = {"cooloff_minutes": minutes, "next": request.POST.get("next", "")}
     return render(request, "registration/locked_out.html", context, status=429)

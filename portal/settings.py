@@ -76,7 +76,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # Outermost: under /arm/ every response, even one of Django's own errors, is an ARM JSON answer.
+    # Outermost: under /arm/ and /adfs/ (any letter case) every response, even one of Django's own
+    # errors, is JSON: an ARM error envelope, or the OAuth error shape under /adfs/.
     "portal.arm.core.ArmMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Outside the session, CSRF and messages middleware: it marks their cookies Secure on https.

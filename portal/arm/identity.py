@@ -13,8 +13,7 @@ the principal, the tenant, the audience and the expiry, so a restart forgets not
 request checks the signature, expiry, tenant and audience, and that the principal still exists and is
 neither revoked nor expired. Failed secrets are counted per client id (the GUID it names, however it
 is spelled) and per client address in the cache (shared by every web worker) and answered 429 past a
-limit. Every refusal of a credential says
-the same thing, whichever part was wrong.
+limit. Every refusal of a credential says the same thing, whichever part was wrong.
 """
 
 import hashlib
