@@ -69,16 +69,23 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "axes",
     "vms",
     "patching",
     "portal.web",
 ]
 
 MIDDLEWARE = [
-    # Outermost: under /arm/ every response, even one of Django's own errors, is an ARM JSON answer.
+    # Outermost: under /arm/ and /adfs/ (any letter case) every response, even one of Django's own
+    # errors, is JSON: an ARM error envelope, or the OAuth error shape under /adfs/.
     "portal.arm.core.ArmMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Outside the session, CSRF and messages middleware: it marks their cookies Secure on https.
+    "portal.security.SecureCookiesOverHttpsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before any view: a NUL in a query parameter is a 400, never a 500 or a half-streamed export.
+    "portal.security.RefuseControlCharactersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -86,6 +93,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: turns a refused sign-in of a locked-out user or address into its answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -124,6 +133,13 @@ else:
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# django-axes first: it refuses a locked-out user or address before the password is even checked.
+# Only Django's authenticate() goes through these (the sign-in page and the admin's); API tokens and
+# service principals are checked by portal.arm.auth and portal.arm.identity and never reach them.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
@@ -139,11 +155,53 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = var.STATIC_ROOT
 
+# Secure cookies on every response (https-only sites). Without it, portal.security still marks the
+# session and CSRF cookies Secure on every https response, which is what make demo (http and https) needs.
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", "false")
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 BEHIND_TLS_PROXY = envbool("BEHIND_TLS_PROXY", "false")
 if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# HSTS: SecurityMiddleware sends it on https responses only, so the http side of make demo is unaffected
+# (and browsers ignore it from an IP address or a certificate they don't trust). 0 turns it off.
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "31536000")
+
+# --- Sign-in lockout (django-axes) ----------------------------------------------------------------
+# After PORTAL_LOGIN_FAILURE_LIMIT failed sign-ins for one user name, or from one address, further
+# attempts for it are refused (the right password too) for PORTAL_LOGIN_LOCKOUT_MINUTES, counted from
+# the last failure. An administrator unlocks early in the admin (Axes → Access attempts: delete the
+# rows) or with `manage.py axes_reset_username <name>` / `axes_reset_ip <address>`.
+AXES_FAILURE_LIMIT = envint("PORTAL_LOGIN_FAILURE_LIMIT", "5")
+AXES_COOLOFF_TIME = timedelta(minutes=envint("PORTAL_LOGIN_LOCKOUT_MINUTES", "15"))
+# Two independent counters: by user name (guessing one account from many addresses) and by address
+# (one address trying many accounts).
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+# The same address as the token endpoint's counters: behind BEHIND_TLS_PROXY, the proxy's last hop.
+AXES_CLIENT_IP_CALLABLE = "portal.security.axes_client_ip"
+AXES_LOCKOUT_CALLABLE = "portal.security.lockout_response"
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME.total_seconds() < 60:
+    raise ImproperlyConfigured(
+        "PORTAL_LOGIN_FAILURE_LIMIT must be at least 1 and PORTAL_LOGIN_LOCKOUT_MINUTES at least 1"
+    )
+
+# --- Content-Security-Policy (django-csp 4) -------------------------------------------------------
+# The templates have no inline scripts, styles or event handlers; htmx's indicator style is turned off
+# in base.html (htmx-config) and its rule lives in portal.css. Chromium checks it: tests/browser.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 # --- Celery ---------------------------------------------------------------------------------------
 REDIS_URL = env("REDIS_URL")

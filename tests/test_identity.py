@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from django.core import signing
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from portal.arm import auth, identity
@@ -140,7 +141,9 @@ def test_the_secret_is_stored_only_as_a_hash_and_the_principal_cannot_sign_in_to
     assert sp.secret_hash == hashlib.sha256(world["secret"].encode()).hexdigest()
     assert world["secret"] not in repr(sp.__dict__) and sp.secret_hint == world["secret"][:9]
     assert not sp.user.is_active and not sp.user.has_usable_password()
-    assert not Client().login(username=sp.user.username, password=world["secret"])
+    client = Client()  # through the sign-in page: django-axes wants the request (Client.login passes none)
+    response = client.post(reverse("login"), {"username": sp.user.username, "password": world["secret"]})
+    assert response.status_code == 200 and "_auth_user_id" not in client.session
 
 
 def test_unknown_client_and_wrong_secret_get_the_same_oauth_error(world):
@@ -205,6 +208,103 @@ def test_an_address_is_locked_after_too_many_failures_across_client_ids(world):
     for n in range(6):
         assert token_request(f"00000000-0000-4000-8000-00000000000{n}", "nope").status_code == 401
     assert token_request(str(world["sp"].client_id), world["secret"]).status_code == 429
+
+
+def spellings(client_id: str) -> list[str]:
+    """Eight more ways to write one GUID that uuid.UUID() (and so ServicePrincipal.authenticate) accepts."""
+    bare = client_id.replace("-", "")
+    return [
+        client_id.upper(),
+        "{" + client_id + "}",
+        "{" + client_id.upper() + "}",
+        bare,
+        bare.upper(),
+        "urn:uuid:" + client_id,
+        "urn:uuid:" + bare.upper(),
+        client_id[:8].upper() + client_id[8:],
+    ]
+
+
+def test_every_spelling_of_a_client_id_shares_one_failure_counter(world, identity_settings):
+    identity_settings.PORTAL_TOKEN_FAILURES_PER_IP = 100  # only the client counter is under test here
+    client_id = str(world["sp"].client_id)
+    variants = spellings(client_id)
+    assert len(set(variants)) == 8 and {identity.canonical_client_id(v) for v in variants} == {client_id}
+    # Each spelling is accepted: with the right secret, any of them signs in.
+    assert token_request(variants[3], world["secret"]).status_code == 200
+    # Wrong secrets under 8 spellings: the limit (3) is reached after 3, whichever spellings were used.
+    statuses = [token_request(v, "hpsp_wrong").status_code for v in variants]
+    assert statuses == [401, 401, 401] + [429] * 5, statuses
+    for spelling in [client_id, *variants]:
+        assert token_request(spelling, world["secret"]).status_code == 429, spelling
+
+
+def test_client_ids_that_are_not_guids_share_one_counter_and_the_address_counts_too(world, identity_settings):
+    identity_settings.PORTAL_TOKEN_FAILURES_PER_IP = 100
+    assert identity.canonical_client_id("ci") == identity.canonical_client_id("{not-a-guid}") == identity.NOT_A_GUID
+    statuses = [token_request(name, "nope").status_code for name in ("ci", "admin", "ci ", "x" * 40, "ci")]
+    assert statuses == [401, 401, 401, 429, 429]
+    # A real client id is not held back by the not-a-GUID bucket.
+    assert token_request(str(world["sp"].client_id), world["secret"]).status_code == 200
+    # ...and the address counted the three that reached the secret check (the 429s never did).
+    assert cache_count_for_address("127.0.0.1") == 3
+
+
+def cache_count_for_address(address: str) -> int:
+    from django.core.cache import cache
+
+    key = identity._failure_keys("x", address)[1][0]
+    return cache.get(key, 0)
+
+
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        ("get", "/adfs/oauth2/token/", 405),
+        ("put", "/adfs/oauth2/token/", 405),
+        ("get", "/adfs/nothing-here", 404),
+        ("post", "/ADFS/oauth2/token/", 404),
+        ("get", "/Adfs/.well-known/openid-configuration", 404),
+        ("get", "/adfs", 404),
+    ],
+)
+def test_everything_under_adfs_answers_the_oauth_error_shape(db, method, path, status):
+    response = getattr(Client(), method)(path, secure=True)
+    assert response.status_code == status and response["Content-Type"] == "application/json"
+    body = response.json()
+    assert body["error"] == "invalid_request" and body["error_description"] and body["error_codes"]
+
+
+def test_bad_requests_django_refuses_before_the_view_are_oauth_400s(db, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    too_big = Client().post("/adfs/oauth2/token/", {"client_id": "x" * 2000}, secure=True)
+    nul = Client().get("/adfs/.well-known/openid-configuration", {"x": "\x00"}, secure=True)
+    for response in (too_big, nul):
+        assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+
+
+def test_a_crash_in_the_token_endpoint_is_an_oauth_500(world, monkeypatch):
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ServicePrincipal, "authenticate", crash)
+    client = Client(raise_request_exception=False)
+    response = client.post(
+        "/adfs/oauth2/token/",
+        {"client_id": str(world["sp"].client_id), "client_secret": "x", "grant_type": "client_credentials"},
+        secure=True,
+    )
+    assert response.status_code == 500 and response.json()["error"] == "server_error"
+
+
+def test_with_the_cache_down_the_token_endpoint_answers_503_in_oauth_shape(world, settings):
+    # Nothing listens on port 1: every cache call fails at once, as with Redis stopped.
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    }
+    response = token_request(str(world["sp"].client_id), world["secret"])
+    assert response.status_code == 503 and response["Retry-After"] == "60"
+    assert response.json()["error"] == "temporarily_unavailable"
 
 
 # --- The token on the ARM API ---------------------------------------------------------------------

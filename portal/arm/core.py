@@ -387,22 +387,65 @@ def read_completed_operation(name: str) -> dict | None:
         return None
 
 
+# --- OAuth errors (the /adfs/ token endpoint) ------------------------------------------------------
+
+
+def oauth_error(status: int, error: str, description: str, code: int, headers: dict | None = None) -> JsonResponse:
+    """The OAuth 2 error shape Entra ID and ADFS answer with; az prints `error_description`."""
+    response = JsonResponse({"error": error, "error_description": description, "error_codes": [code]}, status=status)
+    response["Cache-Control"] = "no-store"
+    response["Pragma"] = "no-cache"
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+# The OAuth error for a status Django answered itself under /adfs/ (unknown path, wrong method, a body
+# too large, a crash). 900144 is AADSTS' "missing or malformed parameter", 50000 its generic server error.
+OAUTH_ERRORS = {404: "invalid_request", 405: "invalid_request", 429: "temporarily_unavailable"}
+
+
+def _oauth_replacement(response: HttpResponse) -> JsonResponse:
+    status = response.status_code
+    error = OAUTH_ERRORS.get(status, "invalid_request" if status < 500 else "server_error")
+    if status >= 503:
+        error = "temporarily_unavailable"
+    description = f"The request failed with HTTP status {status} ({response.reason_phrase})."
+    return oauth_error(status, error, description, 900144 if status < 500 else 50000)
+
+
 # --- Middleware -----------------------------------------------------------------------------------
 
 
+def api_family(path: str) -> str | None:
+    """'arm' or 'adfs' for a path under either, in any letter case (/ARM/..., /Adfs); else None."""
+    first = path.lstrip("/").split("/", 1)[0].lower()
+    return first if first in ("arm", "adfs") else None
+
+
 class ArmMiddleware:
-    """Under /arm/: x-ms-request-id on every response, and never an HTML error page.
+    """Under /arm/ and /adfs/, in any letter case: never an HTML error page. x-ms-request-id on /arm/.
 
     Outermost in MIDDLEWARE, so it also sees the responses Django makes for errors raised before the
-    view (a disallowed Host header, for one) and rewrites them as ARM error envelopes.
+    view (a disallowed Host header, for one) and rewrites them as ARM error envelopes (/arm/) or OAuth
+    errors (/adfs/). The routes are lower case; `/ARM/...` is not routed, but answers a JSON 404.
     """
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if not request.path_info.startswith(PREFIX):
+        family = api_family(request.path_info)
+        if family is None:
             return self.get_response(request)
+        if family == "adfs":
+            response = self.get_response(request)
+            if response.status_code >= 400 and not response.get("Content-Type", "").startswith("application/json"):
+                replacement = _oauth_replacement(response)
+                if response.has_header("Allow"):
+                    replacement["Allow"] = response["Allow"]
+                response = replacement
+            return response
         request_id = str(uuid.uuid4())
         response = self.get_response(request)
         if response.status_code >= 400 and not response.get("Content-Type", "").startswith("application/json"):

@@ -11,12 +11,14 @@ az-cli.md §1, §3):
 Access tokens are signed (django.core.signing, HMAC with SECRET_KEY and a salt of their own) and carry
 the principal, the tenant, the audience and the expiry, so a restart forgets nothing; every ARM
 request checks the signature, expiry, tenant and audience, and that the principal still exists and is
-neither revoked nor expired. Failed secrets are counted per client id and per client address in the
-cache (shared by every web worker) and answered 429 past a limit. Every refusal of a credential says
-the same thing, whichever part was wrong.
+neither revoked nor expired. Failed secrets are counted per client id (the GUID it names, however it
+is spelled) and per client address in the cache (shared by every web worker) and answered 429 past a
+limit. Every refusal of a credential says the same thing, whichever part was wrong.
 """
 
 import hashlib
+import logging
+import uuid
 
 from django.conf import settings
 from django.core.cache import cache
@@ -26,10 +28,13 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
+from portal.security import client_address
 from vms.models import ServicePrincipal
 
 from .auth import audience, issue_access_token, same_resource
-from .core import ArmRequest, ok
+from .core import ArmRequest, oauth_error, ok
+
+log = logging.getLogger(__name__)
 
 GRANT = "client_credentials"
 # The same words for an unknown client id, a wrong secret, a revoked or an expired principal.
@@ -93,23 +98,27 @@ def metadata_endpoints(arm: ArmRequest):
 # --- The token endpoint ---------------------------------------------------------------------------
 
 
-def oauth_error(status: int, error: str, description: str, code: int, headers: dict | None = None) -> JsonResponse:
-    """The OAuth 2 error shape Entra ID and ADFS answer with; az prints `error_description`."""
-    response = JsonResponse({"error": error, "error_description": description, "error_codes": [code]}, status=status)
-    response["Cache-Control"] = "no-store"
-    response["Pragma"] = "no-cache"
-    for name, value in (headers or {}).items():
-        response[name] = value
-    return response
+# Every client id that is not a GUID shares one counter: they can never match a principal anyway.
+NOT_A_GUID = "not-a-guid"
+
+
+def canonical_client_id(client_id: str) -> str:
+    """The GUID a client id names, in one spelling. ServicePrincipal.authenticate accepts whatever
+    uuid.UUID() parses ({braces}, upper case, no dashes, urn:uuid:...), so the failures must be counted
+    per parsed value: counting per spelling would give a guesser a fresh allowance for each one."""
+    try:
+        return str(uuid.UUID(client_id))
+    except ValueError:
+        return NOT_A_GUID
 
 
 def _failure_keys(client_id: str, address: str) -> list[tuple[str, int]]:
-    # Hashed: a client id of any length or content makes a short, safe cache key.
+    # Hashed: an address of any length or content makes a short, safe cache key.
     def key(kind: str, value: str) -> str:
         return f"identity:failures:{kind}:{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
     return [
-        (key("client", client_id.strip().lower()), settings.PORTAL_TOKEN_FAILURES_PER_CLIENT),
+        (key("client", canonical_client_id(client_id)), settings.PORTAL_TOKEN_FAILURES_PER_CLIENT),
         (key("ip", address), settings.PORTAL_TOKEN_FAILURES_PER_IP),
     ]
 
@@ -127,16 +136,6 @@ def _count_failure(keys: list[tuple[str, int]]) -> None:
             cache.incr(key)
         except ValueError:  # expired between add and incr
             cache.set(key, 1, timeout=window)
-
-
-def client_address(request: HttpRequest) -> str:
-    """The caller's address for rate limiting. Behind our own TLS proxy every request comes from the
-    proxy, so there the nearest hop the proxy recorded in X-Forwarded-For is the caller."""
-    if settings.BEHIND_TLS_PROXY:
-        forwarded = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
-        if forwarded:
-            return forwarded[-1][:64]
-    return request.META.get("REMOTE_ADDR", "") or "unknown"
 
 
 @csrf_exempt
@@ -160,7 +159,18 @@ def token(request: HttpRequest) -> JsonResponse:
     if not client_id or not secret:
         return oauth_error(400, "invalid_request", "client_id and client_secret are required.", CODE_MISSING)
     keys = _failure_keys(client_id, client_address(request))
-    if _throttled(keys):
+    try:
+        throttled = _throttled(keys)
+    except Exception:  # the cache (Redis) is down: without the counters, refuse rather than allow guessing
+        log.exception("The token endpoint cannot read its failure counters")
+        return oauth_error(
+            503,
+            "temporarily_unavailable",
+            "Sign-in is briefly unavailable. Try again in a minute.",
+            CODE_THROTTLED,
+            headers={"Retry-After": "60"},
+        )
+    if throttled:
         window = settings.PORTAL_TOKEN_FAILURE_WINDOW_SECONDS
         return oauth_error(
             429,
@@ -171,7 +181,10 @@ def token(request: HttpRequest) -> JsonResponse:
         )
     principal = ServicePrincipal.authenticate(client_id, secret)
     if principal is None:
-        _count_failure(keys)
+        try:
+            _count_failure(keys)
+        except Exception:  # the cache went away since the read: the answer is a refusal anyway
+            log.exception("The token endpoint cannot count a failure")
         return oauth_error(401, "invalid_client", BAD_CLIENT, CODE_BAD_CLIENT)
     scopes = form.get("scope", "").split()
     resources = [s.removesuffix(".default") for s in scopes if s.endswith("/.default")]

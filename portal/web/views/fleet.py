@@ -1,6 +1,7 @@
 """The fleet: the Virtual machines list with its tiles, filters and sorting, and its CSV export."""
 
 import csv
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -319,10 +320,16 @@ def fleet_export(request: HttpRequest) -> StreamingHttpResponse:
     products = dict(images.PRODUCT_CHOICES)
     writer = csv.writer(_Echo())
 
+    # The query runs (and any error in it surfaces, as an ordinary error page) here, before the response
+    # starts: once the first bytes are sent, a failure could only cut the file short.
+    found = vms.iterator(chunk_size=2000)
+    first = next(found, None)
+    found = itertools.chain([first], found) if first is not None else iter(())
+
     def rows() -> Iterator[str]:
         yield writer.writerow(CSV_HEADER)
         for (name, sub, sub_id, rg, location, sku, product, power, mode, hotpatch, status, build, crit, other,
-             reboot, assessed) in vms.iterator(chunk_size=2000):  # fmt: skip
+             reboot, assessed) in found:  # fmt: skip
             arm_id = f"/subscriptions/{sub_id}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
             yield writer.writerow(
                 [
