@@ -278,3 +278,20 @@ def test_a_running_operation_refreshes_its_heartbeat_while_the_guest_works(catal
 
     services.execute_operation(operation.pk, sleep=sleep)
     assert len(beats) >= 2 and beats == sorted(beats) and beats[-1] > beats[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_registering_a_feature_while_the_broker_is_down_is_accepted_and_settled_by_the_beat(monkeypatch, settings):
+    from vms import features
+    from vms.models import FeatureRegistration
+
+    def down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(features.current_app, "send_task", down)
+    subscription = make_subscription("Contoso", onboarded=False)
+    row = features.register_feature(subscription, FeatureRegistration.HOTPATCH_FEATURES[0])
+    assert row.state == "Registering"
+
+    later = timezone.now() + timedelta(seconds=settings.PORTAL_REGISTRATION_SECONDS + 1)
+    assert features.settle_due(now=later) == 1
