@@ -538,7 +538,11 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
         )
         fresh = [pk for pk, status, _, _ in rows if status == OperationStatus.NOT_STARTED]
         taken_over = [pk for pk, status, _, _ in rows if status == OperationStatus.IN_PROGRESS]
-        rebooting = [vm_id for _, status, reboot, vm_id in rows if reboot == RebootStatus.STARTED and vm_id]
+        rebooting = [
+            vm_id
+            for _, status, reboot, vm_id in rows
+            if status == OperationStatus.IN_PROGRESS and reboot == RebootStatus.STARTED and vm_id
+        ]
         # Compare-and-swap on the status as well, for SQLite, where SELECT FOR UPDATE locks nothing.
         Operation.objects.filter(pk__in=fresh, status=OperationStatus.NOT_STARTED).update(
             status=OperationStatus.IN_PROGRESS, started_at=now, heartbeat_at=alive, attempts=F("attempts") + 1
@@ -743,8 +747,9 @@ def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, availab
 def record_findings(findings: list[Finding]) -> list[int]:
     """Write finished runs, set-based: the operations, per-patch rows, installed updates, guest states.
 
-    Compare-and-swap: only operations still in progress under the same claim are written (one failed as
-    stale meanwhile stays failed; one taken over from this worker is its successor's); a VM deleted while its guest worked fails its operation instead. Rows that change
+    Compare-and-swap: only operations still in progress under the same claim are written (one failed
+    as stale meanwhile stays failed; one taken over from this worker is its successor's); a VM
+    deleted while its guest worked fails its operation instead. Rows that change
     the same way are written by one UPDATE (a round's installations mostly end alike). Returns the
     ids of the operations recorded.
     """
