@@ -109,8 +109,15 @@ def start_worker() -> subprocess.Popen:
 
 
 def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(c) for c in path.read_text().split()] if path.exists() else []
+    """The process's children, forked by any of its threads (billiard replaces dead pool processes
+    from a thread of its own)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            pass
+    return found
 
 
 def seconds_to_finished(ops: list[int], since: float) -> dict[int, float]:
