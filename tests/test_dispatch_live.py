@@ -103,7 +103,7 @@ def outage(transactional_db, django_db_setup, tmp_path, monkeypatch):
         lambda: "ready." in (tmp_path / "worker.log").read_text(errors="replace"), timeout=60, message="the worker"
     )
     # The web process's publishing, with the settings' timeouts, at this Redis.
-    app = Celery("outage", broker=redis.url)
+    app = Celery("outage", broker=redis.url, set_as_current=False)  # the other tests keep the portal's app
     app.conf.update(
         broker_connection_timeout=settings.CELERY_BROKER_CONNECTION_TIMEOUT,
         broker_transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
