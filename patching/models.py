@@ -223,6 +223,11 @@ class Operation(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The outbox: when this row was last handed to the broker (None: never, or the publish failed).
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    # A run proves it is alive: set at the claim and refreshed while the guest works. A stale one is
+    # taken over (services._claim) or failed (services.fail_stale_operations).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     critical_security_count = models.PositiveIntegerField(default=0)
     other_count = models.PositiveIntegerField(default=0)

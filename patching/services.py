@@ -51,10 +51,77 @@ log = logging.getLogger(__name__)
 RUN_OPERATION_TASK = "patching.tasks.run_operation"
 
 
-def send_to_workers(operation_ids: list[int]) -> None:
-    """Hand committed operations to Celery (call it from transaction.on_commit)."""
-    for pk in operation_ids:
-        current_app.send_task(RUN_OPERATION_TASK, (pk,))
+def send_to_workers(operation_ids: list[int]) -> list[int]:
+    """Hand committed operations to Celery (from transaction.on_commit, or the dispatcher); never raises.
+
+    The committed row is the outbox: a publish that fails (the broker is down) is logged and left to
+    `dispatch_queued`, because the operation was already accepted and the request must say so. Marks
+    the ones published as dispatched and returns their ids.
+    """
+    sent = []
+    try:
+        for pk in operation_ids:
+            current_app.send_task(RUN_OPERATION_TASK, (pk,))
+            sent.append(pk)
+    except Exception as exc:  # kombu's OperationalError, a socket error, a timeout: whatever the broker did
+        # One line, no traceback: during an outage every request says it.
+        log.warning(
+            "Could not hand %d operation(s) to the broker (%s: %s); the dispatcher will send them",
+            len(operation_ids) - len(sent),
+            type(exc).__name__,
+            exc,
+        )
+    if sent:
+        Operation.objects.filter(pk__in=sent).update(dispatched_at=timezone.now())
+    return sent
+
+
+# A row younger than this is left to its own on_commit publish before the dispatcher sends it.
+DISPATCH_GRACE = timedelta(seconds=5)
+DISPATCH_BATCH = 500
+
+
+def _dead_runs(now: datetime):
+    """Runs in progress whose heartbeat stopped, that may still be taken over (see _claim)."""
+    cutoff = now - settings.PORTAL_HEARTBEAT_TIMEOUT
+    return Q(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff),
+        status=OperationStatus.IN_PROGRESS,
+        attempts__lt=settings.PORTAL_MAX_ATTEMPTS,
+    )
+
+
+def dispatch_queued(now: datetime | None = None, *, batch: int = DISPATCH_BATCH) -> int:
+    """The outbox's sender (beat): hand to the workers what should be running and was not sent recently.
+
+    That is: queued operations never handed over (the publish failed) or handed over more than
+    PORTAL_DISPATCH_AGAIN_AFTER ago (the message was lost), and runs whose worker died (heartbeat
+    stale), which a worker then takes over. Set-based, in batches; each batch is claimed by setting
+    `dispatched_at` under SKIP LOCKED, so two beats send each row once (a second copy would be
+    harmless anyway: the claim is compare-and-swap). Stops at the first publish that fails and gives
+    the unsent rows back to the next beat. Returns how many were sent.
+    """
+    now = now or timezone.now()
+    due = (
+        Operation.objects.filter(
+            Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=now - settings.PORTAL_DISPATCH_AGAIN_AFTER)
+        )
+        .filter(Q(status=OperationStatus.NOT_STARTED, created_at__lt=now - DISPATCH_GRACE) | _dead_runs(now))
+        .order_by("created_at")
+    )
+    total = 0
+    while True:
+        with transaction.atomic():
+            ids = list(due.select_for_update(skip_locked=True).values_list("pk", flat=True)[:batch])
+            Operation.objects.filter(pk__in=ids).update(dispatched_at=now)
+        sent = send_to_workers(ids)
+        total += len(sent)
+        if len(sent) < len(ids):
+            unsent = set(ids) - set(sent)
+            Operation.objects.filter(pk__in=unsent, dispatched_at=now).update(dispatched_at=None)
+            return total
+        if len(ids) < batch:
+            return total
 
 
 class AgentUnreachable(Exception):
@@ -559,23 +626,54 @@ class Executed:
 
 
 def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
-    """NotStarted -> InProgress, once: a redelivered task, or a second worker, finds nothing to claim."""
+    """NotStarted -> InProgress, once; or take over a run whose worker died (its heartbeat is stale).
+
+    A redelivered task, or a second worker, finds nothing to claim while the run's heartbeat is fresh.
+    Each claim counts an attempt, which `record_findings` checks: a presumed-dead worker that comes
+    back cannot record over its successor. A run taken over starts again from the guest as recorded
+    (a dead run recorded nothing: recording is one transaction); a VM it left restarting is running.
+    The heartbeat is real time even on a simulated clock: it is about processes, not guests.
+    """
+    alive = timezone.now()
     with transaction.atomic():
-        claimed = list(
+        rows = list(
             Operation.objects.select_for_update(skip_locked=True)
-            .filter(pk__in=operation_ids, status=OperationStatus.NOT_STARTED)
-            .values_list("pk", flat=True)
+            .filter(Q(status=OperationStatus.NOT_STARTED) | _dead_runs(alive), pk__in=operation_ids)
+            .values_list("pk", "status", "reboot_status", "vm_id")
         )
-        Operation.objects.filter(pk__in=claimed).update(
-            status=OperationStatus.IN_PROGRESS, started_at=now, attempts=F("attempts") + 1
+        fresh = [pk for pk, status, _, _ in rows if status == OperationStatus.NOT_STARTED]
+        taken_over = [pk for pk, status, _, _ in rows if status == OperationStatus.IN_PROGRESS]
+        rebooting = [
+            vm_id
+            for _, status, reboot, vm_id in rows
+            if status == OperationStatus.IN_PROGRESS and reboot == RebootStatus.STARTED and vm_id
+        ]
+        # Compare-and-swap on the status as well, for SQLite, where SELECT FOR UPDATE locks nothing.
+        Operation.objects.filter(pk__in=fresh, status=OperationStatus.NOT_STARTED).update(
+            status=OperationStatus.IN_PROGRESS, started_at=now, heartbeat_at=alive, attempts=F("attempts") + 1
         )
-    return list(Operation.objects.filter(pk__in=claimed).order_by("pk"))
+        if taken_over:
+            log.warning("Taking over %d run(s) whose worker stopped: %s", len(taken_over), taken_over)
+            Operation.objects.filter(_dead_runs(alive), pk__in=taken_over).update(
+                heartbeat_at=alive, reboot_status=RebootStatus.UNKNOWN, attempts=F("attempts") + 1
+            )
+    if rebooting:
+        # After the operations' transaction, not inside it: the lock order puts VMs before operations.
+        VirtualMachine.objects.filter(pk__in=rebooting, power_state=VirtualMachine.PowerState.STARTING).update(
+            power_state=VirtualMachine.PowerState.RUNNING
+        )
+    return list(Operation.objects.filter(pk__in=fresh + taken_over).order_by("pk"))
 
 
 def release_for_retry(operation_id: int) -> None:
-    """InProgress -> NotStarted, so the retried task can claim it again."""
+    """InProgress -> NotStarted, so the retried task can claim it again.
+
+    Marked dispatched now: the retry's own message is the hand-off. If the worker holding it dies
+    during the countdown, the dispatcher sends the operation again after PORTAL_DISPATCH_AGAIN_AFTER,
+    instead of the VM waiting for Redis' visibility timeout.
+    """
     Operation.objects.filter(pk=operation_id, status=OperationStatus.IN_PROGRESS).update(
-        status=OperationStatus.NOT_STARTED
+        status=OperationStatus.NOT_STARTED, dispatched_at=timezone.now()
     )
 
 
@@ -649,13 +747,28 @@ def execute_operations(
         else:
             findings.append(_simulate(operation, vm, guests[vm.pk], clock))
     if now is None:
-        findings = _in_real_time(findings, sleep)
+        findings = _in_real_time(findings, _with_heartbeat([f.operation_id for f in findings], sleep))
     recorded = record_findings(findings)
     if now is None:
         # What is left to install changed: refresh the compliance view, as the real agent does.
         installed_on = [f.vm for f in findings if f.outcome is not None and f.operation_id in recorded]
         queue_operations(installed_on, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
     return Executed(recorded, unreachable)
+
+
+def _with_heartbeat(operation_ids: list[int], sleep: Callable[[float], None]) -> Callable[[float], None]:
+    """`sleep`, in slices of PORTAL_HEARTBEAT_SECONDS, refreshing the runs' heartbeat after each."""
+
+    def sleep_alive(seconds: float) -> None:
+        while seconds > 0:
+            slice_ = min(seconds, settings.PORTAL_HEARTBEAT_SECONDS)
+            sleep(slice_)
+            seconds -= slice_
+            Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS).update(
+                heartbeat_at=timezone.now()
+            )
+
+    return sleep_alive
 
 
 def _in_real_time(findings: list["Finding"], sleep: Callable[[float], None]) -> list["Finding"]:
@@ -711,6 +824,7 @@ class Finding:
     guest: sim.Guest
     catalog: list[sim.Patch]
     outcome: sim.InstallOutcome | None = None  # None for an assessment
+    attempt: int | None = None  # the claim this run holds (Operation.attempts); None: any
 
 
 def _simulate(operation: Operation, vm: VirtualMachine, guest: sim.Guest, now: datetime) -> Finding:
@@ -718,11 +832,11 @@ def _simulate(operation: Operation, vm: VirtualMachine, guest: sim.Guest, now: d
     catalog = catalog_for(vm.product)
     available = sim.applicable(guest, catalog, now)
     if operation.kind == OperationKind.ASSESSMENT:
-        return Finding(operation.pk, vm, available, now + timedelta(seconds=sim.ASSESSMENT_SECONDS), guest, catalog)
+        finished = now + timedelta(seconds=sim.ASSESSMENT_SECONDS)
+        return Finding(operation.pk, vm, available, finished, guest, catalog, attempt=operation.attempts)
     outcome = _install(operation, vm, guest, available, now)
-    return Finding(
-        operation.pk, vm, available, now + timedelta(seconds=outcome.simulated_seconds), guest, catalog, outcome
-    )
+    finished = now + timedelta(seconds=outcome.simulated_seconds)
+    return Finding(operation.pk, vm, available, finished, guest, catalog, outcome, operation.attempts)
 
 
 def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, available, clock: datetime):
@@ -742,8 +856,9 @@ def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, availab
 def record_findings(findings: list[Finding]) -> list[int]:
     """Write finished runs, set-based: the operations, per-patch rows, installed updates, guest states.
 
-    Compare-and-swap: only operations still in progress are written (one failed as stale meanwhile
-    stays failed); a VM deleted while its guest worked fails its operation instead. Rows that change
+    Compare-and-swap: only operations still in progress under the same claim are written (one failed
+    as stale meanwhile stays failed; one taken over from this worker is its successor's); a VM
+    deleted while its guest worked fails its operation instead. Rows that change
     the same way are written by one UPDATE (a round's installations mostly end alike). Returns the
     ids of the operations recorded.
     """
@@ -758,12 +873,16 @@ def record_findings(findings: list[Finding]) -> list[int]:
             .filter(pk__in=[f.vm.pk for f in findings])
             .order_by("pk")
         }
-        live = set(
+        # Still in progress under the same claim: a run taken over from this worker is its successor's.
+        claims = dict(
             Operation.objects.select_for_update()
             .filter(pk__in=[f.operation_id for f in findings], status=OperationStatus.IN_PROGRESS)
             .order_by("pk")
-            .values_list("pk", flat=True)
+            .values_list("pk", "attempts")
         )
+        live = {
+            f.operation_id for f in findings if f.operation_id in claims and f.attempt in (None, claims[f.operation_id])
+        }
         operations: dict[tuple, list[int]] = defaultdict(list)
         guests: dict[tuple, list[int]] = defaultdict(list)
         results, installs, rebooted, recorded = [], [], [], []
@@ -866,14 +985,22 @@ def _fail_deleted(operation_id: int, vm_name: str, when: datetime) -> None:
 def fail_stale_operations(now: datetime | None = None) -> int:
     """Fail operations that will not finish: a run whose worker died, or a queued one nobody picked up.
 
-    A run in progress gets PORTAL_STALE_OPERATION_AFTER from when it started; a queued operation gets
-    three times that from when it was queued, since a busy fleet can legitimately have a backlog.
+    A run whose heartbeat stopped is failed once it may not be taken over again (PORTAL_MAX_ATTEMPTS
+    claims; before that the dispatcher re-sends it and a worker resumes it). Whatever happens, a run
+    in progress gets PORTAL_STALE_OPERATION_AFTER from when it started; a queued operation gets three
+    times that from when it was queued, since a busy fleet can legitimately have a backlog.
     Set-based: one UPDATE for the operations, one for the VMs a dead worker left rebooting.
     """
     now = now or timezone.now()
     deadline = settings.PORTAL_STALE_OPERATION_AFTER
+    silent = now - settings.PORTAL_HEARTBEAT_TIMEOUT
     stale = Operation.objects.filter(
         Q(status=OperationStatus.IN_PROGRESS, started_at__lt=now - deadline)
+        | Q(
+            Q(heartbeat_at__lt=silent) | Q(heartbeat_at__isnull=True, started_at__lt=silent),
+            status=OperationStatus.IN_PROGRESS,
+            attempts__gte=settings.PORTAL_MAX_ATTEMPTS,
+        )
         | Q(status=OperationStatus.NOT_STARTED, created_at__lt=now - 3 * deadline)
     )
     with transaction.atomic():

@@ -29,6 +29,15 @@ def run_operation(self, operation_id: int) -> None:
 
 
 @shared_task
+def dispatch_queued() -> int:
+    """Beat: the outbox. Committed operations the broker did not get, and runs whose worker died, are sent."""
+    sent = services.dispatch_queued()
+    if sent:
+        log.info("Dispatched %d queued or abandoned operation(s)", sent)
+    return sent
+
+
+@shared_task
 def fail_stale_operations() -> int:
     """Beat: no operation stays in progress forever when a worker dies under it."""
     failed = services.fail_stale_operations()

@@ -219,15 +219,46 @@ else:
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True  # our state lives in Operation rows, never in a result backend
+# What survives a broker outage or a dead worker is the Operation row, not the message: a committed
+# NotStarted row is (re-)sent by the dispatcher beat (patching.tasks.dispatch_queued), and a run whose
+# heartbeat stopped is taken over or failed (services._claim, services.fail_stale_operations). The
+# message settings below only make recovery faster; correctness never depends on them.
+# - acks_late: a message is acknowledged once its task ended, so one a worker had fetched (or was
+#   running) when it died comes back instead of being lost; a second delivery is harmless, the
+#   claim is compare-and-swap.
+# - reject_on_worker_lost: a pool child killed mid-task puts its message straight back. If the run
+#   had not been claimed yet it runs at once; if it had, the copy finds nothing to claim until the
+#   heartbeat goes stale, and the dispatcher re-sends it then. A poison task cannot loop forever:
+#   the claim stops taking a run over after PORTAL_MAX_ATTEMPTS.
+# - visibility_timeout: how long Redis waits before redelivering an unacknowledged message (a worker
+#   SIGKILLed as a whole). It must exceed the longest task (CELERY_TASK_TIME_LIMIT), or Redis would
+#   hand a running task to a second worker; it no longer decides how soon a crash is noticed (the
+#   heartbeat does), so it can stay well above the limit.
+# - publishing: no retries and a short connect timeout, so a request never hangs while Redis is
+#   down; the outbox retries instead (services.send_to_workers logs the failure and returns).
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_TIME_LIMIT = 15 * 60  # well under Redis' 1 h visibility timeout
+CELERY_TASK_TIME_LIMIT = 15 * 60
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+if REDIS_URL:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 2 * CELERY_TASK_TIME_LIMIT,
+        "socket_connect_timeout": 2,
+        "max_retries": 0,  # a publish tries the connection once (kombu reads this in default_channel)
+    }
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE = {
+    # The outbox: committed operations that were not handed to a worker (broker down) are re-sent.
+    "dispatch-queued": {
+        "task": "patching.tasks.dispatch_queued",
+        "schedule": timedelta(seconds=envint("PORTAL_DISPATCH_BEAT_SECONDS", "10")),
+    },
+    # Runs whose heartbeat stopped and that may not be taken over again; queued ones nobody ran.
     "fail-stale-operations": {
         "task": "patching.tasks.fail_stale_operations",
-        "schedule": timedelta(minutes=1),
+        "schedule": timedelta(seconds=30),
     },
     "settle-registrations": {
         "task": "vms.tasks.settle_due_registrations",
@@ -258,6 +289,15 @@ PORTAL_PATCH_FAILURE_RATE = envfloat("PORTAL_PATCH_FAILURE_RATE", "0.02")
 PORTAL_AGENT_UNREACHABLE_RATE = envfloat("PORTAL_AGENT_UNREACHABLE_RATE", "0.0")
 # An operation still queued or running this long after it was created is failed by the beat task.
 PORTAL_STALE_OPERATION_AFTER = timedelta(minutes=envint("PORTAL_STALE_OPERATION_MINUTES", "30"))
+# The outbox: a queued operation handed to the broker this long ago and still not started is sent again
+# (a lost message, a Redis restarted without its data); one never handed over is sent at the next beat.
+PORTAL_DISPATCH_AGAIN_AFTER = timedelta(seconds=envint("PORTAL_DISPATCH_AGAIN_SECONDS", "60"))
+# A running operation refreshes its heartbeat every PORTAL_HEARTBEAT_SECONDS; one silent for
+# PORTAL_HEARTBEAT_TIMEOUT_SECONDS lost its worker: it is re-sent and taken over, up to
+# PORTAL_MAX_ATTEMPTS claims in all (agent retries included), then failed.
+PORTAL_HEARTBEAT_SECONDS = envfloat("PORTAL_HEARTBEAT_SECONDS", "10")
+PORTAL_HEARTBEAT_TIMEOUT = timedelta(seconds=envint("PORTAL_HEARTBEAT_TIMEOUT_SECONDS", "60"))
+PORTAL_MAX_ATTEMPTS = envint("PORTAL_MAX_ATTEMPTS", "6")
 # How many days of update history are kept before being pruned.
 PORTAL_HISTORY_RETENTION_DAYS = envint("PORTAL_HISTORY_RETENTION_DAYS", "180")
 # Preview-feature and provider registration take this long ("up to 15 minutes" in the seed).
@@ -267,6 +307,8 @@ PORTAL_PREVIEW_GATE = envbool("PORTAL_PREVIEW_GATE", "true")
 for _name in ("PORTAL_PATCH_FAILURE_RATE", "PORTAL_AGENT_UNREACHABLE_RATE"):
     if not 0.0 <= globals()[_name] <= 1.0:
         raise ImproperlyConfigured(f"{_name} must be between 0 and 1")
+if PORTAL_HEARTBEAT_SECONDS <= 0 or PORTAL_HEARTBEAT_TIMEOUT.total_seconds() < 2 * PORTAL_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("PORTAL_HEARTBEAT_TIMEOUT_SECONDS must be at least twice PORTAL_HEARTBEAT_SECONDS")
 if PORTAL_SIM_SPEED < 0:
     raise ImproperlyConfigured("PORTAL_SIM_SPEED must be 0 (no sleeping) or positive")
 

@@ -5,6 +5,7 @@ unregister -> Unregistering -> Unregistered. Every transition is a compare-and-s
 repeated click, a repeated API call or a redelivered task changes nothing twice.
 """
 
+import logging
 from datetime import datetime, timedelta
 
 from celery import current_app
@@ -18,6 +19,7 @@ S = RegistrationState
 PROVIDER = "Microsoft.Compute"
 # The Celery task (vms/tasks.py) that finishes a transition once its delay has passed, sent by name.
 SETTLE_TASK = "vms.tasks.settle_registration"
+log = logging.getLogger(__name__)
 
 
 def _registration_delay() -> timedelta:
@@ -68,8 +70,17 @@ def _transition(model, lookup: dict, start: str, *, now: datetime | None = None)
         if moved:
             delay = settings.PORTAL_REGISTRATION_SECONDS
             kind = "feature" if model is FeatureRegistration else "provider"
-            transaction.on_commit(lambda: current_app.send_task(SETTLE_TASK, (kind, row.pk), countdown=delay))
+            transaction.on_commit(lambda: _send_settle(kind, row.pk, delay))
     return row
+
+
+def _send_settle(kind: str, pk: int, delay: int) -> None:
+    """Ask a worker to settle the transition when its delay is over. The change is committed: a broker
+    that is down must not fail the request, and settle_due (beat) settles it anyway."""
+    try:
+        current_app.send_task(SETTLE_TASK, (kind, pk), countdown=delay)
+    except Exception as exc:  # kombu's OperationalError, a socket error, a timeout
+        log.warning("Could not schedule settling %s registration %s (%s); the beat settles it", kind, pk, exc)
 
 
 def register_feature(subscription: Subscription, name: str, namespace: str = FeatureRegistration.NAMESPACE, **kw):
