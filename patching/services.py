@@ -487,6 +487,21 @@ def delete_virtual_machine(vm: VirtualMachine) -> bool:
 # --- Starting operations --------------------------------------------------------------------------
 
 
+def new_operation(vm: VirtualMachine, kind: str, started_by: str, user, body: dict, created_at: datetime) -> Operation:
+    """An unsaved Operation row for a run on the VM (its name and location kept for when it is gone)."""
+    return Operation(
+        vm=vm,
+        subscription_id=vm.resource_group.subscription_id,
+        vm_name=vm.name,
+        location=vm.location,
+        kind=kind,
+        started_by=started_by,
+        user=user if started_by == StartedBy.USER else None,
+        parameters=body,
+        created_at=created_at,
+    )
+
+
 def start_operation(
     vm: VirtualMachine,
     kind: str,
@@ -511,17 +526,10 @@ def start_operation(
                 # The VM's lock first (lock_vms): a DELETE cannot slip in between the check and the insert.
                 if lock_vm(vm.pk) is None:
                     raise VirtualMachine.DoesNotExist(f"The virtual machine '{vm.name}' was deleted.")
-                operation = Operation.objects.create(
-                    vm=vm,
-                    subscription_id=vm.resource_group.subscription_id,
-                    vm_name=vm.name,
-                    location=vm.location,
-                    kind=kind,
-                    started_by=started_by,
-                    user=user if started_by == StartedBy.USER else None,
-                    parameters=parameters.to_json() if parameters else {},
-                    created_at=now or timezone.now(),
+                operation = new_operation(
+                    vm, kind, started_by, user, parameters.to_json() if parameters else {}, now or timezone.now()
                 )
+                operation.save()
         except IntegrityError as e:
             if _constraint(e) != IN_FLIGHT_CONSTRAINT:
                 if VirtualMachine.objects.filter(pk=vm.pk).exists():
@@ -583,20 +591,7 @@ def queue_operations(
     if kind == OperationKind.INSTALLATION:
         parameters = parameters or CRITICAL_AND_SECURITY
     body = parameters.to_json() if parameters else {}
-    rows = [
-        Operation(
-            vm_id=vm.pk,
-            subscription_id=vm.resource_group.subscription_id,
-            vm_name=vm.name,
-            location=vm.location,
-            kind=kind,
-            started_by=started_by,
-            user=user if started_by == StartedBy.USER else None,
-            parameters=body,
-            created_at=now,
-        )
-        for vm in vms
-    ]
+    rows = [new_operation(vm, kind, started_by, user, body, now) for vm in vms]
     with transaction.atomic():
         # The VMs' locks first (lock_vms): a VM deleted meanwhile gets no operation (and no FK violation).
         alive = {vm.pk for vm in lock_vms(row.vm_id for row in rows)}

@@ -17,7 +17,6 @@ The worker takes its settings from the environment (plus WORKER_SETTINGS), not f
 """
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from hypothesis import settings as hypothesis_settings
 
 from tests.arm_client import ArmClient
 from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
-from tests.helpers import wait_for
+from tests.helpers import stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,13 +74,7 @@ class LiveWorker:
         return any((inspect.active() or {}).get(self.node, [])) or any((inspect.reserved() or {}).get(self.node, []))
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # warm shutdown: finish the task at hand
-            try:
-                self.process.wait(WORKER_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, WORKER_STOP_TIMEOUT)
 
 
 # Tests that start processes or virtualenvs of their own besides the live worker and beat: the
@@ -216,13 +209,7 @@ def start_beat(live_worker, tmp_path):
 
     yield start
     for process in beats:  # before live_worker purges the queue and waits for the worker to go idle
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(WORKER_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, WORKER_STOP_TIMEOUT)
 
 
 @pytest.fixture(autouse=True, scope="session")

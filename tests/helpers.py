@@ -18,3 +18,17 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 
             what = message or getattr(predicate, "__name__", repr(predicate))
             raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value: {result!r})")
         time.sleep(interval)
+
+
+def stop_process(process, timeout: float = 10) -> None:
+    """SIGTERM (a warm shutdown: a worker finishes the task at hand), then SIGKILL after `timeout` s."""
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -7,7 +7,6 @@ publishing at it.
 """
 
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from patching import services
 from patching.models import Operation, OperationStatus
 from tests.arm_client import vm_path
 from tests.conftest import ROOT, WORKER_STOP_TIMEOUT, _require_postgres_and_redis, live_environment
-from tests.helpers import wait_for
+from tests.helpers import stop_process, wait_for
 
 pytestmark = [
     pytest.mark.live,
@@ -67,13 +66,7 @@ class OwnRedis:
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(WORKER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, WORKER_STOP_TIMEOUT)
 
 
 @pytest.fixture
