@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
+from django.http import Http404
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -349,10 +351,15 @@ class VirtualMachineAdmin(admin.ModelAdmin):
             services.provision_guest(obj, timezone.now())
             services.start_operation(obj, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
             return
-        saved = VirtualMachine.objects.get(pk=obj.pk)
-        if saved.enable_hotpatching and not obj.enable_hotpatching:
-            obj.hotpatch_disabled_at = timezone.now()
-        super().save_model(request, obj, form, change)
+        with transaction.atomic():
+            # In the lock order (services.lock_vms), and a new version: an ARM client's etag goes stale.
+            saved = services.lock_vm(obj.pk)
+            if saved is None:
+                raise Http404(f"The virtual machine '{obj.name}' was deleted.")
+            if saved.enable_hotpatching and not obj.enable_hotpatching:
+                obj.hotpatch_disabled_at = timezone.now()
+            obj.version = saved.version + 1
+            super().save_model(request, obj, form, change)
         services.refresh_hotpatch_status(obj, turned_on=obj.enable_hotpatching and not saved.enable_hotpatching)
 
     def _start(self, request, queryset, kind):

@@ -531,7 +531,9 @@ def start_operation(
                 )
                 operation.save()
         except IntegrityError as e:
-            if _constraint(e) != IN_FLIGHT_CONSTRAINT:
+            # PostgreSQL names the constraint; SQLite (the embedded default) does not: then read what is there.
+            name = _constraint(e)
+            if name is not None and name != IN_FLIGHT_CONSTRAINT:
                 if VirtualMachine.objects.filter(pk=vm.pk).exists():
                     raise
                 raise VirtualMachine.DoesNotExist(f"The virtual machine '{vm.name}' was deleted.") from e
@@ -999,9 +1001,13 @@ def fail_stale_operations(now: datetime | None = None) -> int:
         | Q(status=OperationStatus.NOT_STARTED, created_at__lt=now - 3 * deadline)
     )
     with transaction.atomic():
-        # The lock order (lock_vms): the VMs of the stale runs first, then the runs themselves.
-        lock_vms(pk for pk in stale.values_list("vm_id", flat=True) if pk)
-        vm_ids = list(stale.select_for_update().order_by("pk").values_list("vm_id", flat=True))
+        # Read once, then in the lock order (lock_vms): the VMs of these runs first, then the runs,
+        # still stale (compare-and-swap: one taken over or finished meanwhile is left alone).
+        found = dict(stale.values_list("pk", "vm_id"))
+        vm_ids = [pk for pk in found.values() if pk]
+        lock_vms(vm_ids)
+        stale = stale.filter(pk__in=list(found))
+        list(stale.select_for_update().order_by("pk").values_list("pk", flat=True))
         failed = stale.update(
             status=OperationStatus.FAILED,
             error_code="OperationTimedOut",
@@ -1009,9 +1015,9 @@ def fail_stale_operations(now: datetime | None = None) -> int:
             finished_at=now,
         )
         # A VM left "starting" by a worker killed mid-reboot comes back up.
-        VirtualMachine.objects.filter(
-            pk__in=[pk for pk in vm_ids if pk], power_state=VirtualMachine.PowerState.STARTING
-        ).update(power_state=VirtualMachine.PowerState.RUNNING)
+        VirtualMachine.objects.filter(pk__in=vm_ids, power_state=VirtualMachine.PowerState.STARTING).update(
+            power_state=VirtualMachine.PowerState.RUNNING
+        )
     return failed
 
 

@@ -176,7 +176,10 @@ AXES_COOLOFF_TIME = timedelta(minutes=envint("PORTAL_LOGIN_LOCKOUT_MINUTES", "15
 # Two independent counters: by user name (guessing one account from many addresses) and by address
 # (one address trying many accounts).
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
-AXES_RESET_ON_SUCCESS = True
+# A success does not wipe the failures: axes' reset matches by user name OR address, so signing in to
+# one's own account would clear the guesses at someone else's from the same address. They expire after
+# the cool-off instead.
+AXES_RESET_ON_SUCCESS = False
 # The same address as the token endpoint's counters: behind BEHIND_TLS_PROXY, the proxy's last hop.
 AXES_CLIENT_IP_CALLABLE = "portal.security.axes_client_ip"
 AXES_LOCKOUT_CALLABLE = "portal.security.lockout_response"
@@ -356,7 +359,7 @@ PORTAL_ARM_TENANT_ID = PORTAL_TENANT_ID
 if PORTAL_ARM_RETRY_AFTER < 0 or PORTAL_ARM_PAGE_SIZE < 1:
     raise ImproperlyConfigured("PORTAL_ARM_RETRY_AFTER must be >= 0 and PORTAL_ARM_PAGE_SIZE >= 1")
 
-# --- Identity for the Azure CLI (portal/identity.py: service principals, ADFS-style token endpoint) ---
+# --- Identity for the Azure CLI (portal/arm/identity.py: service principals, ADFS-style token endpoint) ---
 # The audience (the "resource") access tokens are issued for: the CLI's activeDirectoryResourceId and
 # management endpoint, from GET /arm/metadata/endpoints. Any stable URL; it is never fetched.
 PORTAL_ARM_AUDIENCE = env("PORTAL_ARM_AUDIENCE", "https://management.hotpatch-portal.local/")

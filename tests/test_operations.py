@@ -427,3 +427,12 @@ def test_a_batch_runs_each_operation_once_with_the_same_outcome_as_one_at_a_time
             one_at_a_time.critical_security_count,
             one_at_a_time.other_count,
         )
+
+
+def test_a_second_start_joins_even_where_the_database_does_not_name_the_constraint(monkeypatch):
+    """SQLite (the embedded default) reports no constraint name: the one in flight is still found."""
+    monkeypatch.setattr(services, "_constraint", lambda error: None)
+    vm = make_vm(now=MARCH - timedelta(days=40))
+    first, created = services.start_operation(vm, OperationKind.ASSESSMENT, now=MARCH, enqueue=False)
+    second, created_again = services.start_operation(vm, OperationKind.ASSESSMENT, now=MARCH, enqueue=False)
+    assert created and not created_again and second.pk == first.pk

@@ -66,13 +66,23 @@ def test_one_address_guessing_many_users_is_locked_for_every_user():
     assert sign_in(other, "kim", PASSWORD, address="192.0.2.9").status_code == 302 and signed_in(other)
 
 
-def test_fewer_failures_than_the_limit_then_the_right_password_signs_in_and_resets_the_count():
+def test_fewer_failures_than_the_limit_then_the_right_password_signs_in_and_the_failures_still_count():
     make_user("sam")
     client = Client()
     for n in range(4):
         sign_in(client, "sam", f"guess-{n}")
     assert sign_in(client, "sam", PASSWORD).status_code == 302 and signed_in(client)
-    assert not AccessAttempt.objects.filter(username="sam").exists()
+    assert AccessAttempt.objects.filter(username="sam").exists()  # they expire after the cool-off
+
+
+def test_signing_in_to_ones_own_account_does_not_wipe_the_guesses_at_another():
+    make_user("victim")
+    make_user("attacker")
+    for round_ in range(6):
+        for n in range(4):
+            sign_in(Client(), "victim", f"guess-{round_}-{n}")
+        sign_in(Client(), "attacker", PASSWORD)  # from the same address
+    assert sign_in(Client(), "victim", PASSWORD).status_code == 429
 
 
 def test_an_administrator_unlocks_in_the_admin():

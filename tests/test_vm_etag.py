@@ -102,3 +102,12 @@ def test_the_settings_form_refuses_a_save_made_on_a_stale_page(client, user, cat
     assert client.post(url, {**mine, "version": 2}).status_code == 302
     vm.refresh_from_db()
     assert vm.reboot_setting == "Never"
+
+
+@pytest.mark.parametrize("header", ['"²"', '"' + "9" * 5000 + '"', '"1.0"', "W/", '""'])
+def test_an_if_match_no_etag_could_be_is_412_not_500(api, fleet, header):
+    vm = fleet["web1"]
+    response = api.patch(
+        vm_path(vm), settings_body(assessmentMode=other_assessment_mode(vm)), headers={"If-Match": header}
+    )
+    assert response.status_code == 412 and error_of(response)["code"] == "PreconditionFailed"

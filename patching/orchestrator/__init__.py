@@ -6,7 +6,7 @@
 - `planner`    the batching decision: given a fleet snapshot, the time and the rules, which VMs start
                now and a reason for every VM that does not; pure.
 - `engine`     the database side: reads the snapshot set-based, opens halts, records decisions, starts
-               operations through services.start_operations. The beat tasks and the simulation call it.
+               operations through services.queue_operations. The beat tasks and the simulation call it.
 - `simulation` the same engine over a simulated clock (`manage.py simulate`, the demo's history).
 
 This package imports nothing from Django's models at import time, so `rules` is importable from

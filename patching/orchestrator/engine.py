@@ -7,7 +7,7 @@ the operations then run right away through services.execute_operations, on the s
 Idempotent: a round runs in one transaction holding an advisory lock on PostgreSQL (SQLite's
 IMMEDIATE transactions serialise writers anyway), so two beats started by mistake plan one after the
 other, and the second sees the first one's operations in flight. Under that, the database allows one
-installation in flight per VM (services.start_operations skips the VMs that have one), and halts are
+installation in flight per VM (services.queue_operations skips the VMs that have one), and halts are
 opened with ON CONFLICT DO NOTHING against "one open halt per release".
 
 Queries per round do not grow with the fleet: the VMs (one query), what is installed on them (one
@@ -436,22 +436,25 @@ def start_installations(starts: list[planner.Start], now: datetime, *, enqueue: 
         if start.vm_id in vms:
             groups[(start.reboot_setting, start.exclude_reboot, start.maximum_duration)].append(vms[start.vm_id])
     ids: list[int] = []
-    for (reboot_setting, exclude_reboot, duration), members in groups.items():
-        parameters = InstallParameters(
-            selection=Selection(
-                classifications=frozenset(sim.CRITICAL_AND_SECURITY), exclude_kbs_requiring_reboot=exclude_reboot
-            ),
-            reboot_setting=reboot_setting,
-            maximum_duration=duration,
-        )
-        ids += services.queue_operations(
-            members,
-            OperationKind.INSTALLATION,
-            started_by=StartedBy.PLATFORM,
-            parameters=parameters,
-            now=now,
-            enqueue=enqueue,
-        )
+    with transaction.atomic():
+        # The lock order: all of the round's VMs at once, in pk order, before any group locks its own.
+        services.lock_vms(vms)
+        for (reboot_setting, exclude_reboot, duration), members in groups.items():
+            parameters = InstallParameters(
+                selection=Selection(
+                    classifications=frozenset(sim.CRITICAL_AND_SECURITY), exclude_kbs_requiring_reboot=exclude_reboot
+                ),
+                reboot_setting=reboot_setting,
+                maximum_duration=duration,
+            )
+            ids += services.queue_operations(
+                members,
+                OperationKind.INSTALLATION,
+                started_by=StartedBy.PLATFORM,
+                parameters=parameters,
+                now=now,
+                enqueue=enqueue,
+            )
     return ids
 
 

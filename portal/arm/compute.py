@@ -293,7 +293,7 @@ def _if_match(arm: ArmRequest) -> set[int] | None:
         tag = tag.strip().removeprefix("W/").strip('"')
         if tag == "*":
             return None
-        if tag.isdigit():
+        if re.fullmatch("[0-9]{1,18}", tag):  # not str.isdigit(): it takes "²", which int() refuses
             versions.add(int(tag))
     return versions  # none we could have issued: nothing matches
 

@@ -4,8 +4,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -16,7 +17,7 @@ from vms.models import (
     Role,
     VirtualMachine,
 )
-from vms.patch_settings import defaults_for_image
+from vms.patch_settings import Problem, defaults_for_image
 
 from .common import HtmxHttpRequest, get_vm, in_flight_operations, partial_for, portal_view, vm_context
 
@@ -64,7 +65,7 @@ def guest_updates(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             except VirtualMachine.DoesNotExist:
                 raise Http404(f"The virtual machine {vm.name} was deleted.") from None
             except services.StaleVersion:
-                vm.refresh_from_db()
+                vm = get_object_or_404(VirtualMachine, pk=vm.pk)  # as it is now (or gone since: 404)
                 form = PatchSettingsForm.current(vm)  # the settings as they are now, to start over from
                 form.add_error(
                     None,
@@ -159,17 +160,23 @@ def create(request: HtmxHttpRequest) -> HttpResponse:
         form = CreateVmForm(request.POST, subscriptions=subscriptions)
         if form.is_valid():
             data = form.cleaned_data
-            vm, problems = services.create_virtual_machine(
-                resource_group=data["resource_group"],
-                name=data["name"].strip(),
-                location=data["location"],
-                image_sku=data["image_sku"],
-                size=data["size"],
-                time_zone=data["time_zone"].strip(),
-                zone=data["zone"],
-                availability_set=data["availability_set"].strip(),
-                patch_settings=form.new_patch_settings(),
-            )
+            try:
+                vm, problems = services.create_virtual_machine(
+                    resource_group=data["resource_group"],
+                    name=data["name"].strip(),
+                    location=data["location"],
+                    image_sku=data["image_sku"],
+                    size=data["size"],
+                    time_zone=data["time_zone"].strip(),
+                    zone=data["zone"],
+                    availability_set=data["availability_set"].strip(),
+                    patch_settings=form.new_patch_settings(),
+                )
+            except IntegrityError:  # the same name, created by another request meanwhile
+                vm, problems = (
+                    None,
+                    [Problem("name", f"A VM named '{data['name'].strip()}' was just created by someone else.")],
+                )
             if vm is not None:
                 messages.success(request, f"Created the virtual machine {vm.name}. Its first assessment is running.")
                 return redirect("vms:overview", vm.pk)
