@@ -32,3 +32,14 @@ def stop_process(process, timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def run_in_threads(target: Callable[[], object], count: int = 2) -> None:
+    """Run `target` in `count` threads at once and wait for all (the target waits on its own barrier)."""
+    import threading
+
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

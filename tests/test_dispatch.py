@@ -18,6 +18,7 @@ from patching import services
 from patching.models import Operation, OperationKind, OperationStatus, RebootStatus
 from tests.arm_client import vm_path
 from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
+from tests.helpers import run_in_threads
 from vms.models import VirtualMachine
 
 pytestmark = pytest.mark.usefixtures("no_random_failures")
@@ -173,11 +174,7 @@ def test_two_concurrent_dispatch_rounds_send_each_operation_once(broker):
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=round_) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(round_)
 
     assert sum(counts) == 120 and len(broker.sent) == len(set(broker.sent)) == 120
 

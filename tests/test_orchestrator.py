@@ -15,6 +15,7 @@ from patching.orchestrator import engine
 from patching.orchestrator.rules import assessment_due, assessment_period
 from patching.tasks import assess_fleet, patch_fleet
 from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
+from tests.helpers import run_in_threads
 from vms.models import VirtualMachine
 from vms.patch_settings import PatchSettings
 
@@ -122,11 +123,7 @@ def test_two_rounds_at_once_start_nothing_twice(transactional_db, monkeypatch):
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=beat) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(beat)
     engine.patch_fleet(NIGHT + timedelta(minutes=2))  # and a third, later
     installs = list(Operation.objects.filter(**PLATFORM_INSTALLS).values_list("vm_id", flat=True))
     assert len(installs) == len(set(installs)) == 4  # zone 1's four VMs, each once
