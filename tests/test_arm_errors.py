@@ -1,5 +1,7 @@
 """ARM error shapes: the envelope everywhere, never an HTML page, never a 500 for a malformed request."""
 
+import base64
+import json
 from datetime import timedelta
 
 import isodate
@@ -188,7 +190,25 @@ def test_odd_names_in_the_path_are_not_500(api, fleet, name, status, code):
         assert error_of(response)["target"] == "vmName"
 
 
-@pytest.mark.parametrize("token", ["x", "-1", "²", "9" * 30])
+def _token(value) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "x",
+        "-1",
+        "²",
+        "9" * 30,
+        _token({"a": 1}),
+        _token([1, "web-01"]),  # one key short
+        _token(["rg", "web-01", 1]),  # a resource group id that is not a number
+        _token([1, "web\u000001", 1]),
+        _token([2**70, "web-01", 1]),
+        _token([True, "web-01", 1]),
+    ],
+)
 def test_bad_skip_tokens_are_400(api, fleet, token):
     path = f"subscriptions/{fleet['contoso'].pk}/providers/Microsoft.Compute/virtualMachines"
     response = api.get(path, **{"$skiptoken": token})

@@ -128,6 +128,30 @@ def test_vm_lists_page_with_next_links(api, fleet, settings):
     assert len(all_vms.json()["value"]) == 1 and "nextLink" in all_vms.json()
 
 
+def _follow(api, response) -> list[str]:
+    body = response.json()
+    names = [vm["name"] for vm in body["value"]]
+    if "nextLink" in body:
+        names += _follow(api, api.client.get(body["nextLink"], headers={"Authorization": f"Bearer {api.token}"}))
+    return names
+
+
+def test_next_links_are_stable_while_vms_come_and_go(api, fleet, settings):
+    """A client paging through a list while VMs are created and deleted neither sees one twice nor
+    misses one that was there all along (an offset would shift under it)."""
+    settings.PORTAL_ARM_PAGE_SIZE = 2
+    for n in range(4):
+        make_vm(resource_group=fleet["web"], name=f"web-1{n}")
+    url = f"subscriptions/{fleet['contoso'].pk}/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachines"
+    first = api.get(url).json()
+    assert [vm["name"] for vm in first["value"]] == ["web-01", "web-02"]
+    make_vm(resource_group=fleet["web"], name="web-00")  # sorts before the position: not seen now
+    VirtualMachine.objects.get(name="web-01").delete()  # already seen
+    make_vm(resource_group=fleet["web"], name="web-99")  # after it: seen
+    rest = _follow(api, api.client.get(first["nextLink"], headers={"Authorization": f"Bearer {api.token}"}))
+    assert rest == ["web-10", "web-11", "web-12", "web-13", "web-99"]
+
+
 def test_listing_with_instance_views_takes_a_constant_number_of_queries(api, fleet):
     url = f"subscriptions/{fleet['contoso'].pk}/providers/Microsoft.Compute/virtualMachines"
 

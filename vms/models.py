@@ -163,7 +163,11 @@ class VirtualMachine(models.Model):
                 name="hotpatch_needs_automatic_by_platform",
             ),
         ]
-        indexes = [models.Index(fields=["location", "zone"]), models.Index(fields=["power_state"])]
+        indexes = [
+            models.Index(fields=["location", "zone"]),
+            models.Index(fields=["power_state"]),
+            models.Index(fields=["resource_group", "name", "id"], name="vm_arm_list_order"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -9,6 +9,7 @@ them all through the `Router` built from that table. `ArmMiddleware` makes sure 
 and stamps x-ms-request-id.
 """
 
+import base64
 import json
 import logging
 import re
@@ -20,6 +21,8 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core import signing
+from django.core.exceptions import ValidationError
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -315,9 +318,18 @@ def empty(status: int, headers: dict | None = None) -> HttpResponse:
     return response
 
 
-def page(arm: ArmRequest, items, to_arm: Callable | None = None, *, many: Callable | None = None) -> JsonResponse:
-    """`{"value": [...], "nextLink"}` paging over a queryset or list; the skip token is an offset.
+def page(
+    arm: ArmRequest,
+    items: QuerySet,
+    to_arm: Callable | None = None,
+    *,
+    many: Callable | None = None,
+    keys: tuple[str, ...] = ("pk",),
+) -> JsonResponse:
+    """`{"value": [...], "nextLink"}` paging over a queryset, ordered by `keys` (the last one unique).
 
+    The skip token is a keyset position (the last item's keys, encoded): each page is one index range
+    scan whatever its depth, and items created or deleted meanwhile neither repeat nor shift the rest.
     `to_arm` serialises one item; `many` serialises a whole page at once (to load related rows in bulk).
     """
     size = settings.PORTAL_ARM_PAGE_SIZE
@@ -326,18 +338,58 @@ def page(arm: ArmRequest, items, to_arm: Callable | None = None, *, many: Callab
         if not re.fullmatch("[0-9]{1,6}", top) or int(top) < 1:
             raise bad_request(f"$top must be a positive integer, not '{top}'.", "$top")
         size = min(size, int(top))
-    token = arm.param("$skiptoken", "0")
-    if not re.fullmatch("[0-9]{1,9}", token):
-        raise bad_request(f"The skip token '{token}' is not valid; follow nextLink as returned.", "$skiptoken")
-    offset = int(token)
-    chunk = list(items[offset : offset + size + 1])
+    items = items.order_by(*keys)
+    token = arm.param("$skiptoken")
+    if token is not None:
+        try:
+            items = items.filter(_after(keys, _position(token, len(keys))))
+        except (ValueError, TypeError, ValidationError):  # a value that does not fit its column
+            raise _bad_token(token) from None
+    chunk = list(items[: size + 1])
     more, chunk = len(chunk) > size, chunk[:size]
     body = {"value": many(chunk) if many else [to_arm(item) for item in chunk]}
     if more:
         params = {k: v for k, v in arm.query.items() if k not in (API_VERSION, "$skiptoken")}
-        params["$skiptoken"] = str(offset + size)
+        last = [_jsonable(getattr(chunk[-1], key)) for key in keys]
+        params["$skiptoken"] = base64.urlsafe_b64encode(json.dumps(last).encode()).decode().rstrip("=")
         body["nextLink"] = arm.absolute(arm.request.path_info.removeprefix(PREFIX), **params)
     return ok(body)
+
+
+def _jsonable(value):
+    return value if isinstance(value, int) else str(value)
+
+
+def _position(token: str, length: int) -> list:
+    """The keys a skip token carries, or a 400: a client can only follow nextLink, not compose one."""
+    try:
+        position = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except ValueError:
+        position = None
+    if not (isinstance(position, list) and len(position) == length and all(map(_fits, position))):
+        raise _bad_token(token)
+    return position
+
+
+def _fits(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**63
+    return isinstance(value, str) and len(value) <= 200 and value.isprintable()
+
+
+def _bad_token(token: str) -> ArmError:
+    return bad_request(f"The skip token '{token[:100]}' is not valid; follow nextLink as returned.", "$skiptoken")
+
+
+def _after(keys: tuple[str, ...], position: list) -> Q:
+    """Rows after `position` in `keys` order: (a > x) or (a = x and (b > y or …)), with `a >= x` in
+    front so that the database starts its index range scan there."""
+    after = Q(**{f"{keys[-1]}__gt": position[-1]})
+    for key, value in zip(keys[-2::-1], position[-2::-1], strict=True):
+        after = Q(**{f"{key}__gt": value}) | (Q(**{key: value}) & after)
+    return Q(**{f"{keys[0]}__gte": position[0]}) & after
 
 
 def arm_time(moment: datetime | None) -> str | None:

@@ -34,7 +34,7 @@ def subscription_to_arm(subscription: Subscription) -> dict:
 
 
 def list_subscriptions(arm: ArmRequest):
-    return page(arm, access.subscriptions_for(arm.user).order_by("display_name", "pk"), subscription_to_arm)
+    return page(arm, access.subscriptions_for(arm.user), subscription_to_arm, keys=("display_name", "pk"))
 
 
 def get_subscription(arm: ArmRequest, subscriptionId: str):
@@ -89,7 +89,7 @@ def _paired(subscription: Subscription, name: str) -> list[dict]:
 
 def list_resource_groups(arm: ArmRequest, subscriptionId: str):
     subscription = arm.subscription(subscriptionId)
-    return page(arm, subscription.resource_groups.order_by("name", "pk"), ResourceGroup.to_arm)
+    return page(arm, subscription.resource_groups.all(), ResourceGroup.to_arm, keys=("name", "pk"))
 
 
 def get_resource_group(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
