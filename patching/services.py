@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -23,7 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from vms import images, regions
+from vms import clock, images, regions
 from vms.features import preview_gate_problems
 from vms.models import RESOURCE_NAME_RE, ResourceGroup, VirtualMachine
 from vms.patch_settings import PatchSettings, Problem, defaults_for_image
@@ -34,6 +34,7 @@ from .models import (
     GuestState,
     HotpatchStatus,
     InstalledUpdate,
+    MissingUpdate,
     Operation,
     OperationKind,
     OperationStatus,
@@ -883,6 +884,7 @@ def record_findings(findings: list[Finding]) -> list[int]:
         operations: dict[tuple, list[int]] = defaultdict(list)
         guests: dict[tuple, list[int]] = defaultdict(list)
         results, installs, rebooted, recorded = [], [], [], []
+        summaries = MissingSummaries()
         for f in findings:
             if f.operation_id not in live:
                 continue
@@ -953,6 +955,10 @@ def record_findings(findings: list[Finding]) -> list[int]:
                 changes["last_boot_at"] = f.finished
                 rebooted.append(f.vm.pk)
             guests[(OperationKind.INSTALLATION, tuple(changes.items()))].append(f.vm.pk)
+        done = set(recorded)
+        for f in findings:
+            if f.operation_id in done:
+                summaries.missing(f)
         for changes, ids in operations.items():
             Operation.objects.filter(pk__in=ids).update(**dict(changes))
         PatchResult.objects.bulk_create(results, batch_size=2000)
@@ -962,11 +968,39 @@ def record_findings(findings: list[Finding]) -> list[int]:
             own = Operation.objects.filter(pk__in=recorded, kind=kind, vm_id=OuterRef("pk")).values("pk")[:1]
             pointer = "last_assessment_id" if kind == OperationKind.ASSESSMENT else "last_installation_id"
             GuestState.objects.filter(pk__in=vm_ids).update(**dict(changes), **{pointer: Subquery(own)})
+        summaries.write()
         if rebooted:
             VirtualMachine.objects.filter(pk__in=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
                 power_state=VirtualMachine.PowerState.RUNNING
             )
     return recorded
+
+
+class MissingSummaries:
+    """What each recorded VM still misses after its run (what applied, less what it installed), written
+    set-based for the fleet pages: its MissingUpdate rows replaced, and its GuestState's counts per
+    classification and oldest outstanding Critical/Security publish date (one UPDATE per distinct summary)."""
+
+    def __init__(self):
+        self.rows: list[MissingUpdate] = []
+        self.by_summary: dict[tuple, list[int]] = defaultdict(list)
+
+    def missing(self, finding: "Finding") -> None:
+        installed = {p.id for p in finding.outcome.installed} if finding.outcome else set()
+        missing = [p for p in finding.available if p.id not in installed]
+        self.rows += [MissingUpdate(guest_id=finding.vm.pk, update_id=p.id) for p in missing]
+        counts = Counter(p.classification for p in missing)
+        oldest = min((p.published_at for p in missing if p.is_critical_or_security), default=None)
+        self.by_summary[(tuple(sorted(counts.items())), oldest)].append(finding.vm.pk)
+
+    def write(self) -> None:
+        vm_ids = [pk for pks in self.by_summary.values() for pk in pks]
+        MissingUpdate.objects.filter(guest_id__in=vm_ids).delete()
+        MissingUpdate.objects.bulk_create(self.rows, batch_size=2000, ignore_conflicts=True)
+        for (counts, oldest), pks in self.by_summary.items():
+            GuestState.objects.filter(pk__in=pks).update(
+                missing_by_classification=dict(counts), oldest_critical_security_at=oldest
+            )
 
 
 def _fail_deleted(operation_id: int, vm_name: str, when: datetime) -> None:
@@ -1021,8 +1055,18 @@ def fail_stale_operations(now: datetime | None = None) -> int:
     return failed
 
 
-def prune_history(now: datetime | None = None) -> int:
-    """Delete finished operations older than the retention period (their per-patch rows go with them)."""
-    cutoff = (now or timezone.now()) - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
-    deleted, _ = Operation.objects.finished().filter(created_at__lt=cutoff).delete()
+def prune_history(now: datetime | None = None, *, batch: int = 10_000) -> int:
+    """Delete finished operations older than the retention period (their per-patch rows go with them).
+
+    Set-based, in batches of the oldest first (each its own transaction), so millions of old rows
+    never sit in memory or in one long lock. Returns how many operations were deleted. The overview's
+    compliance trend is kept in ComplianceSnapshot rows and survives this.
+    """
+    cutoff = (now or clock.now()) - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
+    old = Operation.objects.finished().filter(created_at__lt=cutoff).order_by("created_at", "pk")
+    deleted = 0
+    while ids := list(old.values_list("pk", flat=True)[:batch]):
+        with transaction.atomic():
+            PatchResult.objects.filter(operation_id__in=ids).delete()
+            deleted += Operation.objects.filter(pk__in=ids).delete()[1].get(Operation._meta.label, 0)
     return deleted

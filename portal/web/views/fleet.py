@@ -4,7 +4,6 @@ import csv
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from django.core.paginator import Paginator
@@ -16,6 +15,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 from django_htmx.http import push_url
 
+from patching import fleet as figures
 from patching.models import (
     IN_FLIGHT,
     HotpatchStatus,
@@ -23,7 +23,7 @@ from patching.models import (
     OperationKind,
     OperationStatus,
 )
-from vms import access, images, regions, vocabulary
+from vms import access, clock, images, regions, vocabulary
 from vms.models import (
     ResourceGroup,
     Role,
@@ -110,8 +110,11 @@ class Fleet:
         return [f for f in self.filters if f.value]
 
 
-def fleet_for(request: HttpRequest) -> Fleet:
-    """Apply the URL's filters to the user's VMs; unknown values are dropped, with a notice each."""
+def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Fleet:
+    """Apply the URL's filters to the user's VMs; unknown values are dropped, with a notice each.
+
+    `only` names the filters a page offers (the fleet pages' scope); the others, the name search and
+    the sort are then not read."""
     vms = access.vms_for(request.user)
     subscriptions = list(access.subscriptions_for(request.user).values_list("pk", "display_name"))
     # Distinct in the database: one row per name or region, not one per VM.
@@ -158,6 +161,8 @@ def fleet_for(request: HttpRequest) -> Fleet:
             lambda v: UPDATE_STATUS[v][1],
         ),
     ]
+    if only is not None:
+        filters = [f for f in filters if f.param in only]
     notices = []
     for f in filters:
         raw = request.GET.get(f.param, "").strip()
@@ -174,11 +179,11 @@ def fleet_for(request: HttpRequest) -> Fleet:
         f.value = value
         vms = vms.filter(f.lookup(value))
 
-    search = request.GET.get("q", "").strip()[:64]
+    search = request.GET.get("q", "").strip()[:64] if only is None else ""
     if search:
         vms = vms.filter(name__icontains=search)
 
-    sort = request.GET.get("sort", "name")
+    sort = request.GET.get("sort", "name") if only is None else "name"
     if sort.removeprefix("-") not in SORTS:
         notices.append(f"Ignored the sort order “{sort}”: sort by one of the column names.")
         sort = "name"
@@ -197,7 +202,7 @@ def fleet_tiles(vms) -> dict:
         hotpatch_enabled=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ENABLED)),
         hotpatch_action=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ACTION_REQUIRED)),
     )
-    since = timezone.now() - timedelta(days=30)
+    since = figures.installations_since(clock.now(), timezone.get_current_timezone())
     installs = Operation.objects.filter(
         kind=OperationKind.INSTALLATION, created_at__gte=since, vm__in=vms.order_by().values("pk")
     ).aggregate(

@@ -1,0 +1,191 @@
+"""Figures across a fleet, for the overview and the by-update view: each from the per-VM summaries
+(GuestState, MissingUpdate) that record_findings keeps current, in a fixed number of set-based
+queries whatever the fleet size. Each takes a VirtualMachine queryset (the viewer's, filtered).
+"""
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, tzinfo
+
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
+
+from vms import clock
+from vms.models import VirtualMachine
+
+from .models import (
+    ComplianceSnapshot,
+    GuestState,
+    InstalledUpdate,
+    MissingUpdate,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    PatchResult,
+    PatchState,
+    RebootStatus,
+    Update,
+)
+from .vocabulary import Classification, UpdateKind
+
+# Compliant: assessed, and no Critical or Security update outstanding for longer than this.
+COMPLIANCE_GRACE = timedelta(days=30)
+
+
+# "The last 30 days" of installations: today and the 29 days before it, in the viewer's time zone.
+INSTALLATION_DAYS = 30
+FINISHED_INSTALLATION = (OperationStatus.SUCCEEDED, OperationStatus.COMPLETED_WITH_WARNINGS, OperationStatus.FAILED)
+
+
+def installations_since(now: datetime, zone: tzinfo) -> datetime:
+    """The start of the installation window: midnight, INSTALLATION_DAYS - 1 days before today, in `zone`."""
+    today = now.astimezone(zone).date()
+    return datetime.combine(today - timedelta(days=INSTALLATION_DAYS - 1), time(), tzinfo=zone)
+
+
+def installations_per_day(operations: QuerySet[Operation], now: datetime, zone: tzinfo) -> dict[tuple, int]:
+    """Finished installations per (local day, status) since installations_since (one grouped query)."""
+    rows = (
+        operations.filter(
+            kind=OperationKind.INSTALLATION,
+            created_at__gte=installations_since(now, zone),
+            status__in=FINISHED_INSTALLATION,
+        )
+        .annotate(day=TruncDate("created_at", tzinfo=zone))
+        .order_by()
+        .values("day", "status")
+        .annotate(n=Count("pk"))
+    )
+    return {(row["day"], row["status"]): row["n"] for row in rows}
+
+
+def compliant(now: datetime, prefix: str = "") -> Q:
+    """The compliance rule as a filter on GuestState (prefix "guest__" on VirtualMachine)."""
+    return Q(**{f"{prefix}assessed_at__isnull": False}) & (
+        Q(**{f"{prefix}oldest_critical_security_at__isnull": True})
+        | Q(**{f"{prefix}oldest_critical_security_at__gt": now - COMPLIANCE_GRACE})
+    )
+
+
+def record_compliance_snapshots(now: datetime | None = None) -> int:
+    """Today's compliance per subscription (one aggregate, one upsert): the beat re-records today's
+    row until the day ends, so the last figure of each day stays. Returns the number of rows written."""
+    now = now or clock.now()
+    figures = (
+        GuestState.objects.order_by()
+        .values("vm__resource_group__subscription_id")
+        .annotate(
+            machines=Count("pk"),
+            assessed=Count("pk", filter=Q(assessed_at__isnull=False)),
+            compliant=Count("pk", filter=compliant(now)),
+        )
+    )
+    rows = [
+        ComplianceSnapshot(
+            subscription_id=f["vm__resource_group__subscription_id"],
+            day=now.date(),
+            machines=f["machines"],
+            assessed=f["assessed"],
+            compliant=f["compliant"],
+        )
+        for f in figures
+    ]
+    ComplianceSnapshot.objects.bulk_create(
+        rows,
+        update_conflicts=True,
+        unique_fields=["subscription", "day"],
+        update_fields=["machines", "assessed", "compliant"],
+    )
+    return len(rows)
+
+
+def compliance_trend(subscription_ids, first: date, last: date) -> list[dict]:
+    """Per day from first to last: machines assessed and compliant, summed over the subscriptions
+    (None for a day with no snapshot)."""
+    recorded = {
+        row["day"]: row
+        for row in ComplianceSnapshot.objects.filter(subscription__in=subscription_ids, day__range=(first, last))
+        .order_by()
+        .values("day")
+        .annotate(assessed=Sum("assessed"), compliant=Sum("compliant"))
+    }
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    return [{"day": day, **(recorded.get(day) or {"assessed": None, "compliant": None})} for day in days]
+
+
+def missing_by_classification(vms: QuerySet[VirtualMachine]) -> list[dict]:
+    """Machines missing at least one update of each classification (one aggregate)."""
+    counts = vms.order_by().aggregate(
+        **{c.value: Count("pk", filter=Q(guest__missing_by_classification__has_key=c.value)) for c in Classification}
+    )
+    return [{"key": c.value, "label": c.label, "count": counts[c.value]} for c in Classification]
+
+
+def hotpatch_year(operations: QuerySet[Operation], now: datetime) -> dict:
+    """Installations this calendar year that did not restart the machine, and of those, the ones that
+    installed a hotpatch: each is a restart the month's rebooting cumulative update would have needed
+    (one aggregate)."""
+    since = now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    hotpatched = PatchResult.objects.filter(
+        operation=OuterRef("pk"), state=PatchState.INSTALLED, update__kind=UpdateKind.HOTPATCH
+    )
+    figures = operations.filter(
+        kind=OperationKind.INSTALLATION,
+        created_at__gte=since,
+        status__in=(OperationStatus.SUCCEEDED, OperationStatus.COMPLETED_WITH_WARNINGS),
+        installed_count__gt=0,
+        reboot_status=RebootStatus.NOT_NEEDED,
+    ).aggregate(without_reboot=Count("pk"), reboots_avoided=Count("pk", filter=Exists(hotpatched)))
+    return {"since": since, **figures}
+
+
+@dataclass
+class UpdateRow:
+    update: Update
+    missing: int
+    installed: int
+    failed: int
+
+
+def updates_missing_or_failed(vms: QuerySet[VirtualMachine]) -> list[UpdateRow]:
+    """Every update a VM of `vms` misses, or failed to install in its last installation, with how many
+    machines miss it, have it installed, and failed it: four grouped queries."""
+    in_scope = vms.order_by().values("pk")
+    missing = dict(
+        MissingUpdate.objects.filter(guest_id__in=in_scope)
+        .order_by()
+        .values("update_id")
+        .annotate(n=Count("guest_id"))
+        .values_list("update_id", "n")
+    )
+    last_installations = GuestState.objects.filter(vm_id__in=in_scope).values("last_installation_id")
+    failed = dict(
+        PatchResult.objects.filter(operation_id__in=last_installations, state=PatchState.FAILED)
+        .order_by()
+        .values("update_id")
+        .annotate(n=Count("operation_id"))
+        .values_list("update_id", "n")
+    )
+    ids = set(missing) | set(failed)
+    installed = dict(
+        InstalledUpdate.objects.filter(update_id__in=ids, guest_id__in=in_scope)
+        .order_by()
+        .values("update_id")
+        .annotate(n=Count("guest_id"))
+        .values_list("update_id", "n")
+    )
+    return [
+        UpdateRow(update, missing.get(update.pk, 0), installed.get(update.pk, 0), failed.get(update.pk, 0))
+        for update in Update.objects.filter(pk__in=ids)
+    ]
+
+
+def machines_missing(vms: QuerySet[VirtualMachine], update: Update) -> QuerySet[VirtualMachine]:
+    """The VMs of `vms` that miss the update, or failed it in their last installation."""
+    return vms.filter(
+        Exists(MissingUpdate.objects.filter(guest_id=OuterRef("pk"), update=update))
+        | Exists(
+            PatchResult.objects.filter(
+                operation_id=OuterRef("guest__last_installation_id"), update=update, state=PatchState.FAILED
+            )
+        )
+    )
