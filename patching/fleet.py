@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
-from django.db.models.functions import TruncDate
+from django.db.models.functions import Coalesce, TruncDate
 
 from vms import clock
 from vms.models import VirtualMachine
@@ -22,10 +22,9 @@ from .models import (
     OperationStatus,
     PatchResult,
     PatchState,
-    RebootStatus,
     Update,
 )
-from .vocabulary import Classification, UpdateKind
+from .vocabulary import Classification
 
 # Compliant: assessed, and no Critical or Security update outstanding for longer than this.
 COMPLIANCE_GRACE = timedelta(days=30)
@@ -120,22 +119,16 @@ def missing_by_classification(vms: QuerySet[VirtualMachine]) -> list[dict]:
     return [{"key": c.value, "label": c.label, "count": counts[c.value]} for c in Classification]
 
 
-def hotpatch_year(operations: QuerySet[Operation], now: datetime) -> dict:
-    """Installations this calendar year that did not restart the machine, and of those, the ones that
-    installed a hotpatch: each is a restart the month's rebooting cumulative update would have needed
-    (one aggregate)."""
-    since = now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
-    hotpatched = PatchResult.objects.filter(
-        operation=OuterRef("pk"), state=PatchState.INSTALLED, update__kind=UpdateKind.HOTPATCH
+def hotpatch_year(vms: QuerySet[VirtualMachine], now: datetime) -> dict:
+    """This calendar year's installations that did not restart the machine, and those of them that
+    installed a hotpatch: each is a restart the month's rebooting cumulative update would have needed.
+    Summed from the per-VM counters record_findings keeps (one aggregate)."""
+    this_year = Q(guest__counted_year=now.year)
+    figures = vms.order_by().aggregate(
+        without_reboot=Coalesce(Sum("guest__installs_without_reboot", filter=this_year), 0),
+        reboots_avoided=Coalesce(Sum("guest__reboots_avoided", filter=this_year), 0),
     )
-    figures = operations.filter(
-        kind=OperationKind.INSTALLATION,
-        created_at__gte=since,
-        status__in=(OperationStatus.SUCCEEDED, OperationStatus.COMPLETED_WITH_WARNINGS),
-        installed_count__gt=0,
-        reboot_status=RebootStatus.NOT_NEEDED,
-    ).aggregate(without_reboot=Count("pk"), reboots_avoided=Count("pk", filter=Exists(hotpatched)))
-    return {"since": since, **figures}
+    return {"since": now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0), **figures}
 
 
 @dataclass

@@ -139,6 +139,11 @@ class GuestState(models.Model):
     # and when the oldest Critical or Security one it misses was published (compliance: none > 30 days).
     missing_by_classification = models.JSONField(default=dict, blank=True)
     oldest_critical_security_at = models.DateTimeField(null=True, blank=True)
+    # This year's (counted_year's) installations that did not restart the VM, and those of them that
+    # installed a hotpatch (a reboot avoided): counted as runs are recorded, so they survive pruning.
+    counted_year = models.PositiveSmallIntegerField(null=True, blank=True)
+    installs_without_reboot = models.PositiveIntegerField(default=0)
+    reboots_avoided = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"{self.vm} guest ({self.build})"
@@ -290,6 +295,10 @@ class Operation(models.Model):
             # The fleet history's keyset pages, newest first: across the fleet, and per subscription.
             models.Index(fields=["-created_at", "-id"], name="op_newest_first"),
             models.Index(fields=["subscription", "-created_at", "-id"], name="op_subscription_newest"),
+            # The overview's and the fleet tiles' installations of the last 30 days, read from the index alone.
+            models.Index(
+                fields=["kind", "created_at"], include=["status", "subscription", "vm"], name="op_kind_created"
+            ),
         ]
 
     def __str__(self) -> str:

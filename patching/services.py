@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models import Case, F, OuterRef, Q, Subquery, When
 from django.utils import timezone
 
 from vms import clock, images, regions
@@ -45,6 +45,7 @@ from .models import (
     Update,
 )
 from .parameters import CRITICAL_AND_SECURITY, InstallParameters
+from .vocabulary import UpdateKind
 
 log = logging.getLogger(__name__)
 
@@ -884,7 +885,7 @@ def record_findings(findings: list[Finding]) -> list[int]:
         operations: dict[tuple, list[int]] = defaultdict(list)
         guests: dict[tuple, list[int]] = defaultdict(list)
         results, installs, rebooted, recorded = [], [], [], []
-        summaries = MissingSummaries()
+        summaries = FleetSummaries()
         for f in findings:
             if f.operation_id not in live:
                 continue
@@ -958,7 +959,7 @@ def record_findings(findings: list[Finding]) -> list[int]:
         done = set(recorded)
         for f in findings:
             if f.operation_id in done:
-                summaries.missing(f)
+                summaries.add(f)
         for changes, ids in operations.items():
             Operation.objects.filter(pk__in=ids).update(**dict(changes))
         PatchResult.objects.bulk_create(results, batch_size=2000)
@@ -976,22 +977,29 @@ def record_findings(findings: list[Finding]) -> list[int]:
     return recorded
 
 
-class MissingSummaries:
-    """What each recorded VM still misses after its run (what applied, less what it installed), written
-    set-based for the fleet pages: its MissingUpdate rows replaced, and its GuestState's counts per
-    classification and oldest outstanding Critical/Security publish date (one UPDATE per distinct summary)."""
+class FleetSummaries:
+    """What the fleet pages count, per recorded VM, written set-based: what it still misses after its
+    run (what applied, less what it installed): its MissingUpdate rows replaced, its counts per
+    classification and oldest outstanding Critical/Security publish date (one UPDATE per distinct
+    summary); and this year's installations without a reboot, and with a hotpatch (reboots avoided)."""
 
     def __init__(self):
         self.rows: list[MissingUpdate] = []
         self.by_summary: dict[tuple, list[int]] = defaultdict(list)
+        self.without_reboot: dict[tuple, list[int]] = defaultdict(list)
 
-    def missing(self, finding: "Finding") -> None:
-        installed = {p.id for p in finding.outcome.installed} if finding.outcome else set()
+    def add(self, finding: "Finding") -> None:
+        outcome = finding.outcome
+        installed = {p.id for p in outcome.installed} if outcome else set()
         missing = [p for p in finding.available if p.id not in installed]
         self.rows += [MissingUpdate(guest_id=finding.vm.pk, update_id=p.id) for p in missing]
         counts = Counter(p.classification for p in missing)
         oldest = min((p.published_at for p in missing if p.is_critical_or_security), default=None)
         self.by_summary[(tuple(sorted(counts.items())), oldest)].append(finding.vm.pk)
+        if outcome and installed and outcome.status != OperationStatus.FAILED:
+            if outcome.reboot_status == RebootStatus.NOT_NEEDED:
+                hotpatched = any(p.kind == UpdateKind.HOTPATCH for p in outcome.installed)
+                self.without_reboot[(finding.finished.year, hotpatched)].append(finding.vm.pk)
 
     def write(self) -> None:
         vm_ids = [pk for pks in self.by_summary.values() for pk in pks]
@@ -1000,6 +1008,15 @@ class MissingSummaries:
         for (counts, oldest), pks in self.by_summary.items():
             GuestState.objects.filter(pk__in=pks).update(
                 missing_by_classification=dict(counts), oldest_critical_security_at=oldest
+            )
+        for (year, hotpatched), pks in self.without_reboot.items():
+            this_year = Q(counted_year=year)
+            GuestState.objects.filter(pk__in=pks).update(
+                installs_without_reboot=Case(When(this_year, then=F("installs_without_reboot") + 1), default=1),
+                reboots_avoided=Case(
+                    When(this_year, then=F("reboots_avoided") + int(hotpatched)), default=int(hotpatched)
+                ),
+                counted_year=year,
             )
 
 

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.urls import reverse
@@ -24,8 +24,8 @@ from patching.models import (
     PatchResult,
     PatchState,
     RebootStatus,
-    Update,
 )
+from patching.parameters import from_arm
 from patching.vocabulary import UpdateKind
 from tests.browser.data import make_fleet, make_user, run_now
 from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
@@ -152,28 +152,38 @@ def test_compliance_is_recorded_daily_and_survives_pruning(client, contoso, sett
     assert "100.0%" in response.text
 
 
-def test_hotpatch_counts_installations_without_reboot_from_history(client, contoso):
+def test_hotpatch_counts_installations_without_reboot_as_they_are_recorded(client, contoso, no_random_failures):
     rg = make_resource_group(contoso)
-    vm = make_vm(resource_group=rg, hotpatch=True)
-    hotpatch = Update.objects.filter(product=vm.product, kind=UpdateKind.HOTPATCH).first()
-    dotnet = Update.objects.filter(product=vm.product, kind=UpdateKind.DOTNET).first()
-    for update in (hotpatch, dotnet):
-        op = Operation.objects.create(
-            vm=vm,
-            subscription=contoso,
-            vm_name=vm.name,
-            location=vm.location,
-            kind=OperationKind.INSTALLATION,
-            status=OperationStatus.SUCCEEDED,
-            installed_count=1,
-            reboot_status=RebootStatus.NOT_NEEDED,
-            finished_at=timezone.now(),
+    november = datetime(2026, 11, 2, tzinfo=UTC)
+    vm = make_vm(resource_group=rg, hotpatch=True, now=november)
+    no_reboot = from_arm(
+        {
+            "rebootSetting": "IfRequired",
+            "windowsParameters": {
+                "classificationsToInclude": ["Critical", "Security"],
+                "excludeKbsRequiringReboot": True,
+            },
+        }
+    )
+    after_patch_tuesday = november + timedelta(days=18)
+    for hours in (0, 1):  # the second run finds nothing left to install: not counted
+        op, _ = services.start_operation(
+            vm, OperationKind.INSTALLATION, parameters=no_reboot, now=after_patch_tuesday, enqueue=False
         )
-        PatchResult.objects.create(operation=op, update=update, state=PatchState.INSTALLED)
+        services.execute_operations([op.pk], now=after_patch_tuesday + timedelta(hours=hours))
+    first, second = Operation.objects.filter(kind=OperationKind.INSTALLATION).order_by("pk")
+    assert first.installed_count >= 1 and first.reboot_status == RebootStatus.NOT_NEEDED
+    assert PatchResult.objects.filter(
+        operation=first, state=PatchState.INSTALLED, update__kind=UpdateKind.HOTPATCH
+    ).exists()
+    assert second.installed_count == 0
     response = client.get(OVERVIEW)
-    assert response.context["hotpatch"]["without_reboot"] == 2
+    assert response.context["hotpatch"]["without_reboot"] == 1
     assert response.context["hotpatch"]["reboots_avoided"] == 1
     assert "Counted from recorded history" in response.text
+    # Pruned history does not take the count with it.
+    Operation.objects.all().delete()
+    assert client.get(OVERVIEW).context["hotpatch"]["reboots_avoided"] == 1
 
 
 # --- By update -------------------------------------------------------------------------------------

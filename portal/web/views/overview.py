@@ -116,7 +116,7 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
     lines, dots = charts.trend_lines([point["share"] for point in trend])
     latest = next((point for point in reversed(trend) if point["share"] is not None), None)
 
-    hotpatch = figures.hotpatch_year(operations, now)
+    hotpatch = figures.hotpatch_year(found.vms, now)
     this_year = f"{reverse('patching:history')}?" + scope_query(
         found, kind=OperationKind.INSTALLATION.value, **{"from": hotpatch["since"].date().isoformat()}
     )
