@@ -6,7 +6,7 @@ queries whatever the fleet size. Each takes a VirtualMachine queryset (the viewe
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 
 from vms import clock
@@ -20,8 +20,6 @@ from .models import (
     Operation,
     OperationKind,
     OperationStatus,
-    PatchResult,
-    PatchState,
     Update,
 )
 from .vocabulary import Classification
@@ -41,14 +39,21 @@ def installations_since(now: datetime, zone: tzinfo) -> datetime:
     return datetime.combine(today - timedelta(days=INSTALLATION_DAYS - 1), time(), tzinfo=zone)
 
 
-def installations_per_day(operations: QuerySet[Operation], now: datetime, zone: tzinfo) -> dict[tuple, int]:
-    """Finished installations per (local day, status) since installations_since (one grouped query)."""
+def recent_installations(vms: QuerySet[VirtualMachine], now: datetime, zone: tzinfo) -> QuerySet[Operation]:
+    """The installations of `vms` since installations_since: the fleet tiles count them, the overview
+    draws them per day (one definition for both)."""
+    return Operation.objects.filter(
+        kind=OperationKind.INSTALLATION,
+        created_at__gte=installations_since(now, zone),
+        vm__in=vms.order_by().values("pk"),
+    )
+
+
+def installations_per_day(vms: QuerySet[VirtualMachine], now: datetime, zone: tzinfo) -> dict[tuple, int]:
+    """Finished recent installations per (local day, status): one grouped query."""
     rows = (
-        operations.filter(
-            kind=OperationKind.INSTALLATION,
-            created_at__gte=installations_since(now, zone),
-            status__in=FINISHED_INSTALLATION,
-        )
+        recent_installations(vms, now, zone)
+        .filter(status__in=FINISHED_INSTALLATION)
         .annotate(day=TruncDate("created_at", tzinfo=zone))
         .order_by()
         .values("day", "status")
@@ -111,24 +116,32 @@ def compliance_trend(subscription_ids, first: date, last: date) -> list[dict]:
     return [{"day": day, **(recorded.get(day) or {"assessed": None, "compliant": None})} for day in days]
 
 
-def missing_by_classification(vms: QuerySet[VirtualMachine]) -> list[dict]:
-    """Machines missing at least one update of each classification (one aggregate)."""
-    counts = vms.order_by().aggregate(
-        **{c.value: Count("pk", filter=Q(guest__missing_by_classification__has_key=c.value)) for c in Classification}
-    )
-    return [{"key": c.value, "label": c.label, "count": counts[c.value]} for c in Classification]
-
-
-def hotpatch_year(vms: QuerySet[VirtualMachine], now: datetime) -> dict:
-    """This calendar year's installations that did not restart the machine, and those of them that
-    installed a hotpatch: each is a restart the month's rebooting cumulative update would have needed.
-    Summed from the per-VM counters record_findings keeps (one aggregate)."""
+def guest_aggregates(now: datetime) -> dict:
+    """Aggregates over VirtualMachine of the per-VM summaries the overview draws, to be computed in the
+    same pass as the fleet tiles (fleet_tiles(..., **guest_aggregates(now))): machines missing updates of
+    each classification, and this year's installations without reboot and reboots avoided."""
     this_year = Q(guest__counted_year=now.year)
-    figures = vms.order_by().aggregate(
-        without_reboot=Coalesce(Sum("guest__installs_without_reboot", filter=this_year), 0),
-        reboots_avoided=Coalesce(Sum("guest__reboots_avoided", filter=this_year), 0),
-    )
-    return {"since": now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0), **figures}
+    return {
+        **{
+            f"missing_{c.value}": Count("pk", filter=Q(guest__missing_by_classification__has_key=c.value))
+            for c in Classification
+        },
+        "without_reboot": Coalesce(Sum("guest__installs_without_reboot", filter=this_year), 0),
+        "reboots_avoided": Coalesce(Sum("guest__reboots_avoided", filter=this_year), 0),
+    }
+
+
+def missing_by_classification(counts: dict) -> list[dict]:
+    """Machines missing at least one update of each classification, from guest_aggregates' counts."""
+    return [{"key": c.value, "label": c.label, "count": counts[f"missing_{c.value}"]} for c in Classification]
+
+
+def hotpatch_year(counts: dict, now: datetime) -> dict:
+    """This calendar year's installations that did not restart the machine, and those of them that
+    installed a hotpatch (each a restart the month's rebooting cumulative update would have needed),
+    from guest_aggregates' sums of the per-VM counters record_findings keeps."""
+    since = now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    return {"since": since, "without_reboot": counts["without_reboot"], "reboots_avoided": counts["reboots_avoided"]}
 
 
 @dataclass
@@ -140,45 +153,29 @@ class UpdateRow:
 
 
 def updates_missing_or_failed(vms: QuerySet[VirtualMachine]) -> list[UpdateRow]:
-    """Every update a VM of `vms` misses, or failed to install in its last installation, with how many
-    machines miss it, have it installed, and failed it: four grouped queries."""
+    """Every update a VM of `vms` misses (failed in its last installation or not), with how many
+    machines miss it, failed it, and have it installed: three queries."""
     in_scope = vms.order_by().values("pk")
-    missing = dict(
-        MissingUpdate.objects.filter(guest_id__in=in_scope)
+    counts = {
+        row["update_id"]: row
+        for row in MissingUpdate.objects.filter(guest_id__in=in_scope)
         .order_by()
         .values("update_id")
-        .annotate(n=Count("guest_id"))
-        .values_list("update_id", "n")
-    )
-    last_installations = GuestState.objects.filter(vm_id__in=in_scope).values("last_installation_id")
-    failed = dict(
-        PatchResult.objects.filter(operation_id__in=last_installations, state=PatchState.FAILED)
-        .order_by()
-        .values("update_id")
-        .annotate(n=Count("operation_id"))
-        .values_list("update_id", "n")
-    )
-    ids = set(missing) | set(failed)
+        .annotate(missing=Count("guest_id"), failed=Count("guest_id", filter=Q(failed=True)))
+    }
     installed = dict(
-        InstalledUpdate.objects.filter(update_id__in=ids, guest_id__in=in_scope)
+        InstalledUpdate.objects.filter(update_id__in=list(counts), guest_id__in=in_scope)
         .order_by()
         .values("update_id")
         .annotate(n=Count("guest_id"))
         .values_list("update_id", "n")
     )
     return [
-        UpdateRow(update, missing.get(update.pk, 0), installed.get(update.pk, 0), failed.get(update.pk, 0))
-        for update in Update.objects.filter(pk__in=ids)
+        UpdateRow(update, counts[update.pk]["missing"], installed.get(update.pk, 0), counts[update.pk]["failed"])
+        for update in Update.objects.filter(pk__in=list(counts))
     ]
 
 
 def machines_missing(vms: QuerySet[VirtualMachine], update: Update) -> QuerySet[VirtualMachine]:
-    """The VMs of `vms` that miss the update, or failed it in their last installation."""
-    return vms.filter(
-        Exists(MissingUpdate.objects.filter(guest_id=OuterRef("pk"), update=update))
-        | Exists(
-            PatchResult.objects.filter(
-                operation_id=OuterRef("guest__last_installation_id"), update=update, state=PatchState.FAILED
-            )
-        )
-    )
+    """The VMs of `vms` that miss the update (including those that failed it), annotated `failed`."""
+    return vms.filter(guest__missing_updates__update=update).annotate(failed=F("guest__missing_updates__failed"))

@@ -174,6 +174,8 @@ class MissingUpdate(models.Model):  # noqa: DJ008 (a summary row)
 
     guest = models.ForeignKey(GuestState, models.CASCADE, related_name="missing_updates")
     update = models.ForeignKey(Update, models.CASCADE, related_name="+")
+    # The VM's last installation tried it and failed (kept by the assessments after it while still missing).
+    failed = models.BooleanField(default=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["update", "guest"], name="missing_once")]
@@ -295,10 +297,8 @@ class Operation(models.Model):
             # The fleet history's keyset pages, newest first: across the fleet, and per subscription.
             models.Index(fields=["-created_at", "-id"], name="op_newest_first"),
             models.Index(fields=["subscription", "-created_at", "-id"], name="op_subscription_newest"),
-            # The overview's and the fleet tiles' installations of the last 30 days, read from the index alone.
-            models.Index(
-                fields=["kind", "created_at"], include=["status", "subscription", "vm"], name="op_kind_created"
-            ),
+            # The overview's and the fleet tiles' installations of the last 30 days, counted by status.
+            models.Index(fields=["kind", "created_at", "status"], name="op_kind_created"),
         ]
 
     def __str__(self) -> str:

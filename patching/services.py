@@ -987,12 +987,16 @@ class FleetSummaries:
         self.rows: list[MissingUpdate] = []
         self.by_summary: dict[tuple, list[int]] = defaultdict(list)
         self.without_reboot: dict[tuple, list[int]] = defaultdict(list)
+        self.assessed: list[int] = []
 
     def add(self, finding: "Finding") -> None:
         outcome = finding.outcome
         installed = {p.id for p in outcome.installed} if outcome else set()
         missing = [p for p in finding.available if p.id not in installed]
-        self.rows += [MissingUpdate(guest_id=finding.vm.pk, update_id=p.id) for p in missing]
+        failed = {p for p, state in outcome.states.items() if state == PatchState.FAILED} if outcome else set()
+        self.rows += [MissingUpdate(guest_id=finding.vm.pk, update_id=p.id, failed=p.id in failed) for p in missing]
+        if not outcome:
+            self.assessed.append(finding.vm.pk)
         counts = Counter(p.classification for p in missing)
         oldest = min((p.published_at for p in missing if p.is_critical_or_security), default=None)
         self.by_summary[(tuple(sorted(counts.items())), oldest)].append(finding.vm.pk)
@@ -1003,6 +1007,12 @@ class FleetSummaries:
 
     def write(self) -> None:
         vm_ids = [pk for pks in self.by_summary.values() for pk in pks]
+        # An assessment does not know what the last installation failed: it keeps that for what is still missing.
+        failed_before = set(
+            MissingUpdate.objects.filter(guest_id__in=self.assessed, failed=True).values_list("guest_id", "update_id")
+        )
+        for row in self.rows:
+            row.failed = row.failed or (row.guest_id, row.update_id) in failed_before
         MissingUpdate.objects.filter(guest_id__in=vm_ids).delete()
         MissingUpdate.objects.bulk_create(self.rows, batch_size=2000, ignore_conflicts=True)
         for (counts, oldest), pks in self.by_summary.items():

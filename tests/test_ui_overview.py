@@ -110,7 +110,13 @@ def test_each_installation_bar_opens_the_matching_operations(client, contoso):
     bar = next(b for b in response.context["bars"] if b.day == day)
     counts = {s.key: s.count for s in bar.segments}
     assert counts == {"Succeeded": 3, "CompletedWithWarnings": 0, "Failed": 3}
-    assert response.context["installs_total"] == 6 == response.context["tiles"]["installs"]["runs"]
+    fleet_list = client.get(reverse("vms:list")).context["tiles"]["installs"]
+    assert response.context["installs_total"] == 6 == fleet_list["runs"]
+    assert [t["total"] for t in response.context["series_totals"]] == [
+        fleet_list["succeeded"],
+        fleet_list["warnings"],
+        fleet_list["failed"],
+    ]
     failed = next(s for s in bar.segments if s.key == "Failed")
     assert f'href="{failed.url}"'.replace("&", "&amp;") in response.text
     history = client.get(failed.url)
@@ -378,3 +384,21 @@ def test_every_fleet_page_answers_in_the_same_number_of_queries_for_10_and_400_v
             counts.setdefault(name, []).append(len(captured.captured_queries))
     assert all(small == large for small, large in counts.values()), counts
     print(f"queries per page (10 VMs, 400 VMs): {counts}")
+
+
+def test_a_failed_installation_shows_as_failed_until_the_update_is_installed(client, contoso, settings):
+    vm = assessed_vm(make_resource_group(contoso), "behind-1")
+    update = MissingUpdate.objects.filter(guest_id=vm.pk).order_by("update_id").first().update
+    settings.PORTAL_PATCH_FAILURE_RATE = 1.0
+    only_it = from_arm({"rebootSetting": "IfRequired", "windowsParameters": {"kbNumbersToInclude": [update.kb]}})
+    installation = run_now(vm, OperationKind.INSTALLATION, parameters=only_it, minutes_ago=8)
+    assert installation.failed_count == 1
+    run_now(vm, OperationKind.ASSESSMENT, minutes_ago=6)  # the follow-up assessment keeps what failed
+    row = next(r for r in client.get(UPDATES).context["rows"] if r.update == update)
+    assert (row.missing, row.failed) == (1, 1)
+    page = client.get(reverse("patching:update-machines", args=[update.pk]))
+    assert [vm.failed for vm in page.context["page"].object_list] == [True]
+    assert "Failed in last installation" in page.text
+    settings.PORTAL_PATCH_FAILURE_RATE = 0.0
+    run_now(vm, OperationKind.INSTALLATION, parameters=only_it, minutes_ago=4)
+    assert not MissingUpdate.objects.filter(guest_id=vm.pk, update=update).exists()

@@ -19,8 +19,6 @@ from patching import fleet as figures
 from patching.models import (
     IN_FLIGHT,
     HotpatchStatus,
-    Operation,
-    OperationKind,
     OperationStatus,
 )
 from vms import access, clock, images, regions, vocabulary
@@ -193,27 +191,28 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
     return Fleet(vms=vms, filters=filters, search=search, sort=sort, notices=notices)
 
 
-def fleet_tiles(vms) -> dict:
-    """The summary tiles: two aggregate queries, whatever the fleet size."""
+def fleet_tiles(vms, *, with_installs: bool = True, **more) -> dict:
+    """The summary tiles: two aggregate queries, whatever the fleet size. `more` aggregates are computed
+    in the same pass over the fleet; with_installs=False leaves out the installations tile's query."""
     counts = vms.order_by().aggregate(
+        **more,
         total=Count("pk"),
         **{f"status_{key}": Count("pk", filter=q) for key, (_, q) in UPDATE_STATUS.items()},
         **{f"mode_{mode}": Count("pk", filter=Q(patch_mode=mode)) for mode in PatchMode.values},
         hotpatch_enabled=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ENABLED)),
         hotpatch_action=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ACTION_REQUIRED)),
     )
-    since = figures.installations_since(clock.now(), timezone.get_current_timezone())
-    installs = Operation.objects.filter(
-        kind=OperationKind.INSTALLATION, created_at__gte=since, vm__in=vms.order_by().values("pk")
-    ).aggregate(
-        runs=Count("pk"),
-        succeeded=Count("pk", filter=Q(status=OperationStatus.SUCCEEDED)),
-        warnings=Count("pk", filter=Q(status=OperationStatus.COMPLETED_WITH_WARNINGS)),
-        failed=Count("pk", filter=Q(status=OperationStatus.FAILED)),
-        running=Count("pk", filter=Q(status__in=IN_FLIGHT)),
-        patches_installed=Coalesce(Sum("installed_count"), 0),
-        patches_failed=Coalesce(Sum("failed_count"), 0),
-    )
+    installs = None
+    if with_installs:
+        installs = figures.recent_installations(vms, clock.now(), timezone.get_current_timezone()).aggregate(
+            runs=Count("pk"),
+            succeeded=Count("pk", filter=Q(status=OperationStatus.SUCCEEDED)),
+            warnings=Count("pk", filter=Q(status=OperationStatus.COMPLETED_WITH_WARNINGS)),
+            failed=Count("pk", filter=Q(status=OperationStatus.FAILED)),
+            running=Count("pk", filter=Q(status__in=IN_FLIGHT)),
+            patches_installed=Coalesce(Sum("installed_count"), 0),
+            patches_failed=Coalesce(Sum("failed_count"), 0),
+        )
     total = counts["total"] or 1
     statuses, offset = [], 0.0
     for key, (label, _) in UPDATE_STATUS.items():

@@ -141,7 +141,10 @@ def history(request: HtmxHttpRequest) -> HttpResponse:
             after = ""
         else:
             moment, pk = cursor
-            operations = operations.filter(Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=pk))
+            # The redundant bound lets PostgreSQL start its index scan at the cursor instead of skipping to it.
+            operations = operations.filter(
+                Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=pk), created_at__lte=moment
+            )
     rows = list(operations.select_related("user")[: PAGE_SIZE + 1])
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
