@@ -2,13 +2,14 @@
 100,000 VMs, side by side in one run, as a signed-in user with a role on every subscription.
 
 Seeds its own PostgreSQL database set-based (a template row per table, cloned by INSERT … SELECT over
-generate_series: seconds for 100,000 VMs), growing the same fleet 1,000 → 10,000 → 100,000 and
-timing every page at each size: per VM a guest with its missing-update summary (about two missing
-updates, MissingUpdate rows and GuestState counts as record_findings writes them), ten operations
-over the last year, about one in the last 30 days (a million at 100,000 VMs) with a per-patch result for each installation, and
-90 days of compliance snapshots per subscription. Each page is requested REPEAT times; the median
-server time (Django's test client: URL to rendered response, no network) and the query count are
-printed per size, with the ratio to the 1,000-VM figure.
+generate_series: about a minute for 100,000 VMs), growing the same fleet 1,000 → 10,000 → 100,000
+and timing every page at each size. Per VM: a guest with its missing-update summary (about two
+missing updates: MissingUpdate rows and GuestState counts, as record_findings writes them), ten
+operations over the last year (every other one an installation, the newest within the last 30 days:
+a million operations at 100,000 VMs) with a per-patch result for each installation, and 90 days of
+compliance snapshots per subscription. Each page is requested REPEAT times; the median server time
+(Django's test client: URL to rendered response, no network) and the query count are printed per
+size, with the ratio to the 1,000-VM figure.
 
     .venv/bin/python bench/overview.py [--sizes 1000,10000,100000] [--repeat 7]
 
@@ -107,8 +108,8 @@ def grow(to: int, done: int, world) -> None:
         )
         # About two missing updates per assessed VM, from a pool of twelve.
         c.execute(
-            f"INSERT INTO {MissingUpdate._meta.db_table} (guest_id, update_id) "
-            "SELECT g.vm_id, p.id FROM patching_gueststate g "
+            f"INSERT INTO {MissingUpdate._meta.db_table} (guest_id, update_id, failed) "
+            "SELECT g.vm_id, p.id, (v.id + p.n) %% 66 = 0 FROM patching_gueststate g "
             "JOIN vms_virtualmachine v ON v.id = g.vm_id "
             "JOIN (SELECT id, row_number() OVER (ORDER BY id) AS n FROM patching_update WHERE id = ANY(%s)) p "
             "ON (v.id + p.n) %% 6 = 0 "
@@ -141,15 +142,15 @@ def grow(to: int, done: int, world) -> None:
                 "subscription_id": "s.subscription_id",
                 "vm_name": "s.name",
                 "location": "s.location",
-                "kind": "CASE WHEN s.k % 2 = 0 THEN 'assessment' ELSE 'installation' END",
+                "kind": "CASE WHEN s.k % 2 = 0 THEN 'installation' ELSE 'assessment' END",
                 "status": "CASE WHEN s.h % 17 = 0 THEN 'Failed' WHEN s.h % 13 = 0 THEN 'CompletedWithWarnings' "
                 "ELSE 'Succeeded' END",
                 "started_by": "CASE WHEN s.h % 5 = 0 THEN 'User' ELSE 'Platform' END",
                 "created_at": f"now() - ({AGE})",
                 "started_at": f"now() - ({AGE})",
                 "finished_at": f"now() - ({AGE}) + interval '9 minutes'",
-                "installed_count": "CASE WHEN s.k % 2 = 1 THEN 2 ELSE 0 END",
-                "reboot_status": "CASE WHEN s.k % 2 = 0 THEN 'Unknown' WHEN s.h % 3 = 0 THEN 'Completed' "
+                "installed_count": "CASE WHEN s.k % 2 = 0 THEN 2 ELSE 0 END",
+                "reboot_status": "CASE WHEN s.k % 2 = 1 THEN 'Unknown' WHEN s.h % 3 = 0 THEN 'Completed' "
                 "ELSE 'NotNeeded' END",
             },
         )

@@ -10,7 +10,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -30,7 +29,7 @@ from patching.models import (
 from patching.vocabulary import Classification, RebootBehavior
 from portal.web import charts
 from portal.web.forms import InstallForm
-from vms import access, clock
+from vms import clock
 from vms.models import Role, RoleAssignment, Subscription
 
 from .common import HtmxHttpRequest, partial_for, portal_view
@@ -45,23 +44,6 @@ INSTALL_SERIES = [
     (OperationStatus.FAILED.value, "Failed"),
 ]
 TREND_DAYS = (30, 90)
-
-
-def fleet_operations(user, found: Fleet) -> QuerySet[Operation]:
-    """The operations of the machines the user can see, within the page's scope.
-
-    An operation belongs to its VM's subscription, so a subscription filter is a column; the other
-    filters are the VM's. Operations of deleted VMs are no machine's any more and are left out.
-    """
-    operations = Operation.objects.filter(vm__isnull=False)
-    if not user.is_superuser:
-        operations = operations.filter(subscription__in=access.subscriptions_for(user).values("pk"))
-    active = {f.param: f.value for f in found.filters if f.value}
-    if "subscription" in active:
-        operations = operations.filter(subscription_id=active.pop("subscription"))
-    if active:
-        operations = operations.filter(vm__in=found.vms.order_by().values("pk"))
-    return operations
 
 
 def scope_query(found: Fleet, **more) -> str:
