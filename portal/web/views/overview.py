@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import Count
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -253,32 +254,43 @@ def _update_or_404(pk: int) -> Update:
 
 def _machines_context(request, found: Fleet, update: Update, form: InstallForm) -> dict:
     machines = figures.machines_missing(found.vms, update)
-    page = Paginator(
+    per_subscription = _per_subscription(machines)
+    paginator = Paginator(
         machines.select_related("resource_group__subscription", "guest").order_by("name", "pk"), MACHINES_PAGE_SIZE
-    ).get_page(request.GET.get("page"))
-    blocked = _subscriptions_not_actable(request.user, machines)
+    )
+    paginator.count = sum(per_subscription.values())  # counted above, with the subscriptions: no second scan
     return {
         "fleet": found,
         "update": update,
-        "page": page,
+        "page": paginator.get_page(request.GET.get("page")),
         "form": form,
-        "blocked": blocked,
+        "blocked": _not_actable(request.user, per_subscription),
         "scope": scope_query(found),
         "nav": "updates",
     }
 
 
-def _subscriptions_not_actable(user, machines) -> list[Subscription]:
-    """The subscriptions of these machines on which the user may not install (Reader): two queries."""
-    if user.is_superuser:
+def _per_subscription(machines) -> dict:
+    """How many of these machines each subscription has (one grouped query)."""
+    return dict(
+        machines.order_by()
+        .values("resource_group__subscription_id")
+        .annotate(n=Count("pk"))
+        .values_list("resource_group__subscription_id", "n")
+    )
+
+
+def _not_actable(user, subscription_ids) -> list[Subscription]:
+    """Those of the subscriptions on which the user may not install (Reader): one query, two if any."""
+    if user.is_superuser or not subscription_ids:
         return []
-    ids = set(machines.order_by().values_list("resource_group__subscription_id", flat=True).distinct())
     actable = set(
         RoleAssignment.objects.filter(
-            user=user, subscription_id__in=ids, role__in=[Role.CONTRIBUTOR, Role.OWNER]
+            user=user, subscription_id__in=list(subscription_ids), role__in=[Role.CONTRIBUTOR, Role.OWNER]
         ).values_list("subscription_id", flat=True)
     )
-    return list(Subscription.objects.filter(pk__in=ids - actable).order_by("display_name")) if ids - actable else []
+    refused = set(subscription_ids) - actable
+    return list(Subscription.objects.filter(pk__in=refused).order_by("display_name")) if refused else []
 
 
 @require_GET
@@ -315,7 +327,7 @@ def install_update(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     targets = list(machines.select_related("resource_group").order_by("pk"))
     if chosen and len(targets) != len(ids):
         raise Http404("One of these machines is not yours to see or does not miss this update.")
-    blocked = _subscriptions_not_actable(request.user, machines)
+    blocked = _not_actable(request.user, _per_subscription(machines))
     if blocked:
         names = ", ".join(s.display_name for s in blocked)
         raise PermissionDenied(f"Your role on {names} is Reader: you can't install updates there.")
