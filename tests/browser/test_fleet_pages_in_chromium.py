@@ -6,13 +6,23 @@ import csv
 import os
 import random
 import re
+from collections import Counter
 from datetime import timedelta
 
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from patching import fleet as figures
-from patching.models import ComplianceSnapshot, Operation, OperationKind, OperationStatus, RebootStatus, StartedBy
+from patching.models import (
+    ComplianceSnapshot,
+    GuestState,
+    HotpatchStatus,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    RebootStatus,
+    StartedBy,
+)
 from tests.browser.conftest import DOCS, sign_in
 from tests.browser.data import make_fleet, make_user, run_now
 from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
@@ -47,6 +57,17 @@ def a_month_of_history(vms, subscription) -> None:
                 )
             )
     Operation.objects.bulk_create(rows)
+    # What record_findings counts as these runs are recorded: hotpatch on, installations without a reboot.
+    GuestState.objects.filter(pk__in=[vm.pk for vm in vms[:30]]).update(hotpatch_status=HotpatchStatus.ENABLED)
+    without_reboot = Counter(
+        op.vm_id for op in rows if op.reboot_status == RebootStatus.NOT_NEEDED and op.status != OperationStatus.FAILED
+    )
+    for vm in vms:
+        GuestState.objects.filter(pk=vm.pk).update(
+            counted_year=now.year,
+            installs_without_reboot=without_reboot[vm.pk],
+            reboots_avoided=without_reboot[vm.pk] if vm in vms[:30] else 0,
+        )
     ComplianceSnapshot.objects.bulk_create(
         ComplianceSnapshot(
             subscription=subscription,
@@ -79,7 +100,10 @@ def test_overview_charts_match_the_fleet_list_and_a_bar_opens_its_operations(
 
     sign_in(page, live_server.url, "olivia")
     statuses = tile_numbers(page, "Update status")
-    modes = tile_numbers(page, "Patch orchestration")[:3]
+    modes, hotpatch_enabled = (
+        tile_numbers(page, "Patch orchestration")[:3],
+        tile_numbers(page, "Patch orchestration")[3],
+    )
     page.get_by_role("link", name="Overview", exact=True).click()
     expect(page.get_by_role("heading", name="Overview", exact=True)).to_be_visible()
     for chart in ("#chart-status", "#chart-orchestration", "#chart-classification", "#chart-installs",
@@ -92,6 +116,7 @@ def test_overview_charts_match_the_fleet_list_and_a_bar_opens_its_operations(
     expect(page.locator("#h-status ~ details table tbody tr").first).to_be_visible()
     expect(page.locator("#chart-compliance polyline").first).to_be_attached()
     expect(page.locator("#hotpatch-method")).to_contain_text("Counted from recorded history")
+    assert page.locator("#chart-hotpatch .n").all_text_contents()[0] == hotpatch_enabled == "30"
 
     # The README's picture: refreshed only when asked (UPDATE_SCREENSHOT=1).
     target = DOCS / "overview.png" if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "overview.png"
