@@ -39,20 +39,16 @@ def installations_since(now: datetime, zone: tzinfo) -> datetime:
     return datetime.combine(today - timedelta(days=INSTALLATION_DAYS - 1), time(), tzinfo=zone)
 
 
-def recent_installations(vms: QuerySet[VirtualMachine], now: datetime, zone: tzinfo) -> QuerySet[Operation]:
-    """The installations of `vms` since installations_since: the fleet tiles count them, the overview
-    draws them per day (one definition for both)."""
-    return Operation.objects.filter(
-        kind=OperationKind.INSTALLATION,
-        created_at__gte=installations_since(now, zone),
-        vm__in=vms.order_by().values("pk"),
-    )
+def recent_installations(operations: QuerySet[Operation], now: datetime, zone: tzinfo) -> QuerySet[Operation]:
+    """The installations among `operations` since installations_since: the fleet tiles count them, the
+    overview draws them per day (one definition for both)."""
+    return operations.filter(kind=OperationKind.INSTALLATION, created_at__gte=installations_since(now, zone))
 
 
-def installations_per_day(vms: QuerySet[VirtualMachine], now: datetime, zone: tzinfo) -> dict[tuple, int]:
+def installations_per_day(operations: QuerySet[Operation], now: datetime, zone: tzinfo) -> dict[tuple, int]:
     """Finished recent installations per (local day, status): one grouped query."""
     rows = (
-        recent_installations(vms, now, zone)
+        recent_installations(operations, now, zone)
         .filter(status__in=FINISHED_INSTALLATION)
         .annotate(day=TruncDate("created_at", tzinfo=zone))
         .order_by()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from django.core.paginator import Paginator
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
@@ -19,6 +19,7 @@ from patching import fleet as figures
 from patching.models import (
     IN_FLIGHT,
     HotpatchStatus,
+    Operation,
     OperationStatus,
 )
 from vms import access, clock, images, regions, vocabulary
@@ -191,9 +192,28 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
     return Fleet(vms=vms, filters=filters, search=search, sort=sort, notices=notices)
 
 
-def fleet_tiles(vms, *, with_installs: bool = True, **more) -> dict:
+def fleet_operations(user, found: Fleet) -> QuerySet[Operation]:
+    """The operations of the fleet's machines: of the VMs the user can see, within the filters.
+
+    An operation carries its VM's subscription, so visibility and a subscription filter are that
+    column (no pass over the VMs); only the VMs' own filters join them. Operations of deleted VMs
+    are no machine's any more and are left out.
+    """
+    operations = Operation.objects.filter(vm__isnull=False)
+    if not user.is_superuser:
+        operations = operations.filter(subscription__in=access.subscriptions_for(user).values("pk"))
+    active = {f.param: f.value for f in found.filters if f.value}
+    if "subscription" in active:
+        operations = operations.filter(subscription_id=active.pop("subscription"))
+    if active or found.search:
+        operations = operations.filter(vm__in=found.vms.order_by().values("pk"))
+    return operations
+
+
+def fleet_tiles(vms, operations=None, **more) -> dict:
     """The summary tiles: two aggregate queries, whatever the fleet size. `more` aggregates are computed
-    in the same pass over the fleet; with_installs=False leaves out the installations tile's query."""
+    in the same pass over the fleet; without `operations` (fleet_operations) there is no installations
+    tile and its query."""
     counts = vms.order_by().aggregate(
         **more,
         total=Count("pk"),
@@ -203,8 +223,9 @@ def fleet_tiles(vms, *, with_installs: bool = True, **more) -> dict:
         hotpatch_action=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ACTION_REQUIRED)),
     )
     installs = None
-    if with_installs:
-        installs = figures.recent_installations(vms, clock.now(), timezone.get_current_timezone()).aggregate(
+    if operations is not None:
+        zone = timezone.get_current_timezone()
+        installs = figures.recent_installations(operations, clock.now(), zone).aggregate(
             runs=Count("pk"),
             succeeded=Count("pk", filter=Q(status=OperationStatus.SUCCEEDED)),
             warnings=Count("pk", filter=Q(status=OperationStatus.COMPLETED_WITH_WARNINGS)),
@@ -251,7 +272,7 @@ def fleet(request: HtmxHttpRequest) -> HttpResponse:
         "page": page,
         # 1 2 … 49 50 51 … 1999 2000: never a link per page of a 100,000-VM fleet.
         "page_range": page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
-        "tiles": fleet_tiles(found.vms),
+        "tiles": fleet_tiles(found.vms, fleet_operations(request.user, found)),
         "columns": [
             {
                 "label": label,

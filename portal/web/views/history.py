@@ -19,10 +19,9 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET
 
 from patching.models import Operation, OperationKind, OperationStatus, PatchResult, StartedBy
-from vms import access
 
 from .common import HtmxHttpRequest, partial_for, portal_view
-from .fleet import Fleet, fleet_for
+from .fleet import Fleet, fleet_for, fleet_operations
 from .overview import POLL_SECONDS, SCOPE
 
 PAGE_SIZE = 50
@@ -31,23 +30,6 @@ CHOICE_FILTERS = [
     ("status", "Status", OperationStatus.choices),
     ("started_by", "Started by", StartedBy.choices),
 ]
-
-
-def fleet_operations(user, found: Fleet) -> QuerySet[Operation]:
-    """The operations of the machines the user can see, within the page's scope.
-
-    An operation belongs to its VM's subscription, so a subscription filter is a column; the other
-    filters are the VM's. Operations of deleted VMs are no machine's any more and are left out.
-    """
-    operations = Operation.objects.filter(vm__isnull=False)
-    if not user.is_superuser:
-        operations = operations.filter(subscription__in=access.subscriptions_for(user).values("pk"))
-    active = {f.param: f.value for f in found.filters if f.value}
-    if "subscription" in active:
-        operations = operations.filter(subscription_id=active.pop("subscription"))
-    if active:
-        operations = operations.filter(vm__in=found.vms.order_by().values("pk"))
-    return operations
 
 
 @dataclass

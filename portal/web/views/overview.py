@@ -21,7 +21,6 @@ from django.views.decorators.http import require_GET, require_POST
 from patching import fleet as figures
 from patching import services
 from patching.models import (
-    Operation,
     OperationKind,
     OperationStatus,
     StartedBy,
@@ -34,7 +33,7 @@ from vms import clock
 from vms.models import Role, RoleAssignment, Subscription
 
 from .common import HtmxHttpRequest, partial_for, portal_view
-from .fleet import Fleet, fleet_for, fleet_tiles
+from .fleet import Fleet, fleet_for, fleet_operations, fleet_tiles
 
 # The filters the fleet pages are scoped by (the fleet list's own, by the same names).
 SCOPE = ("subscription", "resource_group", "location", "os", "orchestration")
@@ -65,7 +64,8 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
     now, zone = clock.now(), timezone.get_current_timezone()
     # The fleet list's tiles (the same definitions, one query), with the overview's own per-VM figures
     # in the same pass; the installations are drawn per day below instead of the tile's totals.
-    tiles = fleet_tiles(found.vms, with_installs=False, **figures.guest_aggregates(now))
+    tiles = fleet_tiles(found.vms, **figures.guest_aggregates(now))
+    operations = fleet_operations(request.user, found)
 
     # The fleet list's own tiles (the same definitions), each row one click from its machines.
     fleet_list, updates_list = reverse("vms:list"), reverse("patching:updates")
@@ -82,7 +82,7 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
 
     today = now.astimezone(zone).date()
     days = [today - timedelta(days=n) for n in range(figures.INSTALLATION_DAYS - 1, -1, -1)]
-    per_day = figures.installations_per_day(found.vms, now, zone)
+    per_day = figures.installations_per_day(operations, now, zone)
     bars, bars_top = charts.stacked_bars(days, INSTALL_SERIES, per_day)
     for bar in bars:
         for segment in bar.segments:
@@ -140,7 +140,7 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
         "hotpatch": hotpatch,
         "hotpatch_bars": charts.share_bars(hotpatch_rows, max(tiles["total"], *(r["count"] for r in hotpatch_rows))),
         "retention_days": settings.PORTAL_HISTORY_RETENTION_DAYS,
-        "in_flight": Operation.objects.in_flight().filter(vm__in=found.vms.order_by().values("pk")).exists(),
+        "in_flight": operations.in_flight().exists(),
         "poll_seconds": POLL_SECONDS,
         "scope": scope_query(found),
         "nav": "overview",
