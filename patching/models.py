@@ -135,6 +135,15 @@ class GuestState(models.Model):
     patch_decision = models.CharField(max_length=24, choices=PatchDecision.choices, blank=True)
     patch_decision_detail = models.CharField(max_length=300, blank=True)
     patch_decision_at = models.DateTimeField(null=True, blank=True)
+    # For the fleet overview: how many updates of each classification the VM misses ({"Security": 2}),
+    # and when the oldest Critical or Security one it misses was published (compliance: none > 30 days).
+    missing_by_classification = models.JSONField(default=dict, blank=True)
+    oldest_critical_security_at = models.DateTimeField(null=True, blank=True)
+    # This year's (counted_year's) installations that did not restart the VM, and those of them that
+    # installed a hotpatch (a reboot avoided): counted as runs are recorded, so they survive pruning.
+    counted_year = models.PositiveSmallIntegerField(null=True, blank=True)
+    installs_without_reboot = models.PositiveIntegerField(default=0)
+    reboots_avoided = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"{self.vm} guest ({self.build})"
@@ -156,6 +165,36 @@ class InstalledUpdate(models.Model):  # noqa: DJ008 (a through table)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["guest", "update"], name="install_once")]
+
+
+class MissingUpdate(models.Model):  # noqa: DJ008 (a summary row)
+    """An update one VM misses (its last run found it applicable and did not install it): the per-VM
+    summary the by-update view counts from. Replaced for a VM whenever a run of it is recorded, so it
+    outlives the pruning of the operation that found it."""
+
+    guest = models.ForeignKey(GuestState, models.CASCADE, related_name="missing_updates")
+    update = models.ForeignKey(Update, models.CASCADE, related_name="+")
+    # The VM's last installation tried it and failed (kept by the assessments after it while still missing).
+    failed = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["update", "guest"], name="missing_once")]
+
+
+class ComplianceSnapshot(models.Model):  # noqa: DJ008 (a daily figure)
+    """One subscription's compliance on one day, recorded by a beat task: the overview's trend is drawn
+    from these, cheap to read and independent of how much operation history is kept."""
+
+    subscription = models.ForeignKey("vms.Subscription", models.CASCADE, related_name="+")
+    day = models.DateField()
+    machines = models.PositiveIntegerField(default=0)
+    assessed = models.PositiveIntegerField(default=0)
+    # Assessed machines with no Critical or Security update outstanding for more than COMPLIANCE_GRACE.
+    compliant = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["day"]
+        constraints = [models.UniqueConstraint(fields=["subscription", "day"], name="one_snapshot_per_day")]
 
 
 class OperationKind(models.TextChoices):
@@ -255,6 +294,11 @@ class Operation(models.Model):
         indexes = [
             models.Index(fields=["vm", "-created_at"]),
             models.Index(fields=["status", "created_at"], name="op_in_flight", condition=Q(status__in=IN_FLIGHT)),
+            # The fleet history's keyset pages, newest first: across the fleet, and per subscription.
+            models.Index(fields=["-created_at", "-id"], name="op_newest_first"),
+            models.Index(fields=["subscription", "-created_at", "-id"], name="op_subscription_newest"),
+            # The overview's and the fleet tiles' installations of the last 30 days, counted by status.
+            models.Index(fields=["kind", "created_at", "status"], name="op_kind_created"),
         ]
 
     def __str__(self) -> str:

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,10 +20,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models import Case, F, OuterRef, Q, Subquery, When
 from django.utils import timezone
 
-from vms import images, regions
+from vms import clock, images, regions
 from vms.features import preview_gate_problems
 from vms.models import RESOURCE_NAME_RE, ResourceGroup, VirtualMachine
 from vms.patch_settings import PatchSettings, Problem, defaults_for_image
@@ -34,6 +34,7 @@ from .models import (
     GuestState,
     HotpatchStatus,
     InstalledUpdate,
+    MissingUpdate,
     Operation,
     OperationKind,
     OperationStatus,
@@ -44,6 +45,7 @@ from .models import (
     Update,
 )
 from .parameters import CRITICAL_AND_SECURITY, InstallParameters
+from .vocabulary import UpdateKind
 
 log = logging.getLogger(__name__)
 
@@ -883,6 +885,7 @@ def record_findings(findings: list[Finding]) -> list[int]:
         operations: dict[tuple, list[int]] = defaultdict(list)
         guests: dict[tuple, list[int]] = defaultdict(list)
         results, installs, rebooted, recorded = [], [], [], []
+        summaries = FleetSummaries()
         for f in findings:
             if f.operation_id not in live:
                 continue
@@ -953,6 +956,10 @@ def record_findings(findings: list[Finding]) -> list[int]:
                 changes["last_boot_at"] = f.finished
                 rebooted.append(f.vm.pk)
             guests[(OperationKind.INSTALLATION, tuple(changes.items()))].append(f.vm.pk)
+        done = set(recorded)
+        for f in findings:
+            if f.operation_id in done:
+                summaries.add(f)
         for changes, ids in operations.items():
             Operation.objects.filter(pk__in=ids).update(**dict(changes))
         PatchResult.objects.bulk_create(results, batch_size=2000)
@@ -962,11 +969,65 @@ def record_findings(findings: list[Finding]) -> list[int]:
             own = Operation.objects.filter(pk__in=recorded, kind=kind, vm_id=OuterRef("pk")).values("pk")[:1]
             pointer = "last_assessment_id" if kind == OperationKind.ASSESSMENT else "last_installation_id"
             GuestState.objects.filter(pk__in=vm_ids).update(**dict(changes), **{pointer: Subquery(own)})
+        summaries.write()
         if rebooted:
             VirtualMachine.objects.filter(pk__in=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
                 power_state=VirtualMachine.PowerState.RUNNING
             )
     return recorded
+
+
+class FleetSummaries:
+    """What the fleet pages count, per recorded VM, written set-based: what it still misses after its
+    run (what applied, less what it installed): its MissingUpdate rows replaced, its counts per
+    classification and oldest outstanding Critical/Security publish date (one UPDATE per distinct
+    summary); and this year's installations without a reboot, and with a hotpatch (reboots avoided)."""
+
+    def __init__(self):
+        self.rows: list[MissingUpdate] = []
+        self.by_summary: dict[tuple, list[int]] = defaultdict(list)
+        self.without_reboot: dict[tuple, list[int]] = defaultdict(list)
+        self.assessed: list[int] = []
+
+    def add(self, finding: "Finding") -> None:
+        outcome = finding.outcome
+        installed = {p.id for p in outcome.installed} if outcome else set()
+        missing = [p for p in finding.available if p.id not in installed]
+        failed = {p for p, state in outcome.states.items() if state == PatchState.FAILED} if outcome else set()
+        self.rows += [MissingUpdate(guest_id=finding.vm.pk, update_id=p.id, failed=p.id in failed) for p in missing]
+        if not outcome:
+            self.assessed.append(finding.vm.pk)
+        counts = Counter(p.classification for p in missing)
+        oldest = min((p.published_at for p in missing if p.is_critical_or_security), default=None)
+        self.by_summary[(tuple(sorted(counts.items())), oldest)].append(finding.vm.pk)
+        if outcome and installed and outcome.status != OperationStatus.FAILED:
+            if outcome.reboot_status == RebootStatus.NOT_NEEDED:
+                hotpatched = any(p.kind == UpdateKind.HOTPATCH for p in outcome.installed)
+                self.without_reboot[(finding.finished.year, hotpatched)].append(finding.vm.pk)
+
+    def write(self) -> None:
+        vm_ids = [pk for pks in self.by_summary.values() for pk in pks]
+        # An assessment does not know what the last installation failed: it keeps that for what is still missing.
+        failed_before = set(
+            MissingUpdate.objects.filter(guest_id__in=self.assessed, failed=True).values_list("guest_id", "update_id")
+        )
+        for row in self.rows:
+            row.failed = row.failed or (row.guest_id, row.update_id) in failed_before
+        MissingUpdate.objects.filter(guest_id__in=vm_ids).delete()
+        MissingUpdate.objects.bulk_create(self.rows, batch_size=2000, ignore_conflicts=True)
+        for (counts, oldest), pks in self.by_summary.items():
+            GuestState.objects.filter(pk__in=pks).update(
+                missing_by_classification=dict(counts), oldest_critical_security_at=oldest
+            )
+        for (year, hotpatched), pks in self.without_reboot.items():
+            this_year = Q(counted_year=year)
+            GuestState.objects.filter(pk__in=pks).update(
+                installs_without_reboot=Case(When(this_year, then=F("installs_without_reboot") + 1), default=1),
+                reboots_avoided=Case(
+                    When(this_year, then=F("reboots_avoided") + int(hotpatched)), default=int(hotpatched)
+                ),
+                counted_year=year,
+            )
 
 
 def _fail_deleted(operation_id: int, vm_name: str, when: datetime) -> None:
@@ -1021,8 +1082,18 @@ def fail_stale_operations(now: datetime | None = None) -> int:
     return failed
 
 
-def prune_history(now: datetime | None = None) -> int:
-    """Delete finished operations older than the retention period (their per-patch rows go with them)."""
-    cutoff = (now or timezone.now()) - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
-    deleted, _ = Operation.objects.finished().filter(created_at__lt=cutoff).delete()
+def prune_history(now: datetime | None = None, *, batch: int = 10_000) -> int:
+    """Delete finished operations older than the retention period (their per-patch rows go with them).
+
+    Set-based, in batches of the oldest first (each its own transaction), so millions of old rows
+    never sit in memory or in one long lock. Returns how many operations were deleted. The overview's
+    compliance trend is kept in ComplianceSnapshot rows and survives this.
+    """
+    cutoff = (now or clock.now()) - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
+    old = Operation.objects.finished().filter(created_at__lt=cutoff).order_by("created_at", "pk")
+    deleted = 0
+    while ids := list(old.values_list("pk", flat=True)[:batch]):
+        with transaction.atomic():
+            PatchResult.objects.filter(operation_id__in=ids).delete()
+            deleted += Operation.objects.filter(pk__in=ids).delete()[1].get(Operation._meta.label, 0)
     return deleted

@@ -271,6 +271,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "patching.tasks.prune_history",
         "schedule": timedelta(hours=6),
     },
+    # The overview's compliance trend: one figure per subscription per day, the day's last one kept.
+    "record-compliance-snapshots": {
+        "task": "patching.tasks.record_compliance_snapshots",
+        "schedule": timedelta(hours=1),
+    },
     # Automatic VM guest patching (SPEC §3.5): cheap rounds, so a window opening is caught within minutes.
     "patch-fleet": {
         "task": "patching.tasks.patch_fleet",
@@ -302,7 +307,7 @@ PORTAL_HEARTBEAT_SECONDS = envfloat("PORTAL_HEARTBEAT_SECONDS", "10")
 PORTAL_HEARTBEAT_TIMEOUT = timedelta(seconds=envint("PORTAL_HEARTBEAT_TIMEOUT_SECONDS", "60"))
 PORTAL_MAX_ATTEMPTS = envint("PORTAL_MAX_ATTEMPTS", "6")
 # How many days of update history are kept before being pruned.
-PORTAL_HISTORY_RETENTION_DAYS = envint("PORTAL_HISTORY_RETENTION_DAYS", "180")
+PORTAL_HISTORY_RETENTION_DAYS = envint("PORTAL_HISTORY_RETENTION_DAYS", "365")
 # Preview-feature and provider registration take this long ("up to 15 minutes" in the seed).
 PORTAL_REGISTRATION_SECONDS = envint("PORTAL_REGISTRATION_SECONDS", "60")
 # While on (as in the 2021 preview), turning hotpatch on needs the three features and the provider registered.

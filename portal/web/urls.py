@@ -6,7 +6,7 @@ Hotpatch blade, operations, the calendar).
 
 from django.urls import include, path
 
-from .views import api_tokens, azure_cli, fleet, hotpatch, preferences, subscriptions, vm
+from .views import api_tokens, azure_cli, fleet, history, hotpatch, overview, preferences, subscriptions, vm
 
 vm_pages = [
     path("vms/", fleet.fleet, name="list"),
@@ -57,6 +57,13 @@ patching_pages = [
     path("vms/<int:pk>/hotpatch/install/", hotpatch.install, name="install"),
     path("operations/<int:pk>/status/", hotpatch.operation_status, name="operation-status"),
     path("calendar/", hotpatch.hotpatch_calendar, name="calendar"),
+    path("overview/", overview.overview, name="fleet-overview"),
+    path("updates/", overview.updates, name="updates"),
+    path("updates/<int:pk>/", overview.update_machines, name="update-machines"),
+    path("updates/<int:pk>/install/", overview.install_update, name="update-install"),
+    path("history/", history.history, name="history"),
+    path("history/export.csv", history.history_export, {"fmt": "csv"}, name="history-export-csv"),
+    path("history/export.json", history.history_export, {"fmt": "json"}, name="history-export-json"),
 ]
 
 urlpatterns = [
