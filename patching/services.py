@@ -23,7 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from vms import images, regions
+from vms import clock, fleet_import, images, regions
 from vms.features import preview_gate_problems
 from vms.models import RESOURCE_NAME_RE, ResourceGroup, VirtualMachine
 from vms.patch_settings import PatchSettings, Problem, defaults_for_image
@@ -1026,3 +1026,23 @@ def prune_history(now: datetime | None = None) -> int:
     cutoff = (now or timezone.now()) - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
     deleted, _ = Operation.objects.finished().filter(created_at__lt=cutoff).delete()
     return deleted
+
+
+# --- Importing a fleet ----------------------------------------------------------------------------
+
+
+def import_fleet(plan: "fleet_import.Plan", owner, now: datetime | None = None) -> list[VirtualMachine]:
+    """Create the planned VMs (vms.fleet_import) and their guests, in one transaction, set-based.
+
+    Each guest starts as a VM created from its image today would (provision_guests); no assessment is
+    queued per VM: periodic assessment reaches them at their slot, as it does every VM.
+    """
+    from .catalog import ensure_catalog  # the catalog loader reads files: only here, not at import time
+
+    now = now or clock.now()
+    ensure_catalog(until=now + timedelta(days=62))  # the guests' images; fast when already loaded
+    with transaction.atomic():
+        vms = fleet_import.create_inventory(plan, owner, now)
+        with fixed_catalog():
+            provision_guests(vms, now)
+    return vms
