@@ -1040,7 +1040,7 @@ def import_fleet(plan: "fleet_import.Plan", owner, now: datetime | None = None) 
     from .catalog import ensure_catalog  # the catalog loader reads files: only here, not at import time
 
     now = now or clock.now()
-    ensure_catalog(until=now + timedelta(days=62))  # the guests' images; fast when already loaded
+    ensure_catalog(until=now + timedelta(days=31))  # the guests' images; fast when already loaded
     with transaction.atomic():
         vms = fleet_import.create_inventory(plan, owner, now)
         with fixed_catalog():

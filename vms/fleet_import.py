@@ -219,7 +219,9 @@ def _parse_resource_graph_csv(text: str) -> list[Entry]:
     documents = []
     for index, row in enumerate(rows, start=1):
         if None in row:  # more cells than columns
-            problems.append(FileProblem(index, row.get(lower["name"]) or "", "", "The row has more cells than columns."))
+            problems.append(
+                FileProblem(index, row.get(lower["name"]) or "", "", "The row has more cells than columns.")
+            )
             continue
         document = {"id": row[lower["id"]], "name": row[lower["name"]], "location": row[lower["location"]]}
         for column in ("properties", "tags", "zones"):
@@ -401,7 +403,7 @@ class _Reader:
         if not zones:
             return ""
         if len(zones) != 1 or zones[0] not in ("1", "2", "3"):
-            self.problem("zones", f"must be one zone of \"1\", \"2\" or \"3\", not {json.dumps(zones)[:40]}.")
+            self.problem("zones", f'must be one zone of "1", "2" or "3", not {json.dumps(zones)[:40]}.')
             return ""
         return zones[0]
 
@@ -715,7 +717,11 @@ def create_inventory(fleet: Plan, owner, now: datetime) -> list[VirtualMachine]:
 def _update_domains(rows: list[Row], groups: dict) -> dict[int, int]:
     """Round-robin over five update domains per availability set, after the set's VMs already here."""
     counts: dict[tuple, int] = defaultdict(int)
-    sets = {(row.entry.subscription_id, row.entry.resource_group.lower(), row.entry.availability_set.lower()) for row in rows if row.entry.availability_set}
+    sets = {
+        (row.entry.subscription_id, row.entry.resource_group.lower(), row.entry.availability_set.lower())
+        for row in rows
+        if row.entry.availability_set
+    }
     if sets:
         existing = VirtualMachine.objects.filter(
             resource_group__in=[g for key, g in groups.items() if g.pk], availability_set__gt=""

@@ -18,10 +18,42 @@ REGIONS = [("westeurope", True), ("northeurope", True), ("eastus", True), ("west
 TIME_ZONES = [None, None, "W. Europe Standard Time", "UTC"]  # Windows names are what Azure stores; None is common
 # (weight, publisher, offer, sku, patch mode, hotpatch, assessment mode)
 IMAGES = [
-    (40, "MicrosoftWindowsServer", "WindowsServer", "2022-datacenter-azure-edition-hotpatch", "AutomaticByPlatform", True, "AutomaticByPlatform"),
-    (15, "MicrosoftWindowsServer", "WindowsServer", "2022-datacenter-azure-edition-core", "AutomaticByPlatform", True, "AutomaticByPlatform"),
-    (15, "MicrosoftWindowsServer", "WindowsServer", "2025-datacenter-azure-edition", "AutomaticByPlatform", True, "AutomaticByPlatform"),
-    (10, "MicrosoftWindowsServer", "WindowsServer", "2022-datacenter-g2", "AutomaticByPlatform", False, "AutomaticByPlatform"),
+    (
+        40,
+        "MicrosoftWindowsServer",
+        "WindowsServer",
+        "2022-datacenter-azure-edition-hotpatch",
+        "AutomaticByPlatform",
+        True,
+        "AutomaticByPlatform",
+    ),
+    (
+        15,
+        "MicrosoftWindowsServer",
+        "WindowsServer",
+        "2022-datacenter-azure-edition-core",
+        "AutomaticByPlatform",
+        True,
+        "AutomaticByPlatform",
+    ),
+    (
+        15,
+        "MicrosoftWindowsServer",
+        "WindowsServer",
+        "2025-datacenter-azure-edition",
+        "AutomaticByPlatform",
+        True,
+        "AutomaticByPlatform",
+    ),
+    (
+        10,
+        "MicrosoftWindowsServer",
+        "WindowsServer",
+        "2022-datacenter-g2",
+        "AutomaticByPlatform",
+        False,
+        "AutomaticByPlatform",
+    ),
     (8, "MicrosoftWindowsServer", "WindowsServer", "2019-datacenter-gensecond", "AutomaticByOS", False, "ImageDefault"),
     (5, None, None, None, "AutomaticByPlatform", False, "AutomaticByPlatform"),  # a gallery image
     (4, "MicrosoftSQLServer", "sql2022-ws2022", "enterprise-gen2", "AutomaticByOS", False, "ImageDefault"),
@@ -60,7 +92,9 @@ def generate(count: int, *, seed: int = 7) -> list[dict]:
                 name,
                 region,
                 size=rng.choice(SIZES),
-                image=(publisher, offer, sku) if publisher else f"/subscriptions/{sub}/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/corpGallery/images/ws2022-golden/versions/1.4.{n % 7}",
+                image=(publisher, offer, sku)
+                if publisher
+                else f"/subscriptions/{sub}/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/corpGallery/images/ws2022-golden/versions/1.4.{n % 7}",
                 linux=linux,
                 patch=(mode, hotpatch, assessment),
                 zone=zone,
@@ -96,19 +130,55 @@ def entry(
     """One VM exactly as `az vm list -d -o json` prints it."""
     vm_arm_id = f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/virtualMachines/{name}"
     if isinstance(image, str):
-        reference = {"communityGalleryImageId": None, "exactVersion": image.rsplit("/", 1)[-1], "id": image, "offer": None, "publisher": None, "sharedGalleryImageId": None, "sku": None, "version": None}
+        reference = {
+            "communityGalleryImageId": None,
+            "exactVersion": image.rsplit("/", 1)[-1],
+            "id": image,
+            "offer": None,
+            "publisher": None,
+            "sharedGalleryImageId": None,
+            "sku": None,
+            "version": None,
+        }
     else:
         publisher, offer, sku = image
         version = "20348.2849.241106" if "2022" in sku else "26100.2314.241107"
-        reference = {"communityGalleryImageId": None, "exactVersion": version, "id": None, "offer": offer, "publisher": publisher, "sharedGalleryImageId": None, "sku": sku, "version": "latest"}
+        reference = {
+            "communityGalleryImageId": None,
+            "exactVersion": version,
+            "id": None,
+            "offer": offer,
+            "publisher": publisher,
+            "sharedGalleryImageId": None,
+            "sku": sku,
+            "version": "latest",
+        }
     mode, hotpatch, assessment = patch
     settings = {
         "assessmentMode": assessment,
-        "automaticByPlatformSettings": {"bypassPlatformSafetyChecksOnUserSchedule": False, "rebootSetting": "IfRequired"} if mode == "AutomaticByPlatform" else None,
+        "automaticByPlatformSettings": {
+            "bypassPlatformSafetyChecksOnUserSchedule": False,
+            "rebootSetting": "IfRequired",
+        }
+        if mode == "AutomaticByPlatform"
+        else None,
         "patchMode": mode,
     }
     if linux:
-        linux_configuration = {"disablePasswordAuthentication": True, "enableVmAgentPlatformUpdates": None, "patchSettings": settings, "provisionVmAgent": True, "ssh": {"publicKeys": [{"keyData": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIexample", "path": "/home/azureuser/.ssh/authorized_keys"}]}}
+        linux_configuration = {
+            "disablePasswordAuthentication": True,
+            "enableVmAgentPlatformUpdates": None,
+            "patchSettings": settings,
+            "provisionVmAgent": True,
+            "ssh": {
+                "publicKeys": [
+                    {
+                        "keyData": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIexample",
+                        "path": "/home/azureuser/.ssh/authorized_keys",
+                    }
+                ]
+            },
+        }
         windows_configuration = None
     else:
         linux_configuration = None
@@ -124,7 +194,12 @@ def entry(
     return {
         "additionalCapabilities": None,
         "applicationProfile": None,
-        "availabilitySet": {"id": f"/subscriptions/{subscription}/resourceGroups/{resource_group.upper()}/providers/Microsoft.Compute/availabilitySets/{availability_set.upper()}", "resourceGroup": resource_group.upper()} if availability_set else None,
+        "availabilitySet": {
+            "id": f"/subscriptions/{subscription}/resourceGroups/{resource_group.upper()}/providers/Microsoft.Compute/availabilitySets/{availability_set.upper()}",
+            "resourceGroup": resource_group.upper(),
+        }
+        if availability_set
+        else None,
         "billingProfile": None,
         "capacityReservation": None,
         "diagnosticsProfile": {"bootDiagnostics": {"enabled": True, "storageUri": None}},
@@ -144,7 +219,18 @@ def entry(
         "macs": "00-22-48-{:02X}-{:02X}-{:02X}".format(*uuid.uuid5(uuid.NAMESPACE_URL, vm_arm_id).bytes[:3]),
         "managedBy": None,
         "name": name,
-        "networkProfile": {"networkApiVersion": None, "networkInterfaceConfigurations": None, "networkInterfaces": [{"deleteOption": "Delete", "id": f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Network/networkInterfaces/{name}-nic", "primary": None, "resourceGroup": resource_group}]},
+        "networkProfile": {
+            "networkApiVersion": None,
+            "networkInterfaceConfigurations": None,
+            "networkInterfaces": [
+                {
+                    "deleteOption": "Delete",
+                    "id": f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Network/networkInterfaces/{name}-nic",
+                    "primary": None,
+                    "resourceGroup": resource_group,
+                }
+            ],
+        },
         "osProfile": {
             "adminPassword": None,
             "adminUsername": "azureuser",
@@ -168,13 +254,38 @@ def entry(
         "resources": None,
         "scheduledEventsPolicy": None,
         "scheduledEventsProfile": None,
-        "securityProfile": {"encryptionAtHost": None, "encryptionIdentity": None, "proxyAgentSettings": None, "securityType": "TrustedLaunch", "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True}},
+        "securityProfile": {
+            "encryptionAtHost": None,
+            "encryptionIdentity": None,
+            "proxyAgentSettings": None,
+            "securityType": "TrustedLaunch",
+            "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True},
+        },
         "storageProfile": {
             "alignRegionalDisksToVmZone": None,
             "dataDisks": [],
             "diskControllerType": "SCSI",
             "imageReference": reference,
-            "osDisk": {"caching": "ReadWrite", "createOption": "FromImage", "deleteOption": "Delete", "diffDiskSettings": None, "diskSizeGb": 127 if not linux else 30, "encryptionSettings": None, "image": None, "managedDisk": {"diskEncryptionSet": None, "id": f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/disks/{name}_OsDisk_1", "resourceGroup": resource_group, "securityProfile": None, "storageAccountType": "Premium_LRS"}, "name": f"{name}_OsDisk_1", "osType": "Linux" if linux else "Windows", "vhd": None, "writeAcceleratorEnabled": None},
+            "osDisk": {
+                "caching": "ReadWrite",
+                "createOption": "FromImage",
+                "deleteOption": "Delete",
+                "diffDiskSettings": None,
+                "diskSizeGb": 127 if not linux else 30,
+                "encryptionSettings": None,
+                "image": None,
+                "managedDisk": {
+                    "diskEncryptionSet": None,
+                    "id": f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/disks/{name}_OsDisk_1",
+                    "resourceGroup": resource_group,
+                    "securityProfile": None,
+                    "storageAccountType": "Premium_LRS",
+                },
+                "name": f"{name}_OsDisk_1",
+                "osType": "Linux" if linux else "Windows",
+                "vhd": None,
+                "writeAcceleratorEnabled": None,
+            },
         },
         "tags": tags or {},
         "timeCreated": "2025-03-04T09:12:45.1234567+00:00",
@@ -186,8 +297,44 @@ def entry(
     }
 
 
-RESOURCE_GRAPH_HEADER = ["id", "name", "type", "tenantId", "kind", "location", "resourceGroup", "subscriptionId", "managedBy", "sku", "plan", "properties", "tags", "identity", "zones", "extendedLocation"]
-FLATTENED = {"id", "name", "type", "location", "tags", "zones", "resourceGroup", "etag", "identity", "plan", "managedBy", "extendedLocation", "powerState", "publicIps", "fqdns", "privateIps", "macs", "resources"}
+RESOURCE_GRAPH_HEADER = [
+    "id",
+    "name",
+    "type",
+    "tenantId",
+    "kind",
+    "location",
+    "resourceGroup",
+    "subscriptionId",
+    "managedBy",
+    "sku",
+    "plan",
+    "properties",
+    "tags",
+    "identity",
+    "zones",
+    "extendedLocation",
+]
+FLATTENED = {
+    "id",
+    "name",
+    "type",
+    "location",
+    "tags",
+    "zones",
+    "resourceGroup",
+    "etag",
+    "identity",
+    "plan",
+    "managedBy",
+    "extendedLocation",
+    "powerState",
+    "publicIps",
+    "fqdns",
+    "privateIps",
+    "macs",
+    "resources",
+}
 
 
 def to_resource_graph_csv(documents: list[dict], tenant_id: str = "72f988bf-86f1-41af-91ab-2d7cd011db47") -> str:
@@ -201,7 +348,9 @@ def to_resource_graph_csv(documents: list[dict], tenant_id: str = "72f988bf-86f1
         if windows:  # ARM spells it provisionVMAgent
             windows["provisionVMAgent"] = windows.pop("provisionVmAgent")
         code = "PowerState/" + document["powerState"].removeprefix("VM ")
-        properties["extended"] = {"instanceView": {"powerState": {"code": code, "displayStatus": document["powerState"], "level": "Info"}}}
+        properties["extended"] = {
+            "instanceView": {"powerState": {"code": code, "displayStatus": document["powerState"], "level": "Info"}}
+        }
         writer.writerow(
             [
                 document["id"],

@@ -25,7 +25,9 @@ class Command(BaseCommand):
             "--owner",
             help=f"The user who becomes Owner of the new subscriptions (default: '{DEFAULT_OWNER}', if it exists).",
         )
-        parser.add_argument("--dry-run", action="store_true", help="Say what would be created and refused; change nothing.")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Say what would be created and refused; change nothing."
+        )
 
     def handle(self, *args, file, owner, dry_run, **options):
         owner_user = self._owner(owner)
