@@ -8,26 +8,32 @@ machines that need a maintenance window (reboot) each month.
 
 `start_run` records the run and hands it to Celery on commit (`RUN_WHAT_IF_TASK`, by name);
 `execute_run` claims it (Queued -> Running, compare-and-swap: a redelivered task finds nothing to
-do), writes its progress through the real database connection while the simulation runs in the
-scratch one, and stores the result. A run whose worker died (Running, silent for longer than the
+do), runs the two scenarios side by side in processes of their own (`run_scenario`, each in its
+throwaway database), writes their progress to the run, and stores the result. A run whose worker died (Running, silent for longer than the
 task time limit) is claimed again by the next delivery.
 """
 
 import calendar as calendar_module
+import json
 import logging
+import selectors
+import subprocess
+import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from vms import access, clock, images, regions
 from vms.models import VirtualMachine
+from vms.patch_settings import PatchSettings
 
 from .models import WhatIfRun, WhatIfStatus
 from .orchestrator import fleets
@@ -133,9 +139,7 @@ def execute_run(run_id: int) -> bool:
 
 
 def _progress_writer(run_id: int):
-    """Progress goes through the real connection: inside throwaway_database "default" is the scratch one."""
-    real = connections["default"]
-    table = WhatIfRun._meta.db_table
+    """Writes the run's progress, at most every percent or two seconds."""
     last = {"fraction": -1.0, "at": 0.0}
 
     def write(fraction: float) -> None:
@@ -143,18 +147,14 @@ def _progress_writer(run_id: int):
         if fraction - last["fraction"] < 0.01 and now - last["at"] < 2:
             return
         last.update(fraction=fraction, at=now)
-        with real.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} SET progress = %s WHERE id = %s AND status = %s",  # noqa: S608 (our table name)
-                [round(fraction, 3), run_id, WhatIfStatus.RUNNING.value],
-            )
+        WhatIfRun.objects.filter(pk=run_id, status=WhatIfStatus.RUNNING).update(progress=round(fraction, 3))
 
     return write
 
 
 @dataclass(frozen=True)
 class Machine:
-    """What the simulation needs of one VM of the user's fleet."""
+    """What the simulation needs of one VM of the user's fleet (JSON to the scenario processes)."""
 
     subscription: str
     region: str
@@ -166,7 +166,14 @@ class Machine:
     availability_set: str
     update_domain: int | None
     power_state: str
-    settings: object  # PatchSettings
+    settings: PatchSettings
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Machine":
+        return cls(**{**data, "settings": PatchSettings(**data["settings"])})
 
 
 def fleet_of(user) -> list[Machine]:
@@ -229,25 +236,37 @@ def scenario_fleet(machines: list[Machine], scenario: str, start: datetime) -> f
 
 
 def compare(machines: list[Machine], first_day: date, days: int, *, progress=None) -> dict:
-    """Both scenarios over the same machines; the JSON the page draws and the downloads hold."""
-    from .catalog import ensure_catalog
+    """Both scenarios over the same machines; the JSON the page draws and the downloads hold.
 
+    Each scenario runs in a process of its own (`manage.py what_if_scenario`, reading the machines on
+    stdin, printing its progress and then its summary on stdout), both at once: the two simulations
+    share nothing, and on two cores the year takes half the time.
+    """
     start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
     end = start + timedelta(days=days)
     began = time.perf_counter()
-    scenarios = {}
-    for i, scenario in enumerate(SCENARIOS):
-        with throwaway_database():
-            ensure_catalog(until=end.date() + timedelta(days=31))
-            simulation = Simulation(start, end, scenario_fleet(machines, scenario, start))
-            simulation.create_fleet()
-
-            def on_round(moment, i=i):
-                if progress is not None:
-                    progress((i + (moment - start) / (end - start)) / len(SCENARIOS))
-
-            simulation.run(on_round=on_round)
-            scenarios[scenario] = summarize_scenario(simulation.report(), start, end)
+    payload = json.dumps({"start": start.date().isoformat(), "days": days, "machines": [m.to_json() for m in machines]})
+    manage = str(Path(settings.BASE_DIR) / "manage.py")
+    processes = {
+        scenario: subprocess.Popen(
+            [sys.executable, manage, "what_if_scenario", scenario],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=settings.BASE_DIR,
+        )
+        for scenario in SCENARIOS
+    }
+    try:
+        for process in processes.values():
+            process.stdin.write(payload)
+            process.stdin.close()
+        scenarios = _collect(processes, progress)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
     return {
         "start": start.date().isoformat(),
         "end": end.date().isoformat(),
@@ -256,8 +275,46 @@ def compare(machines: list[Machine], first_day: date, days: int, *, progress=Non
         "enrolled_now": sum(1 for m in machines if m.settings.enable_hotpatching),
         "runtime_seconds": round(time.perf_counter() - began, 1),
         "months": month_labels(start, end),
-        "scenarios": {key: {"label": SCENARIOS[key], **value} for key, value in scenarios.items()},
+        "scenarios": {key: {"label": SCENARIOS[key], **scenarios[key]} for key in SCENARIOS},
     }
+
+
+def _collect(processes: dict[str, subprocess.Popen], progress) -> dict[str, dict]:
+    """Read both processes' lines ("progress 0.42", then "result {...}") as they come."""
+    done: dict[str, float] = dict.fromkeys(processes, 0.0)
+    results: dict[str, dict] = {}
+    with selectors.DefaultSelector() as selector:
+        for scenario, process in processes.items():
+            selector.register(process.stdout, selectors.EVENT_READ, scenario)
+        while selector.get_map():
+            for key, _ in selector.select():
+                scenario, line = key.data, key.fileobj.readline()
+                if not line:
+                    selector.unregister(key.fileobj)
+                elif line.startswith("progress "):
+                    done[scenario] = float(line.split()[1])
+                    if progress is not None:
+                        progress(sum(done.values()) / len(done))
+                elif line.startswith("result "):
+                    results[scenario] = json.loads(line[len("result ") :])
+    for scenario, process in processes.items():
+        if process.wait() != 0 or scenario not in results:
+            raise RuntimeError(f"The '{SCENARIOS[scenario]}' simulation stopped (exit code {process.returncode}).")
+    return results
+
+
+def run_scenario(machines: list[Machine], scenario: str, first_day: date, days: int, progress) -> dict:
+    """One scenario in a throwaway in-memory database: the fleet simulation, summarised."""
+    from .catalog import ensure_catalog
+
+    start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
+    end = start + timedelta(days=days)
+    with throwaway_database():
+        ensure_catalog(until=end.date() + timedelta(days=31))
+        simulation = Simulation(start, end, scenario_fleet(machines, scenario, start))
+        simulation.create_fleet()
+        simulation.run(on_round=lambda moment: progress((moment - start) / (end - start)))
+        return summarize_scenario(simulation.report(), start, end)
 
 
 def month_labels(start: datetime, end: datetime) -> list[str]:
