@@ -7,7 +7,9 @@ import json
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from patching.models import GuestState, HotpatchStatus
@@ -422,3 +424,15 @@ def test_the_preview_plans_again_at_confirm_time(client, olivia):
     client.post(reverse("sandbox-import-confirm", args=[pending.pk]))
     assert VirtualMachine.objects.count() == 1
     assert FleetImport.objects.get().result["refused"] == 1
+
+
+def test_the_preview_costs_the_same_queries_for_7_vms_and_for_300(client, olivia):
+    client.force_login(olivia)
+    counts = []
+    for documents in (sample(), fleetfile.generate(300, seed=2)):
+        client.post(reverse("sandbox-import"), {"file": upload(documents)})
+        url = reverse("sandbox-import-preview", args=[FleetImport.objects.get(imported_at=None).pk])
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url).status_code == 200
+        counts.append(len(queries))
+    assert counts[0] == counts[1]

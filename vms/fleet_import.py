@@ -35,7 +35,6 @@ from datetime import datetime
 from django.db.models.functions import Lower
 
 from . import images, regions
-from .access import has_role
 from .models import (
     RESOURCE_NAME_RE,
     FeatureRegistration,
@@ -562,7 +561,15 @@ def plan(entries: list[Entry], user) -> Plan:
     existing_subscriptions = {
         str(pk) for pk in Subscription.objects.filter(pk__in=subscription_ids).values_list("pk", flat=True)
     }
-    may_change = {sid for sid in existing_subscriptions if has_role(user, sid, Role.CONTRIBUTOR)}
+    if user.is_superuser:
+        may_change = existing_subscriptions
+    else:
+        may_change = {
+            str(sid)
+            for sid in RoleAssignment.objects.filter(
+                user=user, subscription_id__in=existing_subscriptions, role__in=(Role.CONTRIBUTOR, Role.OWNER)
+            ).values_list("subscription_id", flat=True)
+        }
     existing_vms = set()
     for sid, group, name in (
         VirtualMachine.objects.filter(resource_group__subscription_id__in=existing_subscriptions)
