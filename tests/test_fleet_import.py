@@ -436,3 +436,21 @@ def test_the_preview_costs_the_same_queries_for_7_vms_and_for_300(client, olivia
             assert client.get(url).status_code == 200
         counts.append(len(queries))
     assert counts[0] == counts[1]
+
+
+def test_a_vm_created_during_the_import_loses_nothing_and_is_no_500(client, olivia, monkeypatch):
+    from django.db import IntegrityError
+
+    from patching import services
+
+    def collide(*args, **kwargs):
+        raise IntegrityError('duplicate key value violates unique constraint "unique_vm_name_per_rg"')
+
+    client.force_login(olivia)
+    client.post(reverse("sandbox-import"), {"file": upload(sample())})
+    pending = FleetImport.objects.get()
+    monkeypatch.setattr(services, "import_fleet", collide)
+    response = client.post(reverse("sandbox-import-confirm", args=[pending.pk]), follow=True)
+    assert response.status_code == 200 and "nothing was imported" in response.text
+    pending.refresh_from_db()
+    assert pending.imported_at is None and len(pending.entries) == 7  # it can be confirmed again

@@ -8,7 +8,8 @@ and imports them, once: the row is claimed by a compare-and-swap on `imported_at
 
 from django import forms
 from django.conf import settings
-from django.db import transaction
+from django.contrib import messages
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import filesizeformat
@@ -90,12 +91,17 @@ def preview(request: HttpRequest, pk: int) -> HttpResponse:
 def confirm(request: HttpRequest, pk: int) -> HttpResponse:
     pending = get_object_or_404(FleetImport, pk=pk, user=request.user)
     now = clock.now()
-    with transaction.atomic():
-        claimed = FleetImport.objects.filter(pk=pending.pk, imported_at=None).update(imported_at=now)
-        if claimed:  # a second click (or a replayed POST) finds it imported and shows the result
-            plan = fleet_import.plan([fleet_import.Entry.from_json(e) for e in pending.entries], request.user)
-            vms = services.import_fleet(plan, request.user, now) if plan.created else []
-            refused = [[row.entry.arm_id, row.refused] for row in plan.refused[:SHOWN_ROWS]]
-            counts = plan.counts() | {"imported": len(vms), "refused_rows": refused}
-            FleetImport.objects.filter(pk=pending.pk).update(result=counts, entries=[])
+    try:
+        with transaction.atomic():
+            claimed = FleetImport.objects.filter(pk=pending.pk, imported_at=None).update(imported_at=now)
+            if claimed:  # a second click (or a replayed POST) finds it imported and shows the result
+                plan = fleet_import.plan([fleet_import.Entry.from_json(e) for e in pending.entries], request.user)
+                vms = services.import_fleet(plan, request.user, now) if plan.created else []
+                refused = [[row.entry.arm_id, row.refused] for row in plan.refused[:SHOWN_ROWS]]
+                counts = plan.counts() | {"imported": len(vms), "refused_rows": refused}
+                FleetImport.objects.filter(pk=pending.pk).update(result=counts, entries=[])
+    except IntegrityError:  # someone created one of these VMs meanwhile: nothing was imported
+        messages.error(
+            request, "Some of these VMs were created meanwhile; nothing was imported. Check the preview again."
+        )
     return redirect("sandbox-import-preview", pk=pending.pk)
