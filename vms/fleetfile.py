@@ -3,7 +3,7 @@
 Every entry has the shape the Azure CLI prints (the SDK's VirtualMachine flattened, camelCase keys,
 nulls for what is not set, and `-d`'s powerState/publicIps/fqdns/privateIps/macs). The mix, by a
 seeded random draw: Windows Server 2022 and 2025 Azure Edition on hotpatch images with hotpatch on
-(most), Windows Server 2022 Datacenter Azure-orchestrated, Windows Server 2019 on Windows automatic
+(most), Azure Edition Core with hotpatch off, Windows Server 2022 Datacenter Azure-orchestrated, Windows Server 2019 on Windows automatic
 updates, a gallery image, Linux; a few VMs stopped or deallocated; zones, availability sets and tags.
 `manage.py generate_fleet_file` writes it (JSON, or the Resource Graph CSV with --csv).
 """
@@ -33,7 +33,7 @@ IMAGES = [
         "WindowsServer",
         "2022-datacenter-azure-edition-core",
         "AutomaticByPlatform",
-        True,
+        False,  # capable, not enrolled: what the what-if year's second scenario changes
         "AutomaticByPlatform",
     ),
     (
