@@ -320,8 +320,8 @@ def test_the_command_dry_run_creates_nothing_and_needs_a_known_owner(olivia, tmp
     call_command("import_fleet", str(path), owner="olivia", dry_run=True)
     assert "Would create 6 of 7 VMs (4 enrolled in hotpatch, 1 on images" in capsys.readouterr().out
     assert not VirtualMachine.objects.exists()
-    with pytest.raises(CommandError, match="No user 'demo'"):
-        call_command("import_fleet", str(path))
+    with pytest.raises(CommandError, match="No user 'nobody'"):
+        call_command("import_fleet", str(path), owner="nobody")
     with pytest.raises(CommandError, match="Cannot read"):
         call_command("import_fleet", str(tmp_path / "missing.json"), owner="olivia")
 
@@ -454,3 +454,13 @@ def test_a_vm_created_during_the_import_loses_nothing_and_is_no_500(client, oliv
     assert response.status_code == 200 and "nothing was imported" in response.text
     pending.refresh_from_db()
     assert pending.imported_at is None and len(pending.entries) == 7  # it can be confirmed again
+
+
+def test_without_an_owner_the_vms_are_the_superusers_to_see(catalog, tmp_path, capsys):
+    path = tmp_path / "vms.json"
+    path.write_text(json.dumps(sample()))
+    call_command("import_fleet", str(path))
+    assert "new subscriptions get no owner" in capsys.readouterr().err
+    assert VirtualMachine.objects.count() == 6 and not RoleAssignment.objects.exists()
+    root = make_user("root", superuser=True)
+    assert VirtualMachine.objects.visible_to(root).count() == 6

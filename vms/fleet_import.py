@@ -556,12 +556,15 @@ def guess_product(entry: Entry) -> images.Product:
 
 
 def plan(entries: list[Entry], user) -> Plan:
-    """Decide every entry against the inventory as it is now (set-based reads, no writes)."""
+    """Decide every entry against the inventory as it is now (set-based reads, no writes).
+
+    `user` is who imports: VMs go into existing subscriptions only where they are Contributor or Owner.
+    """
     subscription_ids = sorted({entry.subscription_id for entry in entries})
     existing_subscriptions = {
         str(pk) for pk in Subscription.objects.filter(pk__in=subscription_ids).values_list("pk", flat=True)
     }
-    if user.is_superuser:
+    if user is None or user.is_superuser:  # None: the operator at the command line, with no owner named
         may_change = existing_subscriptions
     else:
         may_change = {

@@ -23,7 +23,8 @@ class Command(BaseCommand):
         parser.add_argument("file", help="The JSON or CSV file ('-' reads standard input).")
         parser.add_argument(
             "--owner",
-            help=f"The user who becomes Owner of the new subscriptions (default: '{DEFAULT_OWNER}', if it exists).",
+            help=f"The user who becomes Owner of the new subscriptions (default: '{DEFAULT_OWNER}' if it exists, "
+            "else nobody: superusers see them).",
         )
         parser.add_argument(
             "--dry-run", action="store_true", help="Say what would be created and refused; change nothing."
@@ -54,7 +55,8 @@ class Command(BaseCommand):
             f"{verb} {counts['created']} of {counts['entries']} VMs ({counts['enrolled']} enrolled in hotpatch, "
             f"{counts['unknown_images']} on images the simulation does not know) in "
             f"{len({r.entry.subscription_id for r in plan.created})} subscriptions "
-            f"({counts['new_subscriptions']} new, Owner: {owner_user.get_username()}); {counts['refused']} refused."
+            f"({counts['new_subscriptions']} new, Owner: {owner_user.get_username() if owner_user else 'nobody'}); "
+            f"{counts['refused']} refused."
         )
         if dry_run or not plan.created:
             return
@@ -62,13 +64,17 @@ class Command(BaseCommand):
         self.stdout.write(f"Imported {len(vms)} VMs in {time.perf_counter() - began:.1f} s.")
 
     def _owner(self, username):
+        """The --owner user, else 'demo' if it exists, else nobody (superusers see the VMs)."""
         User = get_user_model()
-        name = username or DEFAULT_OWNER
         try:
-            return User.objects.get(username=name)
+            return User.objects.get(username=username or DEFAULT_OWNER)
         except User.DoesNotExist:
-            hint = "" if username else " Name one with --owner USERNAME (make demo creates 'demo')."
-            raise CommandError(f"No user '{name}'.{hint}") from None
+            if username:
+                raise CommandError(f"No user '{username}'.") from None
+            self.stderr.write(
+                f"No --owner and no '{DEFAULT_OWNER}' user: new subscriptions get no owner (superusers see them)."
+            )
+            return None
 
     def _read(self, file: str) -> bytes:
         if file == "-":
