@@ -9,8 +9,9 @@ machines that need a maintenance window (reboot) each month.
 `start_run` records the run and hands it to Celery on commit (`RUN_WHAT_IF_TASK`, by name);
 `execute_run` claims it (Queued -> Running, compare-and-swap: a redelivered task finds nothing to
 do), runs the two scenarios side by side in processes of their own (`run_scenario`, each in its
-throwaway database), writes their progress to the run, and stores the result. A run whose worker died (Running, silent for longer than the
-task time limit) is claimed again by the next delivery.
+throwaway database), writes their progress to the run, and stores the result. A run still Queued is
+sent again when its user asks again (the broker may have been down); a run whose worker died
+(Running for longer than the task time limit) is claimed again by the next delivery.
 """
 
 import calendar as calendar_module
@@ -85,6 +86,8 @@ def start_run(user) -> tuple[WhatIfRun, bool]:
     """The user's run in flight, or a new one queued (sent to Celery once the transaction commits)."""
     running = in_flight(user)
     if running:
+        if running.status == WhatIfStatus.QUEUED:  # not picked up (yet): send it again, the claim is once
+            transaction.on_commit(lambda: send(running.pk))
         return running, False
     count = access.vms_for(user).count()
     if count > MAX_VMS:

@@ -75,10 +75,16 @@ def test_the_page_shows_the_estimate_then_queues_one_run_on_commit(
     run = WhatIfRun.objects.get()
     assert response["Location"] == reverse("sandbox-what-if-run", args=[run.pk])
     assert sent == [run.pk] and run.vms == 6 and run.estimate_seconds > 0
-    # Asking again while it is queued gives the same run.
+    # Asking again while it is queued gives the same run, sent again (the broker may have been down).
     with django_capture_on_commit_callbacks(execute=True):
         client.post(reverse("sandbox-what-if-start"))
-    assert WhatIfRun.objects.count() == 1 and sent == [run.pk]
+    assert WhatIfRun.objects.count() == 1 and sent == [run.pk, run.pk]
+    WhatIfRun.objects.filter(pk=run.pk).update(status=WhatIfStatus.RUNNING)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("sandbox-what-if-start"))
+    assert WhatIfRun.objects.count() == 1 and sent == [run.pk, run.pk]
+    assert "A run is in progress below" in client.get(reverse("sandbox-what-if")).text
+    WhatIfRun.objects.filter(pk=run.pk).update(status=WhatIfStatus.QUEUED)
     polled = client.get(
         reverse("sandbox-what-if-run", args=[run.pk]), headers={"HX-Request": "true", "HX-Target": "what-if-run"}
     )
