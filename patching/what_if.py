@@ -86,7 +86,8 @@ def start_run(user) -> tuple[WhatIfRun, bool]:
     """The user's run in flight, or a new one queued (sent to Celery once the transaction commits)."""
     running = in_flight(user)
     if running:
-        if running.status == WhatIfStatus.QUEUED:  # not picked up (yet): send it again, the claim is once
+        if running.status == WhatIfStatus.QUEUED or running.started_at < _stale():
+            # Not picked up (the broker was down?) or its worker died: send it again; the claim is once.
             transaction.on_commit(lambda: send(running.pk))
         return running, False
     count = access.vms_for(user).count()
@@ -114,10 +115,14 @@ def send(run_id: int) -> None:
 # --- Running it (the Celery task) -------------------------------------------------------------------
 
 
+def _stale() -> datetime:
+    """A run started before this has outlived the task time limit: its worker is gone."""
+    return timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+
+
 def _claim(run_id: int) -> WhatIfRun | None:
-    stale = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
     claimed = WhatIfRun.objects.filter(
-        Q(status=WhatIfStatus.QUEUED) | Q(status=WhatIfStatus.RUNNING, started_at__lt=stale), pk=run_id
+        Q(status=WhatIfStatus.QUEUED) | Q(status=WhatIfStatus.RUNNING, started_at__lt=_stale()), pk=run_id
     ).update(status=WhatIfStatus.RUNNING, started_at=timezone.now(), progress=0.0)
     return WhatIfRun.objects.select_related("user").get(pk=run_id) if claimed else None
 

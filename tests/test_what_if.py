@@ -167,3 +167,17 @@ def test_a_real_worker_runs_the_what_if_job(live_worker, olivias_fleet):
     assert any(status == WhatIfStatus.RUNNING and 0 < progress < 1 for status, progress in seen)
     assert run.result["scenarios"]["all_enrolled"]["reboots"] < run.result["scenarios"]["as_is"]["reboots"]
     assert run.started_at and run.finished_at - run.started_at < timedelta(minutes=4)
+
+
+def test_a_run_whose_worker_died_is_taken_over(olivias_fleet, monkeypatch, settings):
+    from django.utils import timezone
+
+    monkeypatch.setattr(what_if, "compare", lambda *args, **kwargs: {"scenarios": {}})
+    run = WhatIfRun.objects.create(user=olivias_fleet, vms=6, days=92, start=START, estimate_seconds=10)
+    WhatIfRun.objects.filter(pk=run.pk).update(status=WhatIfStatus.RUNNING, started_at=timezone.now())
+    assert what_if.execute_run(run.pk) is False  # running elsewhere, recently: not ours
+    died = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 120)
+    WhatIfRun.objects.filter(pk=run.pk).update(started_at=died)
+    assert what_if.execute_run(run.pk) is True
+    run.refresh_from_db()
+    assert run.status == WhatIfStatus.SUCCEEDED
