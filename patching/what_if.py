@@ -86,7 +86,7 @@ def start_run(user) -> tuple[WhatIfRun, bool]:
     """The user's run in flight, or a new one queued (sent to Celery once the transaction commits)."""
     running = in_flight(user)
     if running:
-        if running.status == WhatIfStatus.QUEUED or running.started_at < _stale():
+        if running.status == WhatIfStatus.QUEUED or (running.started_at and running.started_at < _stale()):
             # Not picked up (the broker was down?) or its worker died: send it again; the claim is once.
             transaction.on_commit(lambda: send(running.pk))
         return running, False
