@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from patching import services
@@ -56,7 +57,6 @@ def upload(request: HttpRequest) -> HttpResponse:
                 user=request.user,
                 filename=(upload.name or "fleet")[:200],
                 entries=[entry.to_json() for entry in entries],
-                created_at=clock.now(),
             )
             # Previews never confirmed are dropped when their owner uploads again.
             FleetImport.objects.filter(user=request.user, imported_at=None).exclude(pk=pending.pk).delete()
@@ -93,7 +93,8 @@ def confirm(request: HttpRequest, pk: int) -> HttpResponse:
     now = clock.now()
     try:
         with transaction.atomic():
-            claimed = FleetImport.objects.filter(pk=pending.pk, imported_at=None).update(imported_at=now)
+            # imported_at is when it happened (real time); the VMs are created at the world's time.
+            claimed = FleetImport.objects.filter(pk=pending.pk, imported_at=None).update(imported_at=timezone.now())
             if claimed:  # a second click (or a replayed POST) finds it imported and shows the result
                 plan = fleet_import.plan([fleet_import.Entry.from_json(e) for e in pending.entries], request.user)
                 vms = services.import_fleet(plan, request.user, now) if plan.created else []
