@@ -9,7 +9,7 @@ from playwright.sync_api import Page, expect
 from tests.browser.conftest import sign_in
 from tests.browser.data import make_user
 from tests.browser.test_csp_in_chromium import Violations
-from tests.factories import load_catalog
+from tests.factories import load_catalog, make_resource_group, make_subscription, make_vm
 from tests.test_fleet_import import sample
 
 pytestmark = pytest.mark.live
@@ -17,7 +17,8 @@ pytestmark = pytest.mark.live
 
 def test_import_a_fleet_then_run_a_what_if_year(page: Page, live_server, live_worker, tmp_path):
     load_catalog()
-    make_user("olivia")
+    olivia = make_user("olivia")
+    make_vm(resource_group=make_resource_group(make_subscription("Olivia's", user=olivia, role="Owner")), name="own-1")
     path = tmp_path / "vms.json"
     path.write_text(json.dumps(sample()))
     csp = Violations(page)
@@ -34,7 +35,7 @@ def test_import_a_fleet_then_run_a_what_if_year(page: Page, live_server, live_wo
     csp.check("import result")
 
     page.get_by_role("link", name="What-if year").first.click()
-    expect(page.locator("#what-if-estimate")).to_contain_text("for 6 VMs")
+    expect(page.locator("#what-if-estimate")).to_contain_text("for 7 VMs")
     page.get_by_role("button", name="Run a what-if year").click()
     expect(page.locator("#what-if-run progress")).to_be_visible()
     expect(page.locator("#what-if-run")).to_have_attribute("data-status", "Succeeded", timeout=240_000)
