@@ -88,7 +88,7 @@ def test_the_page_shows_the_estimate_then_queues_one_run_on_commit(
     polled = client.get(
         reverse("sandbox-what-if-run", args=[run.pk]), headers={"HX-Request": "true", "HX-Target": "what-if-run"}
     )
-    assert polled.text.lstrip().startswith('<section id="what-if-run"') and 'hx-trigger="every 2s"' in polled.text
+    assert polled.text.lstrip().startswith('<div id="what-if-run"') and 'hx-trigger="every 2s"' in polled.text
     assert "Waiting for a worker" in polled.text
 
 

@@ -78,8 +78,8 @@ def _run_context(run: WhatIfRun | None) -> dict:
 
 def _page(request: HttpRequest, run: WhatIfRun | None) -> HttpResponse:
     template = "sandbox/what_if.html"
-    if run is not None and partial_for(request, ("what-if-run",)):
-        return render(request, template + "#run", _run_context(run))
+    if partial_for(request, ("what-if-run",)):
+        template += "#run"  # the poll: the estimate, the button and the run
     vms = access.vms_for(request.user).count()
     context = {
         "nav": "sandbox-what-if",
