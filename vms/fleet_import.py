@@ -508,6 +508,10 @@ class Row:
     def enrolled(self) -> bool:
         return bool(self.settings and self.settings.enable_hotpatching)
 
+    @property
+    def product_name(self) -> str:
+        return images.PRODUCTS[self.product].name if self.product else ""
+
 
 @dataclass
 class Plan:
