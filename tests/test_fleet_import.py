@@ -464,3 +464,19 @@ def test_without_an_owner_the_vms_are_the_superusers_to_see(catalog, tmp_path, c
     assert VirtualMachine.objects.count() == 6 and not RoleAssignment.objects.exists()
     root = make_user("root", superuser=True)
     assert VirtualMachine.objects.visible_to(root).count() == 6
+
+
+def test_a_region_the_portal_does_not_list_is_kept_and_noted(olivia):
+    documents = [
+        fleetfile.entry(SUB, "rg", "br-01", "brazilsouth"),
+        fleetfile.entry(SUB, "rg", "bad-01", "West Europe!"),
+        fleetfile.entry(SUB, "rg(legacy)", "old-01", "westeurope"),
+    ]
+    rows = {
+        row.entry.name: row
+        for row in fleet_import.plan(fleet_import.parse(json.dumps(documents).encode()), olivia).rows
+    }
+    assert rows["br-01"].region == "brazilsouth" and not rows["br-01"].refused
+    assert "last rollout phase" in rows["br-01"].notes[0]
+    assert rows["bad-01"].refused == "'West Europe!' is not an Azure region name."
+    assert rows["old-01"].refused.startswith("Resource group 'rg(legacy)': the portal's names are")

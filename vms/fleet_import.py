@@ -53,6 +53,7 @@ VM_ID_RE = re.compile(
     r"/providers/Microsoft\.Compute/virtualMachines/(?P<name>[^/]+)$",
     re.IGNORECASE,
 )
+AZURE_REGION_RE = re.compile(r"^[a-z][a-z0-9]{1,39}$")
 AVAILABILITY_SET_ID_RE = re.compile(r"/providers/Microsoft\.Compute/availabilitySets/(?P<name>[^/]+)$", re.IGNORECASE)
 # `az vm list -d` powerState ("VM running") and ARM's status code ("PowerState/running"), as the portal keeps them.
 POWER_STATES = {
@@ -325,8 +326,6 @@ class _Reader:
                 resource_group = match["resource_group"]
                 if name is not None and match["name"].lower() != name.lower():
                     self.problem("name", f"is '{name}' but the id names VM '{match['name']}'.")
-                if not RESOURCE_NAME_RE.match(resource_group) or len(resource_group) > 90:
-                    self.problem("id", f"names resource group '{resource_group}', which is not a valid name here.")
         if name is not None and not RESOURCE_NAME_RE.match(name):
             self.problem("name", f"'{name}' is not a valid VM name: 1-64 letters, digits, '-', '_' or '.'.")
         # The entry's own resourceGroup (the CLI adds it) must agree with its id.
@@ -592,13 +591,23 @@ def plan(entries: list[Entry], user) -> Plan:
         row = Row(entry)
         rows.append(row)
         sid = entry.subscription_id
+        if not RESOURCE_NAME_RE.match(entry.resource_group) or len(entry.resource_group) > 90:
+            row.refused = (
+                f"Resource group '{entry.resource_group}': the portal's names are letters, digits, '-', '_' and '.'."
+            )
+            continue
         if entry.os_type == "Linux":
             row.refused = "Linux VM: the portal simulates Windows Server guests only."
             continue
         region = regions.normalize_region(entry.location)
         if region is None:
-            row.refused = f"Region '{entry.location}' is not one the simulation has data for."
-            continue
+            # A real Azure region the portal does not list (brazilsouth, centralindia, ...): kept as it
+            # is; automatic patching puts regions it does not know in its last rollout phase.
+            region = entry.location.replace(" ", "").lower()
+            if not AZURE_REGION_RE.match(region):
+                row.refused = f"'{entry.location}' is not an Azure region name."
+                continue
+            row.notes.append(f"Region '{region}' is not one the portal lists: patched in the last rollout phase.")
         if sid in existing_subscriptions and sid not in may_change:
             row.refused = f"Subscription {sid} exists here and you are not a Contributor or Owner on it."
             continue
