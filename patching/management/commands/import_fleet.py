@@ -44,7 +44,13 @@ class Command(BaseCommand):
         plan = fleet_import.plan(entries, owner_user)
         counts = plan.counts()
         lines = [f"refused  {row.entry.arm_id}: {row.refused}" for row in plan.refused]
+        lines += [
+            f"create   {row.entry.arm_id}: {row.product_name}, {row.region}, "
+            f"{'hotpatch on' if row.enrolled else 'hotpatch off'}, {row.settings.patch_mode}"
+            for row in plan.created
+        ]
         lines += [f"note     {row.entry.arm_id}: {note}" for row in plan.created for note in row.notes]
+        lines.sort(key=lambda line: not line.startswith("refused"))  # refusals first, then what is created
         shown = lines if options["verbosity"] > 1 else lines[:LISTED]
         for line in shown:
             self.stdout.write(line)
