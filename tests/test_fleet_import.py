@@ -318,7 +318,9 @@ def test_the_command_dry_run_creates_nothing_and_needs_a_known_owner(olivia, tmp
     path = tmp_path / "vms.json"
     path.write_text(json.dumps(sample()))
     call_command("import_fleet", str(path), owner="olivia", dry_run=True)
-    assert "Would create 6 of 7 VMs (4 enrolled in hotpatch, 1 on images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Would create 6 of 7 VMs (4 enrolled in hotpatch, 1 on images" in out
+    assert f"create   {sample()[0]['id']}: Windows Server 2022 Datacenter: Azure Edition, westeurope, hotpatch on" in out
     assert not VirtualMachine.objects.exists()
     with pytest.raises(CommandError, match="No user 'nobody'"):
         call_command("import_fleet", str(path), owner="nobody")
