@@ -78,8 +78,8 @@ def in_flight(user) -> WhatIfRun | None:
     return WhatIfRun.objects.filter(user=user, status__in=(WhatIfStatus.QUEUED, WhatIfStatus.RUNNING)).first()
 
 
-class TooManyVMs(Exception):
-    pass
+class CannotRun(Exception):
+    """The user's fleet is empty or too large for a what-if year; the message says which."""
 
 
 def start_run(user) -> tuple[WhatIfRun, bool]:
@@ -91,8 +91,10 @@ def start_run(user) -> tuple[WhatIfRun, bool]:
             transaction.on_commit(lambda: send(running.pk))
         return running, False
     count = access.vms_for(user).count()
+    if not count:
+        raise CannotRun("You see no VMs: import your fleet or create VMs first.")
     if count > MAX_VMS:
-        raise TooManyVMs(f"A what-if year covers at most {MAX_VMS} VMs; you see {count}.")
+        raise CannotRun(f"A what-if year covers at most {MAX_VMS} VMs; you see {count}.")
     try:
         with transaction.atomic():
             run = WhatIfRun.objects.create(

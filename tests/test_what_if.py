@@ -122,6 +122,10 @@ def test_another_users_run_is_not_found(client, olivias_fleet):
     assert other.get(reverse("sandbox-what-if-run", args=[run.pk])).status_code == 404
     assert other.get(reverse("sandbox-what-if-download", args=[run.pk, "json"])).status_code == 404
     assert "You see no VMs yet" in other.get(reverse("sandbox-what-if")).text
+    refused = other.post(reverse("sandbox-what-if-start"), follow=True)
+    assert "You see no VMs: import your fleet" in refused.text and not WhatIfRun.objects.filter(
+        user__username="mallory"
+    )
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(olivias_fleet)
     assert strict.post(reverse("sandbox-what-if-start")).status_code == 403

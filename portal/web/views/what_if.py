@@ -9,6 +9,7 @@ import csv
 import io
 import json
 
+from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -104,8 +105,9 @@ def what_if_page(request: HttpRequest) -> HttpResponse:
 def start(request: HttpRequest) -> HttpResponse:
     try:
         run, _created = what_if.start_run(request.user)
-    except what_if.TooManyVMs:
-        return redirect("sandbox-what-if")  # the page says why the button is not there
+    except what_if.CannotRun as refused:
+        messages.error(request, str(refused))
+        return redirect("sandbox-what-if")
     return redirect("sandbox-what-if-run", pk=run.pk)
 
 
