@@ -320,7 +320,9 @@ def test_the_command_dry_run_creates_nothing_and_needs_a_known_owner(olivia, tmp
     call_command("import_fleet", str(path), owner="olivia", dry_run=True)
     out = capsys.readouterr().out
     assert "Would create 6 of 7 VMs (4 enrolled in hotpatch, 1 on images" in out
-    assert f"create   {sample()[0]['id']}: Windows Server 2022 Datacenter: Azure Edition, westeurope, hotpatch on" in out
+    assert (
+        f"create   {sample()[0]['id']}: Windows Server 2022 Datacenter: Azure Edition, westeurope, hotpatch on" in out
+    )
     assert not VirtualMachine.objects.exists()
     with pytest.raises(CommandError, match="No user 'nobody'"):
         call_command("import_fleet", str(path), owner="nobody")
@@ -482,3 +484,25 @@ def test_a_region_the_portal_does_not_list_is_kept_and_noted(olivia):
     assert "last rollout phase" in rows["br-01"].notes[0]
     assert rows["bad-01"].refused == "'West Europe!' is not an Azure region name."
     assert rows["old-01"].refused.startswith("Resource group 'rg(legacy)': the portal's names are")
+
+
+@pytest.mark.parametrize(
+    ("image", "product"),
+    [
+        (("MicrosoftSQLServer", "sql2019-ws2022", "enterprise"), "ws2022"),
+        (("MicrosoftSQLServer", "sql2022-ws2019", "standard"), "ws2019"),
+        (("MicrosoftWindowsServer", "WindowsServer", "2025-datacenter-g2"), "ws2025-azure"),
+        (GALLERY.replace("ws2022-golden", "win2019-base"), "ws2019"),
+        (GALLERY.replace("ws2022-golden", "golden"), "ws2022"),
+        (
+            "/subscriptions/00002019-0000-4000-8000-000000002025/resourceGroups/rg/providers/Microsoft.Compute/images/base",
+            "ws2022",
+        ),
+    ],
+)
+def test_an_unknown_image_is_patched_as_the_version_its_names_mention(image, product):
+    documents = [
+        fleetfile.entry(SUB, "rg", "vm-1", "westeurope", image=image, patch=("AutomaticByOS", False, "ImageDefault"))
+    ]
+    (entry,) = fleet_import.parse(json.dumps(documents).encode())
+    assert fleet_import.guess_product(entry).code == product

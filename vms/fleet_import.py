@@ -548,7 +548,13 @@ def _known_image(entry: Entry) -> bool:
 
 def guess_product(entry: Entry) -> images.Product:
     """The simulated product for an image we don't know: the version its names mention, else 2022."""
-    text = " ".join((entry.image_offer, entry.image_sku, entry.image_id)).lower()
+    # A gallery or custom image id: its names, not the subscription GUID (whose digits could say "2019").
+    names = re.findall(r"/(?:images|galleries|offers|skus)/([^/]+)", entry.image_id, re.IGNORECASE)
+    text = " ".join((entry.image_offer, entry.image_sku, *names)).lower()
+    for year in ("2025", "2022", "2019"):  # e.g. MicrosoftSQLServer:sql2019-ws2022: the OS is the ws one
+        if f"ws{year}" in text:
+            text = year
+            break
     if "2025" in text:
         return images.PRODUCTS["ws2025-azure"]
     if "2019" in text:
