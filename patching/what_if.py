@@ -48,7 +48,7 @@ MAX_VMS = 15_000  # 10,000 took 6 minutes on the loaded reference machine; the t
 # Wall seconds per VM, simulated day and scenario (the two run side by side), measured by
 # bench/what_if.py on the reference machine (2 cores); the estimate uses the runs measured here once
 # there are some.
-MEASURED_SECONDS_PER_VM_DAY = 0.000042
+MEASURED_SECONDS_PER_VM_DAY = 0.000031
 FIXED_SECONDS = 8.0  # migrating the scratch database, loading the catalog
 SCENARIOS = {
     "as_is": "As it is",
