@@ -402,3 +402,64 @@ class RolloutHalt(models.Model):
     @property
     def is_active(self) -> bool:
         return self.resumed_at is None
+
+
+class WhatIfStatus(models.TextChoices):
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class WhatIfRun(models.Model):
+    """One what-if year over a user's fleet (/sandbox/what-if/): the record the page polls and the job fills.
+
+    The Celery task claims it Queued -> Running (compare-and-swap), writes `progress` as the simulated
+    clock advances, and stores the comparison in `result`. One run queued or running per user.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="what_if_runs")
+    status = models.CharField(max_length=10, choices=WhatIfStatus.choices, default=WhatIfStatus.QUEUED)
+    vms = models.PositiveIntegerField(help_text="VMs in the fleet when the run was asked for.")
+    days = models.PositiveIntegerField(default=365)
+    start = models.DateField(help_text="The first simulated day (the world's today).")
+    estimate_seconds = models.FloatField()
+    progress = models.FloatField(default=0.0)  # 0..1
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user"], condition=Q(status__in=["Queued", "Running"]), name="one_what_if_in_flight_per_user"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"What-if {self.start} over {self.vms} VMs: {self.status}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (WhatIfStatus.SUCCEEDED, WhatIfStatus.FAILED)
+
+    @property
+    def is_succeeded(self) -> bool:
+        return self.status == WhatIfStatus.SUCCEEDED
+
+    @property
+    def is_failed(self) -> bool:
+        return self.status == WhatIfStatus.FAILED
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.is_finished else int(self.progress * 100)
+
+    @property
+    def runtime_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None

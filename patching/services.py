@@ -23,7 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, OuterRef, Q, Subquery, When
 from django.utils import timezone
 
-from vms import clock, images, regions
+from vms import clock, fleet_import, images, regions
 from vms.features import preview_gate_problems
 from vms.models import RESOURCE_NAME_RE, ResourceGroup, VirtualMachine
 from vms.patch_settings import PatchSettings, Problem, defaults_for_image
@@ -1097,3 +1097,23 @@ def prune_history(now: datetime | None = None, *, batch: int = 10_000) -> int:
             PatchResult.objects.filter(operation_id__in=ids).delete()
             deleted += Operation.objects.filter(pk__in=ids).delete()[1].get(Operation._meta.label, 0)
     return deleted
+
+
+# --- Importing a fleet ----------------------------------------------------------------------------
+
+
+def import_fleet(plan: "fleet_import.Plan", owner, now: datetime | None = None) -> list[VirtualMachine]:
+    """Create the planned VMs (vms.fleet_import) and their guests, in one transaction, set-based.
+
+    Each guest starts as a VM created from its image today would (provision_guests); no assessment is
+    queued per VM: periodic assessment reaches them at their slot, as it does every VM.
+    """
+    from .catalog import ensure_catalog  # the catalog loader reads files: only here, not at import time
+
+    now = now or clock.now()
+    ensure_catalog(until=now + timedelta(days=31))  # the guests' images; fast when already loaded
+    with transaction.atomic():
+        vms = fleet_import.create_inventory(plan, owner, now)
+        with fixed_catalog():
+            provision_guests(vms, now)
+    return vms

@@ -312,6 +312,8 @@ PORTAL_HISTORY_RETENTION_DAYS = envint("PORTAL_HISTORY_RETENTION_DAYS", "365")
 PORTAL_REGISTRATION_SECONDS = envint("PORTAL_REGISTRATION_SECONDS", "60")
 # While on (as in the 2021 preview), turning hotpatch on needs the three features and the provider registered.
 PORTAL_PREVIEW_GATE = envbool("PORTAL_PREVIEW_GATE", "true")
+# The largest fleet file the /sandbox/import/ page takes (manage.py import_fleet has no limit).
+PORTAL_IMPORT_MAX_BYTES = envint("PORTAL_IMPORT_MAX_BYTES", str(50 * 1024 * 1024))
 for _name in ("PORTAL_PATCH_FAILURE_RATE", "PORTAL_AGENT_UNREACHABLE_RATE"):
     if not 0.0 <= globals()[_name] <= 1.0:
         raise ImproperlyConfigured(f"{_name} must be between 0 and 1")

@@ -18,6 +18,7 @@ demo seeder runs it over the real database for the past 45 days.
 import calendar as calendar_module
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -77,8 +78,8 @@ class Simulation:
         self.vms = fleets.create(self.fleet, self.start)
         return self.vms
 
-    def run(self, until: datetime | None = None) -> None:
-        """Step the clock from start to `until` (default: end)."""
+    def run(self, until: datetime | None = None, on_round: Callable[[datetime], None] | None = None) -> None:
+        """Step the clock from start to `until` (default: end); `on_round(clock)` after each step (progress)."""
         began = time.perf_counter()
         until = until or self.end
         by_name = {vm.name: vm.pk for vm in self.vms}
@@ -116,6 +117,8 @@ class Simulation:
                 if next_assessment is not None:
                     moments.append(next_assessment)
                 clock = max(min(moments), clock + timedelta(minutes=1))
+                if on_round is not None:
+                    on_round(min(clock, until))
         self.seconds += time.perf_counter() - began
 
     def _resume_halts(self, clock: datetime) -> int:

@@ -59,13 +59,7 @@ def vm_to_arm(vm: VirtualMachine, instance_view: dict | None = None) -> dict:
         "vmId": str(vm.vm_id),
         "hardwareProfile": {"vmSize": vm.size},
         "storageProfile": {
-            "imageReference": {
-                "publisher": vm.image_publisher,
-                "offer": vm.image_offer,
-                "sku": vm.image_sku,
-                "version": vm.image_version,
-                "exactVersion": guest.build if guest and guest.build else vm.image_version,
-            },
+            "imageReference": image_reference(vm, guest),
             "osDisk": {
                 "osType": "Windows",
                 "name": f"{vm.name}_OsDisk",
@@ -96,11 +90,31 @@ def vm_to_arm(vm: VirtualMachine, instance_view: dict | None = None) -> dict:
         }
     if instance_view is not None:
         properties["instanceView"] = instance_view
-    body = {"id": vm.arm_id, "name": vm.name, "type": VM_TYPE, "location": vm.location, "tags": {}, "etag": vm.etag}
+    body = {
+        "id": vm.arm_id,
+        "name": vm.name,
+        "type": VM_TYPE,
+        "location": vm.location,
+        "tags": vm.tags,
+        "etag": vm.etag,
+    }
     if vm.zone:
         body["zones"] = [vm.zone]
     body["properties"] = properties
     return body
+
+
+def image_reference(vm: VirtualMachine, guest) -> dict:
+    """A marketplace image's publisher/offer/sku, or a gallery or custom image's id (imported fleets)."""
+    if vm.image_id:
+        return {"id": vm.image_id, "exactVersion": vm.image_version}
+    return {
+        "publisher": vm.image_publisher,
+        "offer": vm.image_offer,
+        "sku": vm.image_sku,
+        "version": vm.image_version,
+        "exactVersion": guest.build if guest and guest.build else vm.image_version,
+    }
 
 
 def instance_view(vm: VirtualMachine, latest: dict) -> dict:

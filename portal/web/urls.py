@@ -6,7 +6,19 @@ Hotpatch blade, operations, the calendar).
 
 from django.urls import include, path
 
-from .views import api_tokens, azure_cli, fleet, history, hotpatch, overview, preferences, subscriptions, vm
+from .views import (
+    api_tokens,
+    azure_cli,
+    fleet,
+    fleet_import,
+    history,
+    hotpatch,
+    overview,
+    preferences,
+    subscriptions,
+    vm,
+    what_if,
+)
 
 vm_pages = [
     path("vms/", fleet.fleet, name="list"),
@@ -71,4 +83,12 @@ urlpatterns = [
     path("", include((patching_pages, "patching"))),
     path("account/api-tokens/", api_tokens.api_tokens, name="api-tokens"),
     path("account/api-tokens/<int:pk>/revoke/", api_tokens.revoke_api_token, name="api-token-revoke"),
+    # The sandbox: your own fleet imported, a what-if year over it.
+    path("sandbox/import/", fleet_import.upload, name="sandbox-import"),
+    path("sandbox/import/<int:pk>/", fleet_import.preview, name="sandbox-import-preview"),
+    path("sandbox/import/<int:pk>/confirm/", fleet_import.confirm, name="sandbox-import-confirm"),
+    path("sandbox/what-if/", what_if.what_if_page, name="sandbox-what-if"),
+    path("sandbox/what-if/start/", what_if.start, name="sandbox-what-if-start"),
+    path("sandbox/what-if/<int:pk>/", what_if.run_page, name="sandbox-what-if-run"),
+    path("sandbox/what-if/<int:pk>/what-if.<str:fmt>", what_if.download, name="sandbox-what-if-download"),
 ]
