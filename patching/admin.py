@@ -3,10 +3,9 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.http import Http404
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
-from vms import images
+from vms import clock, images
 from vms.models import VirtualMachine
 
 from . import services
@@ -348,7 +347,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
         """New VMs get a guest on the image's current build and their first assessment."""
         if not change:
             super().save_model(request, obj, form, change)
-            services.provision_guest(obj, timezone.now())
+            services.provision_guest(obj, clock.now())
             services.start_operation(obj, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
             return
         with transaction.atomic():
@@ -357,7 +356,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
             if saved is None:
                 raise Http404(f"The virtual machine '{obj.name}' was deleted.")
             if saved.enable_hotpatching and not obj.enable_hotpatching:
-                obj.hotpatch_disabled_at = timezone.now()
+                obj.hotpatch_disabled_at = clock.now()
             obj.version = saved.version + 1
             super().save_model(request, obj, form, change)
         services.refresh_hotpatch_status(obj, turned_on=obj.enable_hotpatching and not saved.enable_hotpatching)

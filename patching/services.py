@@ -23,12 +23,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
+from vms import clock as world_clock
 from vms import images, regions
 from vms.features import preview_gate_problems
 from vms.models import RESOURCE_NAME_RE, ResourceGroup, VirtualMachine
 from vms.patch_settings import PatchSettings, Problem, defaults_for_image
 
-from . import calendar
+from . import calendar, faults
 from . import guest as sim
 from .models import (
     GuestState,
@@ -210,7 +211,7 @@ def refresh_hotpatch_status(vm: VirtualMachine, now: datetime | None = None, *, 
 
     Turning hotpatch on is only confirmed by the next assessment: until then, PendingEvaluation.
     """
-    now = now or timezone.now()
+    now = now or world_clock.now()
     state = vm.guest
     verdict = hotpatch_verdict(vm, state, guests_of([vm])[vm.pk], catalog_for(vm.product), now)
     if turned_on and verdict.status in (HotpatchStatus.ENABLED, HotpatchStatus.ACTION_REQUIRED):
@@ -252,7 +253,7 @@ def check_patch_settings(
         target = "properties.osProfile.windowsConfiguration.patchSettings.enableHotpatching"
         problems += [Problem(target, message) for message in preview_gate_problems(vm.resource_group.subscription)]
     if not creating and new.enable_hotpatching and not vm.enable_hotpatching and vm.hotpatch_disabled_at:
-        now = now or timezone.now()
+        now = now or world_clock.now()
         released = (
             Update.objects.baselines()
             .filter(product=vm.product, published_at__gt=vm.hotpatch_disabled_at, published_at__lte=now)
@@ -293,7 +294,7 @@ def update_virtual_machine(
     VM's current version, else StaleVersion. Returns (vm, problems); with problems nothing is written.
     Every write bumps the version (the etag). VirtualMachine.DoesNotExist if the VM is gone.
     """
-    now = now or timezone.now()
+    now = now or world_clock.now()
     with transaction.atomic():
         vm = lock_vm(vm_pk)
         if vm is None:
@@ -402,7 +403,7 @@ def create_virtual_machine(
     Returns (vm, []) or (None, problems). The guest is provisioned on the image's current baseline and
     its first assessment is queued. `patch_settings` None means the defaults for the image.
     """
-    now = now or timezone.now()
+    now = now or world_clock.now()
     problems: list[Problem] = []
     region = regions.normalize_region(location or "")
     if region is None:
@@ -527,7 +528,7 @@ def start_operation(
                 if lock_vm(vm.pk) is None:
                     raise VirtualMachine.DoesNotExist(f"The virtual machine '{vm.name}' was deleted.")
                 operation = new_operation(
-                    vm, kind, started_by, user, parameters.to_json() if parameters else {}, now or timezone.now()
+                    vm, kind, started_by, user, parameters.to_json() if parameters else {}, now or world_clock.now()
                 )
                 operation.save()
         except IntegrityError as e:
@@ -589,7 +590,7 @@ def queue_operations(
     """start_operations, returning the new operations' ids; `enqueue=False` leaves running them to the
     caller (a simulated clock runs them with execute_operations(ids, now=...)). `user` is who asked, for
     operations a person started on many VMs at once (the admin's actions)."""
-    now = now or timezone.now()
+    now = now or world_clock.now()
     if kind == OperationKind.INSTALLATION:
         parameters = parameters or CRITICAL_AND_SECURITY
     body = parameters.to_json() if parameters else {}
@@ -680,7 +681,7 @@ def fail_operation(operation_id: int, code: str, message: str, now: datetime | N
         Operation.objects.in_flight()
         .filter(pk=operation_id)
         .update(
-            status=OperationStatus.FAILED, error_code=code, error_message=message, finished_at=now or timezone.now()
+            status=OperationStatus.FAILED, error_code=code, error_message=message, finished_at=now or world_clock.now()
         )
     )
 
@@ -724,7 +725,10 @@ def execute_operations(
     and each recorded installation is followed by an assessment, as the real agent does. A handful of
     queries for the whole batch, whatever its size.
     """
-    clock = now or timezone.now()
+    if now is None and world_clock.is_simulated():
+        # Sandbox mode: the world's clock stands still, so the run happens at that moment, at once.
+        now = world_clock.now()
+    clock = now or world_clock.now()
     operations = _claim(operation_ids, clock) if operation_ids else []
     if not operations:
         return Executed([], {})
@@ -732,17 +736,23 @@ def execute_operations(
         [op.vm_id for op in operations if op.vm_id]
     )
     guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
+    injected = faults.hits([op for op in operations if vms.get(op.vm_id) and vms[op.vm_id].is_running], vms)
     findings, unreachable = [], {}
     for operation in operations:
         vm = vms.get(operation.vm_id)
+        hit = injected.get(operation.pk, faults.NONE)
         if vm is None or guest_state(vm) is None:
             fail_operation(operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock)
         elif not vm.is_running:
             fail_operation(operation.pk, "VMNotRunning", _not_running(vm), clock)
-        elif not _agent_answers(operation):
-            unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer."
+        elif hit.unreachable or not _agent_answers(operation):
+            unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer." + (
+                f" {hit.text}." if hit.unreachable else ""
+            )
+        elif hit.assessment_fails:
+            fail_operation(operation.pk, "AssessmentFailed", f"The assessment failed (0x80244022). {hit.text}.", clock)
         else:
-            findings.append(_simulate(operation, vm, guests[vm.pk], clock))
+            findings.append(_simulate(operation, vm, guests[vm.pk], clock, hit.guest))
     if now is None:
         findings = _in_real_time(findings, _with_heartbeat([f.operation_id for f in findings], sleep))
     recorded = record_findings(findings)
@@ -799,7 +809,7 @@ def _in_real_time(findings: list["Finding"], sleep: Callable[[float], None]) -> 
                     power_state=VirtualMachine.PowerState.RUNNING,
                 ).update(power_state=VirtualMachine.PowerState.STARTING)
             sleep(sim.REBOOT_SECONDS / speed)
-    finished = timezone.now()
+    finished = world_clock.now()
     return [dataclasses.replace(f, finished=finished) for f in findings]
 
 
@@ -824,19 +834,21 @@ class Finding:
     attempt: int | None = None  # the claim this run holds (Operation.attempts); None: any
 
 
-def _simulate(operation: Operation, vm: VirtualMachine, guest: sim.Guest, now: datetime) -> Finding:
+def _simulate(
+    operation: Operation, vm: VirtualMachine, guest: sim.Guest, now: datetime, injected: sim.Injected = sim.NO_FAULTS
+) -> Finding:
     """The pure part of a run on a simulated clock: what the guest offers, and what installing does."""
     catalog = catalog_for(vm.product)
     available = sim.applicable(guest, catalog, now)
     if operation.kind == OperationKind.ASSESSMENT:
         finished = now + timedelta(seconds=sim.ASSESSMENT_SECONDS)
         return Finding(operation.pk, vm, available, finished, guest, catalog, attempt=operation.attempts)
-    outcome = _install(operation, vm, guest, available, now)
+    outcome = _install(operation, vm, guest, available, now, injected)
     finished = now + timedelta(seconds=outcome.simulated_seconds)
     return Finding(operation.pk, vm, available, finished, guest, catalog, outcome, operation.attempts)
 
 
-def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, available, clock: datetime):
+def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, available, clock: datetime, injected):
     parameters = InstallParameters.from_stored(operation.parameters)
     return sim.install(
         guest,
@@ -847,6 +859,7 @@ def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, availab
         vm_key=str(vm.vm_id),
         today=clock.date(),
         failure_rate=settings.PORTAL_PATCH_FAILURE_RATE,
+        injected=injected,
     )
 
 
@@ -882,7 +895,7 @@ def record_findings(findings: list[Finding]) -> list[int]:
         }
         operations: dict[tuple, list[int]] = defaultdict(list)
         guests: dict[tuple, list[int]] = defaultdict(list)
-        results, installs, rebooted, recorded = [], [], [], []
+        results, installs, rebooted, hung, recorded = [], [], [], [], []
         for f in findings:
             if f.operation_id not in live:
                 continue
@@ -928,8 +941,10 @@ def record_findings(findings: list[Finding]) -> list[int]:
                 "reboot_status": outcome.reboot_status,
                 "reboot_pending": outcome.reboot_pending,
                 "maintenance_window_exceeded": outcome.maintenance_window_exceeded,
-                "error_code": "PatchInstallationFailed" if outcome.counts["Failed"] else "",
-                "error_message": " ".join(outcome.errors.values()),
+                "error_code": _install_error(outcome),
+                "error_message": " ".join(
+                    [*outcome.errors.values(), *([HUNG_IN_REBOOT] if outcome.reboot_status == "Failed" else [])]
+                ),
             }
             operations[tuple(changes.items())].append(f.operation_id)
             results += [
@@ -952,6 +967,8 @@ def record_findings(findings: list[Finding]) -> list[int]:
             if outcome.reboot_status == "Completed":
                 changes["last_boot_at"] = f.finished
                 rebooted.append(f.vm.pk)
+            elif outcome.reboot_status == "Failed":
+                hung.append(f.vm.pk)
             guests[(OperationKind.INSTALLATION, tuple(changes.items()))].append(f.vm.pk)
         for changes, ids in operations.items():
             Operation.objects.filter(pk__in=ids).update(**dict(changes))
@@ -966,7 +983,18 @@ def record_findings(findings: list[Finding]) -> list[int]:
             VirtualMachine.objects.filter(pk__in=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
                 power_state=VirtualMachine.PowerState.RUNNING
             )
+        if hung:  # an injected hang: the VM stays "starting" until someone starts it again
+            VirtualMachine.objects.filter(pk__in=hung).update(power_state=VirtualMachine.PowerState.STARTING)
     return recorded
+
+
+HUNG_IN_REBOOT = f"The VM hung while restarting; start it again. {sim.INJECTED} (sandbox)."
+
+
+def _install_error(outcome: sim.InstallOutcome) -> str:
+    if outcome.reboot_status == "Failed":
+        return "VMRebootTimedOut"
+    return "PatchInstallationFailed" if outcome.counts["Failed"] else ""
 
 
 def _fail_deleted(operation_id: int, vm_name: str, when: datetime) -> None:
@@ -988,9 +1016,10 @@ def fail_stale_operations(now: datetime | None = None) -> int:
     times that from when it was queued, since a busy fleet can legitimately have a backlog.
     Set-based: one UPDATE for the operations, one for the VMs a dead worker left rebooting.
     """
-    now = now or timezone.now()
+    now = now or world_clock.now()
     deadline = settings.PORTAL_STALE_OPERATION_AFTER
-    silent = now - settings.PORTAL_HEARTBEAT_TIMEOUT
+    # Heartbeats are real time (processes), start and queue times the world's (the sandbox clock).
+    silent = timezone.now() - settings.PORTAL_HEARTBEAT_TIMEOUT
     stale = Operation.objects.filter(
         Q(status=OperationStatus.IN_PROGRESS, started_at__lt=now - deadline)
         | Q(
@@ -1023,6 +1052,6 @@ def fail_stale_operations(now: datetime | None = None) -> int:
 
 def prune_history(now: datetime | None = None) -> int:
     """Delete finished operations older than the retention period (their per-patch rows go with them)."""
-    cutoff = (now or timezone.now()) - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
+    cutoff = (now or world_clock.now()) - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
     deleted, _ = Operation.objects.finished().filter(created_at__lt=cutoff).delete()
     return deleted

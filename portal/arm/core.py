@@ -22,9 +22,8 @@ from django.conf import settings
 from django.core import signing
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
-from django.utils import timezone
 
-from vms import access
+from vms import access, clock
 from vms.models import ApiToken, ResourceGroup, Role, Subscription, VirtualMachine
 from vms.patch_settings import Problem
 
@@ -375,7 +374,7 @@ def completed_operation_name(subscription_id, kind: str, resource_id: str, start
         "k": kind,
         "r": resource_id,
         "t": arm_time(started),
-        "e": arm_time(timezone.now()),
+        "e": arm_time(clock.now()),
     }
     return signing.dumps(payload, salt=_SIGNING_SALT, compress=True)
 

@@ -23,7 +23,7 @@ from patching.models import (
     OperationKind,
     OperationStatus,
 )
-from vms import access, images, regions, vocabulary
+from vms import access, clock, images, regions, vocabulary
 from vms.models import (
     ResourceGroup,
     Role,
@@ -197,7 +197,7 @@ def fleet_tiles(vms) -> dict:
         hotpatch_enabled=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ENABLED)),
         hotpatch_action=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ACTION_REQUIRED)),
     )
-    since = timezone.now() - timedelta(days=30)
+    since = clock.now() - timedelta(days=30)
     installs = Operation.objects.filter(
         kind=OperationKind.INSTALLATION, created_at__gte=since, vm__in=vms.order_by().values("pk")
     ).aggregate(
