@@ -6,8 +6,8 @@ from datetime import datetime
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
-from vms import clock
 from vms.images import PRODUCT_CHOICES
 
 from .vocabulary import (
@@ -220,7 +220,7 @@ class Operation(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
     # Installation parameters, normalised (see patching.selection.InstallParameters.to_json).
     parameters = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(default=clock.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -343,7 +343,7 @@ class RolloutHalt(models.Model):
 
     release_month = models.CharField(max_length=7, help_text="The release, e.g. 2026-11.")
     product = models.CharField(max_length=20, choices=PRODUCT_CHOICES)
-    halted_at = models.DateTimeField(default=clock.now)
+    halted_at = models.DateTimeField(default=timezone.now)
     failed = models.PositiveIntegerField(default=0)
     attempted = models.PositiveIntegerField(default=0)
     reason = models.CharField(max_length=300)
@@ -389,7 +389,7 @@ class Fault(models.Model):
     probability = models.FloatField(null=True, blank=True, help_text="0 < p <= 1; or give Remaining.")
     remaining = models.PositiveIntegerField(null=True, blank=True, help_text="Fires on the next N operations.")
     fired = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(default=clock.now)
+    created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
 
     objects = FaultQuerySet.as_manager()

@@ -54,6 +54,18 @@ class SandboxError(Exception):
     """A refused sandbox action; the message says why (nothing was changed)."""
 
 
+class SandboxBusy(SandboxError):
+    """Another advance is running."""
+
+
+class SandboxForbidden(SandboxError):
+    """The user may not do this."""
+
+
+class SandboxNotFound(SandboxError):
+    """No such VM, subscription or fault for this user."""
+
+
 # --- The clock ----------------------------------------------------------------------------------------
 
 
@@ -99,15 +111,20 @@ def target_of(*, to: datetime | None = None, days: float | None = None, start: d
     start = start or clock.now()
     if (to is None) == (days is None):
         raise SandboxError("Give either a number of days or a moment to advance to, not both or neither.")
+    limit = settings.PORTAL_SANDBOX_MAX_ADVANCE
     if days is not None:
         if not days > 0:
             raise SandboxError(f"Advance by a positive number of days, not {days}.")
+        if days > limit.days:
+            raise SandboxError(
+                f"An advance may cover at most {limit.days} days in one step (PORTAL_SANDBOX_MAX_ADVANCE_DAYS); "
+                f"{days} days asked. Advance in several steps."
+            )
         to = start + timedelta(days=days)
     if to <= start:
         raise SandboxError(
             f"The clock only moves forward: {to:%Y-%m-%d %H:%M} UTC is not after now, {start:%Y-%m-%d %H:%M} UTC."
         )
-    limit = settings.PORTAL_SANDBOX_MAX_ADVANCE
     if to - start > limit:
         raise SandboxError(
             f"An advance may cover at most {limit.days} days in one step (PORTAL_SANDBOX_MAX_ADVANCE_DAYS); "
@@ -126,7 +143,7 @@ def _take_lock() -> None:
     )
     if not taken:
         since = SandboxClock.objects.values_list("advancing_since", flat=True).get(pk=1)
-        raise SandboxError(f"Another advance is running (since {since:%H:%M:%S} UTC); wait for it to finish.")
+        raise SandboxBusy(f"Another advance is running (since {since:%H:%M:%S} UTC); wait for it to finish.")
 
 
 def _release_lock() -> None:
@@ -160,17 +177,23 @@ def advance(*, to: datetime | None = None, days: float | None = None) -> Advance
         try:
             world.run()
         finally:
-            clock.set_simulated(world.reached or start)
+            _set_clock(world.reached or start)
     finally:
         _release_lock()
     return Advanced(start, end, switched, world.rounds, world.operations + len(queued), world.seconds)
 
 
+def _set_clock(moment: datetime | None) -> None:
+    """Store the simulated time (None: real time); vms.clock's cache follows."""
+    SandboxClock.objects.update_or_create(pk=1, defaults={"simulated_now": moment, "changed_at": timezone.now()})
+    clock.stored()
+
+
 def realtime() -> str:
     if is_advancing():
-        raise SandboxError("An advance is running; switch to real time when it has finished.")
+        raise SandboxBusy("An advance is running; switch to real time when it has finished.")
     was = clock.simulated_now()
-    clock.set_simulated(None)
+    _set_clock(None)
     if was is None:
         return "The clock was already real time."
     return f"Back to real time (the simulated clock stood at {was:%Y-%m-%d %H:%M} UTC)."
@@ -188,6 +211,8 @@ def status() -> dict:
 
 
 # --- Faults -------------------------------------------------------------------------------------------
+
+MAX_NEXT = 1_000_000
 
 
 def add_fault(
@@ -212,13 +237,13 @@ def add_fault(
         raise SandboxError("Give either a probability (0 < p <= 1) or a number of next operations, not both.")
     if probability is not None and not 0 < probability <= 1:
         raise SandboxError(f"The probability must be above 0 and at most 1, not {probability}.")
-    if next_n is not None and not next_n >= 1:
-        raise SandboxError(f"The number of next operations must be at least 1, not {next_n}.")
+    if next_n is not None and not 1 <= next_n <= MAX_NEXT:
+        raise SandboxError(f"The number of next operations must be from 1 to {MAX_NEXT}, not {next_n}.")
     if location:
         location = regions.normalize_region(location) or ""
         if location not in regions.REGIONS:
             raise SandboxError("Unknown region: use a region name such as westeurope.")
-    kb = kb.upper().removeprefix("KB")
+    kb = kb.strip().upper().removeprefix("KB").strip()
     if kb and not (kb.isdigit() and 6 <= len(kb) <= 8):
         raise SandboxError(f"'{kb}' is not a KB number: 6 to 8 digits, e.g. 5073457.")
     if kb and kind != FaultKind.KB_FAILS:
@@ -232,8 +257,8 @@ def add_fault(
         allowed = access.can_act(user, scoped) if scoped else access.can_manage_installation(user)
         if not allowed:
             if scoped and access.role_on(user, scoped) is None:
-                raise SandboxError("No such virtual machine or subscription.")
-            raise SandboxError(
+                raise SandboxNotFound("No such virtual machine or subscription.")
+            raise SandboxForbidden(
                 "You may not set this fault: a VM or subscription needs Contributor there; a region or "
                 "the whole fleet needs an installation manager (a superuser, or Owner of every subscription)."
             )
@@ -245,6 +270,7 @@ def add_fault(
         kb=kb,
         probability=probability,
         remaining=next_n,
+        created_at=clock.now(),
         created_by=user if user is not None and user.is_authenticated else None,
     )
 
@@ -266,7 +292,7 @@ def remove_fault(user, pk: int) -> bool:
     if user is not None and not access.can_manage_installation(user):
         scoped = fault.vm.resource_group.subscription_id if fault.vm_id else fault.subscription_id
         if not access.can_act(user, scoped):
-            raise SandboxError("You may not remove this fault: it needs Contributor on its subscription.")
+            raise SandboxForbidden("You may not remove this fault: it needs Contributor on its subscription.")
     fault.delete()
     return True
 
@@ -428,7 +454,7 @@ def import_snapshot(data: dict) -> dict:
     """
     _check(data)
     if is_advancing():
-        raise SandboxError("An advance is running; load the snapshot when it has finished.")
+        raise SandboxBusy("An advance is running; load the snapshot when it has finished.")
     users = dict(User.objects.values_list("username", "pk"))
     built = {model: _instances(model, data["tables"][_label(model)], users) for model in WORLD}
     skipped = []
@@ -450,7 +476,7 @@ def import_snapshot(data: dict) -> dict:
             RoleAssignment.objects.bulk_create(roles)
             _reset_sequences()
             state = data["clock"]
-            clock.set_simulated(_parse_clock(state) if state["mode"] == "sandbox" else None)
+            _set_clock(_parse_clock(state) if state["mode"] == "sandbox" else None)
     except SandboxError:
         raise
     except Exception as exc:  # an integrity error: rows that do not fit together
@@ -482,10 +508,18 @@ def _reset_sequences() -> None:
 def reset(*, demo: bool) -> str:
     """An empty world, or the demo fleet with its history up to the clock's now; the clock stays."""
     if is_advancing():
-        raise SandboxError("An advance is running; reset when it has finished.")
+        raise SandboxBusy("An advance is running; reset when it has finished.")
     with transaction.atomic():
         _wipe()
     if not demo:
         return "The fleet is empty: no subscriptions, VMs, operations or faults. The clock did not move."
     call_command("seed_demo", stdout=io.StringIO())
     return f"The demo fleet is back: {VirtualMachine.objects.count()} VMs with their history up to {clock.now():%Y-%m-%d %H:%M} UTC."
+
+
+def require_manager(user) -> None:
+    """Installation-wide actions are for a superuser or the Owner of every subscription."""
+    if not access.can_manage_installation(user):
+        raise SandboxForbidden(
+            "Only an installation manager may do this: a superuser, or the Owner of every subscription."
+        )

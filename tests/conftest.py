@@ -303,3 +303,14 @@ def fleet(catalog, alice, bob):
         "ro1": make_vm(resource_group=ro, name="ro-01"),
         "bob1": make_vm(resource_group=other, name="bob-01"),
     }
+
+
+@pytest.fixture(autouse=True)
+def real_time_clock():
+    """Every test starts and ends with the clock's cached value forgotten: a rolled-back sandbox
+    clock row must not outlive its test in the cache (the key names the test database)."""
+    from vms import clock
+
+    clock.forget()
+    yield
+    clock.forget()

@@ -3,15 +3,16 @@
 Real time by default. In sandbox mode (a stored `SandboxClock.simulated_now`) it is the stored
 simulated time, which stands still until an Owner advances it (patching.sandbox). The stored value is
 kept in the cache (Redis; the embedded default's file cache), so reading the clock costs no SQL
-query: list pages keep their constant query counts. `set_simulated` writes the row and the cache
-together; the cache key names the database, so test databases (and xdist workers) do not share it.
+query: list pages keep their constant query counts. patching.sandbox writes the row and calls
+`stored()`, which drops the cached value now and when the write commits; the cache key names the
+database, so test databases (and xdist workers) do not share it.
 
 Security clocks (token expiry, sign-in lockout, sessions) are not the world's time and keep using
 `django.utils.timezone.now()`.
 """
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.core.cache import cache
 from django.db import connection, transaction
@@ -20,6 +21,7 @@ from django.utils import timezone
 log = logging.getLogger(__name__)
 
 REAL = "real"  # the cached value meaning "real time"
+TABLE = "vms_sandboxclock"
 
 
 def _key() -> str:
@@ -34,9 +36,7 @@ def simulated_now() -> datetime | None:
         log.warning("Clock cache unavailable (%s); reading the database", exc)
         cached = None
     if cached is None:
-        from .models import SandboxClock
-
-        stored = SandboxClock.objects.filter(pk=1).values_list("simulated_now", flat=True).first()
+        stored = _read_row()
         cached = stored.isoformat() if stored else REAL
         _cache(cached)
     return None if cached == REAL else datetime.fromisoformat(cached)
@@ -65,10 +65,21 @@ def forget() -> None:
         log.warning("Clock cache unavailable (%s)", exc)
 
 
-def set_simulated(moment: datetime | None) -> None:
-    """Store the simulated time (None: back to real time); the cache follows when the write commits."""
-    from .models import SandboxClock
+def _read_row() -> datetime | None:
+    """The stored simulated time (vms.models.SandboxClock, read here without importing the models,
+    which take their defaults from this module)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT simulated_now FROM {TABLE} WHERE id = 1")
+        row = cursor.fetchone()
+    value = row[0] if row else None
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-    SandboxClock.objects.update_or_create(pk=1, defaults={"simulated_now": moment, "changed_at": timezone.now()})
+
+def stored() -> None:
+    """After the row changed (patching.sandbox writes it): the cache follows, now and at commit."""
     forget()
     transaction.on_commit(forget)

@@ -13,7 +13,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from . import clock, images, regions
+from . import images, regions
 from .patch_settings import PatchSettings
 from .patch_settings import validate as validate_settings
 from .vocabulary import AssessmentMode, PatchMode, RebootSetting, RegistrationState
@@ -134,7 +134,7 @@ class VirtualMachine(models.Model):
     product = models.CharField(max_length=20, choices=images.PRODUCT_CHOICES)
     time_zone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone, e.g. Europe/Stockholm.")
     power_state = models.CharField(max_length=12, choices=PowerState.choices, default=PowerState.RUNNING)
-    created_at = models.DateTimeField(default=clock.now)
+    created_at = models.DateTimeField(default=timezone.now)
 
     # osProfile.windowsConfiguration and its patchSettings (azure-api.md §1).
     provision_vm_agent = models.BooleanField(default=True)
@@ -278,7 +278,7 @@ class FeatureRegistration(RegistrationStateMixin, models.Model):
     namespace = models.CharField(max_length=60, default=NAMESPACE)
     name = models.CharField(max_length=80)
     state = models.CharField(max_length=16, choices=RegistrationState.choices, default=RegistrationState.NOT_REGISTERED)
-    changed_at = models.DateTimeField(default=clock.now)
+    changed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["namespace", "name"]
@@ -308,7 +308,7 @@ class ProviderRegistration(RegistrationStateMixin, models.Model):
     subscription = models.ForeignKey(Subscription, models.CASCADE, related_name="providers")
     namespace = models.CharField(max_length=60)
     state = models.CharField(max_length=16, choices=RegistrationState.choices, default=RegistrationState.NOT_REGISTERED)
-    changed_at = models.DateTimeField(default=clock.now)
+    changed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["namespace"]
@@ -491,6 +491,7 @@ class SandboxClock(models.Model):
     changed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "vms_sandboxclock"  # vms.clock reads it by name (it cannot import the models)
         constraints = [models.CheckConstraint(condition=Q(pk=1), name="one_sandbox_clock")]
 
     def __str__(self) -> str:
