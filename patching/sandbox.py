@@ -474,6 +474,8 @@ def import_snapshot(data: dict) -> dict:
                     )
                 )
             RoleAssignment.objects.bulk_create(roles)
+            # Rows that point nowhere fail here, inside this block (not at some outer commit).
+            connection.check_constraints()
             _reset_sequences()
             state = data["clock"]
             _set_clock(_parse_clock(state) if state["mode"] == "sandbox" else None)
