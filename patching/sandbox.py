@@ -226,7 +226,29 @@ def add_fault(
     probability: float | None = None,
     next_n: int | None = None,
 ) -> Fault:
-    """Validate and store a fault; SandboxError with the reason. `user` None: the machine's operator.
+    """Validate and store a fault (`validate_fault`); SandboxError with the reason."""
+    fields = validate_fault(
+        user, kind, vm=vm, subscription=subscription, location=location, kb=kb, probability=probability, next_n=next_n
+    )
+    return Fault.objects.create(
+        **fields,
+        created_at=clock.now(),
+        created_by=user if user is not None and user.is_authenticated else None,
+    )
+
+
+def validate_fault(
+    user,
+    kind: str,
+    *,
+    vm: VirtualMachine | None = None,
+    subscription: Subscription | None = None,
+    location: str = "",
+    kb: str = "",
+    probability: float | None = None,
+    next_n: int | None = None,
+) -> dict:
+    """A fault's fields, normalised, or SandboxError with the reason. `user` None: the machine's operator.
 
     A fault on one VM or subscription needs Contributor there (a VM or subscription the user cannot
     see is refused as not found); region-wide and fleet-wide faults are installation-wide actions.
@@ -262,17 +284,15 @@ def add_fault(
                 "You may not set this fault: a VM or subscription needs Contributor there; a region or "
                 "the whole fleet needs an installation manager (a superuser, or Owner of every subscription)."
             )
-    return Fault.objects.create(
-        kind=kind,
-        vm=vm,
-        subscription=subscription,
-        location=location,
-        kb=kb,
-        probability=probability,
-        remaining=next_n,
-        created_at=clock.now(),
-        created_by=user if user is not None and user.is_authenticated else None,
-    )
+    return {
+        "kind": kind,
+        "vm": vm,
+        "subscription": subscription,
+        "location": location,
+        "kb": kb,
+        "probability": probability,
+        "remaining": next_n,
+    }
 
 
 def faults_for(user):
