@@ -722,11 +722,12 @@ def execute_operations(
     `now` fixes a simulated clock (the platform's rounds in a simulation, the demo's past): each run
     ends its simulated duration after `now`. Without it the clock is real: the simulated work takes
     PORTAL_SIM_SPEED-scaled seconds, an installation that reboots shows its VM restarting meanwhile,
-    and each recorded installation is followed by an assessment, as the real agent does. A handful of
-    queries for the whole batch, whatever its size.
+    and each recorded installation is followed by an assessment, as the real agent does. In sandbox
+    mode (vms.clock simulated) `now` None is the frozen simulated moment: the run happens then, at once,
+    and is still followed by its assessment. A handful of queries for the whole batch, whatever its size.
     """
+    follow_up = now is None
     if now is None and world_clock.is_simulated():
-        # Sandbox mode: the world's clock stands still, so the run happens at that moment, at once.
         now = world_clock.now()
     clock = now or world_clock.now()
     operations = _claim(operation_ids, clock) if operation_ids else []
@@ -756,7 +757,7 @@ def execute_operations(
     if now is None:
         findings = _in_real_time(findings, _with_heartbeat([f.operation_id for f in findings], sleep))
     recorded = record_findings(findings)
-    if now is None:
+    if follow_up:
         # What is left to install changed: refresh the compliance view, as the real agent does.
         installed_on = [f.vm for f in findings if f.outcome is not None and f.operation_id in recorded]
         queue_operations(installed_on, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
