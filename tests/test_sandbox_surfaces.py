@@ -293,3 +293,15 @@ def test_the_sdk_sees_what_an_advance_did(live_server, lab, alice):
     finally:
         for client in sdk.values():
             client.close()
+
+
+def test_faults_from_the_admin_are_validated_as_everywhere(admin_client, lab):
+    refused = admin_client.post("/admin/patching/fault/add/", {"kind": "rollout_halt", "remaining": "1"})
+    assert refused.status_code == 200 and b"A rollout halt is per region" in refused.content
+    assert not Fault.objects.exists()
+    added = admin_client.post(
+        "/admin/patching/fault/add/", {"kind": "kb_fails", "vm": lab["web1"].pk, "kb": "KB5012345", "probability": "1"}
+    )
+    assert added.status_code == 302
+    fault = Fault.objects.get()
+    assert fault.kb == "5012345" and fault.vm == lab["web1"] and fault.created_at == START
