@@ -14,6 +14,7 @@ from .vocabulary import (
     BASELINE_KINDS,
     CUMULATIVE_KINDS,
     Classification,
+    FaultKind,
     HotpatchStatus,
     PatchState,
     RebootBehavior,
@@ -280,6 +281,8 @@ class Operation(models.Model):
     maintenance_window_exceeded = models.BooleanField(default=False)
     error_code = models.CharField(max_length=60, blank=True)
     error_message = models.TextField(blank=True)
+    # What the sandbox's injected faults did to this run (patching.faults); empty: a real result.
+    injected = models.CharField(max_length=300, blank=True)
 
     objects = OperationQuerySet.as_manager()
 
@@ -328,6 +331,10 @@ class Operation(models.Model):
     def is_rebooting(self) -> bool:
         """Running, and its VM restarting as part of it."""
         return self.status == OperationStatus.IN_PROGRESS and self.reboot_status == RebootStatus.STARTED
+
+    @property
+    def is_injected(self) -> bool:
+        return bool(self.injected)
 
     @property
     def started_by_user(self) -> bool:
@@ -463,3 +470,64 @@ class WhatIfRun(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class FaultQuerySet(models.QuerySet):
+    def active(self) -> "FaultQuerySet":
+        """Faults that still fire: by probability, or with operations left of their "next N"."""
+        return self.filter(Q(remaining=None) | Q(remaining__gt=0))
+
+
+class Fault(models.Model):
+    """A fault injected in the sandbox: on one VM, a subscription, a region or the whole fleet.
+
+    It fires with a probability on each matching operation, or on the next N of them. What it did is
+    marked on the operation it hit (Operation.injected), so nobody mistakes it for a real result.
+    """
+
+    kind = models.CharField(max_length=20, choices=FaultKind.choices)
+    # The scope: the narrowest given applies; none of them is the whole fleet.
+    vm = models.ForeignKey("vms.VirtualMachine", models.CASCADE, null=True, blank=True, related_name="+")
+    subscription = models.ForeignKey("vms.Subscription", models.CASCADE, null=True, blank=True, related_name="+")
+    location = models.CharField(max_length=40, blank=True, help_text="A region (required for a rollout halt).")
+    kb = models.CharField("KB", max_length=10, blank=True, help_text="For 'KB fails': digits only; empty: every KB.")
+    probability = models.FloatField(null=True, blank=True, help_text="0 < p <= 1; or give Remaining.")
+    remaining = models.PositiveIntegerField(null=True, blank=True, help_text="Fires on the next N operations.")
+    fired = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
+
+    objects = FaultQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(probability__isnull=True) & Q(remaining__isnull=False))
+                | (Q(remaining__isnull=True) & Q(probability__gt=0) & Q(probability__lte=1)),
+                name="fault_probability_or_next_n",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.scope_label}, {self.rate_label})"
+
+    @property
+    def scope_label(self) -> str:
+        if self.vm_id:
+            return f"VM {self.vm.name}"
+        if self.subscription_id:
+            return f"subscription {self.subscription}"
+        if self.location:
+            return f"region {self.location}"
+        return "whole fleet"
+
+    @property
+    def rate_label(self) -> str:
+        if self.probability is not None:
+            return f"{self.probability:.0%} of operations"
+        return f"next {self.remaining} operation(s)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.remaining is None or self.remaining > 0

@@ -110,6 +110,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.web.context.sandbox_clock",
             ],
         },
     },
@@ -337,6 +338,10 @@ PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS = envint("PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS", "1
 # An enrolled VM that missed a baseline (it was off) takes it at its next window even in a hotpatch
 # month (true), or waits for the next baseline month (false).
 PORTAL_BASELINE_CATCH_UP = envbool("PORTAL_BASELINE_CATCH_UP", "true")
+# The sandbox (patching/sandbox.py): one advance of the simulated clock covers at most this many days.
+PORTAL_SANDBOX_MAX_ADVANCE = timedelta(days=envint("PORTAL_SANDBOX_MAX_ADVANCE_DAYS", "100"))
+if PORTAL_SANDBOX_MAX_ADVANCE.days < 1:
+    raise ImproperlyConfigured("PORTAL_SANDBOX_MAX_ADVANCE_DAYS must be at least 1")
 # Periodic assessment: every 24 h with assessmentMode AutomaticByPlatform, every this many days otherwise.
 PORTAL_ASSESSMENT_INTERVAL_DAYS = envint("PORTAL_ASSESSMENT_INTERVAL_DAYS", "3")
 for _name in ("PORTAL_PATCH_BEAT_SECONDS", "PORTAL_ASSESSMENT_BEAT_SECONDS"):

@@ -504,3 +504,23 @@ class ServicePrincipal(Credential):
             return None
         principal.touch(now)
         return principal
+
+
+class SandboxClock(models.Model):
+    """The installation's clock (one row, pk 1): real time, or a stored simulated "now" (sandbox mode).
+
+    Read through `vms.clock.now()`, which keeps it in the cache so pages pay no query for it. In
+    sandbox mode the simulated time stands still until an Owner advances it (patching.sandbox).
+    """
+
+    simulated_now = models.DateTimeField(null=True, blank=True, help_text="Empty: real time.")
+    # The advance in progress (real time when it began); the lock against a second advance.
+    advancing_since = models.DateTimeField(null=True, blank=True)
+    changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "vms_sandboxclock"  # vms.clock reads it by name (it cannot import the models)
+        constraints = [models.CheckConstraint(condition=Q(pk=1), name="one_sandbox_clock")]
+
+    def __str__(self) -> str:
+        return f"simulated {self.simulated_now:%Y-%m-%d %H:%M} UTC" if self.simulated_now else "real time"

@@ -27,7 +27,7 @@ from django.db.models import Count
 
 from patching import calendar, services
 from patching.models import InstalledUpdate, Operation, OperationKind, RebootStatus, RolloutHalt, StartedBy, Update
-from vms import images
+from vms import features, images
 from vms.models import VirtualMachine
 
 from . import engine, fleets
@@ -64,11 +64,18 @@ def throwaway_database():
 class Simulation:
     start: datetime
     end: datetime
-    fleet: fleets.Fleet
+    # The fleet it creates and its power changes; the sandbox runs the fleet already in the database.
+    fleet: fleets.Fleet = field(default_factory=lambda: fleets.Fleet([], []))
     assessments: bool = False
     # An operator resumes a halted rollout this long after it halted (None: nobody does).
     resume_after: timedelta | None = timedelta(hours=24)
+    # Periodic assessments run in batches at most this often (None: at each VM's own slot).
+    assessment_step: timedelta | None = None
+    # Each step also settles preview-feature registrations and fails stale operations (the beat's work).
+    housekeeping: bool = False
     rounds: int = 0
+    operations: int = 0
+    reached: datetime | None = None  # how far the clock got (the sandbox stores it, even after an error)
     seconds: float = 0.0
     vms: list[VirtualMachine] = field(default_factory=list)
     # What the engine read in the previous round; verify=True checks it against a fresh read each round.
@@ -95,6 +102,9 @@ class Simulation:
         next_patch, next_assessment = clock, clock if self.assessments else None
         with services.fixed_catalog():
             while clock < until:
+                self.reached = clock
+                if self.housekeeping:
+                    self._housekeeping(clock)
                 while changes and changes[0].at <= clock:
                     change = changes.pop(0)
                     VirtualMachine.objects.filter(pk=by_name[change.vm]).update(power_state=change.power_state)
@@ -104,10 +114,15 @@ class Simulation:
                 if self._resume_halts(clock):
                     next_patch = clock
                 if next_assessment is not None and next_assessment <= clock:
-                    next_assessment = engine.assess_fleet(clock, execute=True).next_due or until
+                    assessed = engine.assess_fleet(clock, execute=True)
+                    self.operations += len(assessed.started)
+                    next_assessment = assessed.next_due or until
+                    if self.assessment_step:
+                        next_assessment = max(next_assessment, clock + self.assessment_step)
                 if next_patch <= clock:
                     result = engine.patch_fleet(clock, execute=True, cache=cache)
                     self.rounds += 1
+                    self.operations += len(result.started)
                     releases = [r for r in releases if r > clock]
                     moments = [until, *releases[:1], *(m for m in (result.wake_at, self._next_resume()) if m)]
                     if result.hurry or result.busy:
@@ -119,7 +134,13 @@ class Simulation:
                 clock = max(min(moments), clock + timedelta(minutes=1))
                 if on_round is not None:
                     on_round(min(clock, until))
+        self.reached = until
         self.seconds += time.perf_counter() - began
+
+    def _housekeeping(self, clock: datetime) -> None:
+        """What the beat does besides patching: registrations settle, runs nobody finishes fail."""
+        features.settle_due(clock)
+        services.fail_stale_operations(clock)
 
     def _resume_halts(self, clock: datetime) -> int:
         """The operator resumes the halts open for `resume_after` by `clock`; returns how many."""

@@ -6,10 +6,9 @@ import re
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from patching import services
-from vms import images, regions
+from vms import clock, images, regions
 from vms.models import RESOURCE_NAME_RE, Subscription, VirtualMachine
 from vms.patch_settings import Problem, defaults_for_image
 
@@ -137,7 +136,7 @@ def instance_view(vm: VirtualMachine, latest: dict) -> dict:
                     "message": "GuestAgent is running and processing the extensions."
                     if vm.is_running
                     else "VM status blob is found but not yet populated.",
-                    "time": arm_time(timezone.now()),
+                    "time": arm_time(clock.now()),
                 }
             ],
         },
@@ -337,7 +336,7 @@ def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
     subscription = arm.subscription(subscriptionId, act=True)
     rg = arm.resource_group(subscription, resourceGroupName)
     body = Body(arm.json_object(required=True))
-    started = timezone.now()
+    started = clock.now()
     existing = vm_queryset().filter(resource_group=rg, name__iexact=vmName).first()
     if existing is not None:
         _check_if_none_match(arm, existing)
@@ -418,7 +417,7 @@ def patch_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmNam
     rg = arm.resource_group(subscription, resourceGroupName)
     vm = arm.virtual_machine(rg, vmName, vm_queryset())
     body = Body(arm.json_object(required=True))
-    return _update_vm(arm, subscription, vm, body, timezone.now())
+    return _update_vm(arm, subscription, vm, body, clock.now())
 
 
 def _update_vm(arm: ArmRequest, subscription, vm: VirtualMachine, body: Body, started: datetime):
@@ -483,7 +482,7 @@ def delete_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmNa
     vm = VirtualMachine.objects.filter(resource_group=rg, name__iexact=vmName).first()
     if vm is None:
         return empty(204)
-    started = timezone.now()
+    started = clock.now()
     arm_id, location = vm.arm_id, vm.location
     if not services.delete_virtual_machine(vm):
         return empty(204)  # another DELETE won
@@ -506,7 +505,7 @@ def power_action(action: str):
         subscription = arm.subscription(subscriptionId, act=True)
         rg = arm.resource_group(subscription, resourceGroupName)
         vm = arm.virtual_machine(rg, vmName)
-        started = timezone.now()
+        started = clock.now()
         with transaction.atomic():
             locked = services.lock_vm(vm.pk)  # the lock order: a DELETE either came first (404) or waits
             if locked is None:

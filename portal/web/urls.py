@@ -15,6 +15,7 @@ from .views import (
     hotpatch,
     overview,
     preferences,
+    sandbox,
     subscriptions,
     vm,
     what_if,
@@ -78,9 +79,21 @@ patching_pages = [
     path("history/export.json", history.history_export, {"fmt": "json"}, name="history-export-json"),
 ]
 
+sandbox_pages = [
+    path("sandbox/", sandbox.sandbox_page, name="sandbox"),
+    path("sandbox/clock/advance/", sandbox.advance, name="sandbox-advance"),
+    path("sandbox/clock/realtime/", sandbox.realtime, name="sandbox-realtime"),
+    path("sandbox/faults/", sandbox.add_fault, name="sandbox-fault-add"),
+    path("sandbox/faults/<int:pk>/remove/", sandbox.remove_fault, name="sandbox-fault-remove"),
+    path("sandbox/snapshot.json", sandbox.export_snapshot, name="sandbox-export"),
+    path("sandbox/snapshot/load/", sandbox.import_snapshot, name="sandbox-load"),
+    path("sandbox/reset/", sandbox.reset, name="sandbox-reset"),
+]
+
 urlpatterns = [
     path("", include((vm_pages, "vms"))),
     path("", include((patching_pages, "patching"))),
+    path("", include(sandbox_pages)),
     path("account/api-tokens/", api_tokens.api_tokens, name="api-tokens"),
     path("account/api-tokens/<int:pk>/revoke/", api_tokens.revoke_api_token, name="api-token-revoke"),
     # The sandbox: your own fleet imported, a what-if year over it.
