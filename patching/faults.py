@@ -10,6 +10,7 @@ rollout-halt fault, called by the orchestrator's round. Nothing here imports the
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -91,8 +92,15 @@ def _apply(hit: Hit, fault: Fault) -> Hit:
     )
 
 
-def hits(operations: list[Operation], vms: dict[int, VirtualMachine]) -> dict[int, Hit]:
+def hits(
+    operations: list[Operation],
+    vms: dict[int, VirtualMachine],
+    would_install: Callable[[Operation], set[str]] = lambda operation: set(),
+) -> dict[int, Hit]:
     """The faults that hit each of these claimed operations (only those hit are in the answer).
+
+    A fault on one KB hits only an installation that would install that KB (`would_install`: the KBs
+    an installation selects), so it is neither spent on nor marked on a run that never touches it.
 
     One query when no fault is set. Marks every hit operation's `injected`, and counts the faults
     down (next N) or up (fired), each in one UPDATE per fault.
@@ -108,6 +116,8 @@ def hits(operations: list[Operation], vms: dict[int, VirtualMachine]) -> dict[in
             for operation in sorted(operations, key=lambda op: op.pk):
                 vm = vms.get(operation.vm_id)
                 if vm is None or not applies(fault, vm, operation.kind):
+                    continue
+                if fault.kind == FaultKind.KB_FAILS and fault.kb and fault.kb not in would_install(operation):
                     continue
                 if budget is not None:
                     if budget <= fired:
@@ -145,7 +155,7 @@ def open_halts(now: datetime) -> list[RolloutHalt]:
             scope = scope.filter(resource_group__subscription_id=fault.subscription_id)
         if fault.location:
             scope = scope.filter(location=fault.location)
-        products = sorted(set(scope.values_list("product", flat=True)))
+        products = list(scope.order_by("product").values_list("product", flat=True).distinct())
         fired = 0
         for product in products:
             if fault.remaining is not None and fired >= fault.remaining:

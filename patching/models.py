@@ -1,7 +1,7 @@
 """Patching: the update catalog, each VM's guest state, and one record per operation."""
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -433,6 +433,7 @@ class WhatIfRun(models.Model):
     estimate_seconds = models.FloatField()
     progress = models.FloatField(default=0.0)  # 0..1
     created_at = models.DateTimeField(default=timezone.now)
+    queued_at = models.DateTimeField(default=timezone.now)  # when it was last sent to the workers
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     result = models.JSONField(default=dict, blank=True)
@@ -460,6 +461,11 @@ class WhatIfRun(models.Model):
     @property
     def is_failed(self) -> bool:
         return self.status == WhatIfStatus.FAILED
+
+    @property
+    def is_unclaimed(self) -> bool:
+        """Queued for over a minute: no worker took it. The page stops polling and offers to send it again."""
+        return self.status == WhatIfStatus.QUEUED and timezone.now() - self.queued_at > timedelta(minutes=1)
 
     @property
     def percent(self) -> int:

@@ -33,6 +33,7 @@ from vms.models import (
     FeatureRegistration,
     ProviderRegistration,
     ResourceGroup,
+    Role,
     RoleAssignment,
     SandboxClock,
     Subscription,
@@ -112,9 +113,9 @@ def parse_moment(value: str) -> datetime:
         moment = datetime.fromisoformat(value) if "T" in value or " " in value else None
         if moment is None:
             moment = datetime.combine(date.fromisoformat(value), datetime.min.time())
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise SandboxError(f"'{value}' is not a date and time: use YYYY-MM-DDTHH:MM (UTC).") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def target_of(*, to: datetime | None = None, days: float | None = None, start: datetime | None = None) -> datetime:
@@ -277,7 +278,7 @@ def validate_fault(
         if location not in regions.REGIONS:
             raise SandboxError("Unknown region: use a region name such as westeurope.")
     kb = kb.strip().upper().removeprefix("KB").strip()
-    if kb and not (kb.isdigit() and 6 <= len(kb) <= 8):
+    if kb and not (kb.isascii() and kb.isdigit() and 6 <= len(kb) <= 8):
         raise SandboxError(f"'{kb}' is not a KB number: 6 to 8 digits, e.g. 5073457.")
     if kb and kind != FaultKind.KB_FAILS:
         raise SandboxError("A KB goes only with the 'kb_fails' kind.")
@@ -416,6 +417,8 @@ def loads(text: str | bytes) -> dict:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SandboxError(f"Not a snapshot: the file is not JSON ({exc}).") from None
+    except RecursionError:
+        raise SandboxError("Not a snapshot: the JSON is nested too deeply.") from None
     return data
 
 
@@ -446,6 +449,10 @@ def _check(data) -> None:
         raise SandboxError("Not a snapshot: 'clock' must say mode 'sandbox' or 'realtime'.")
 
 
+def _is_choice(field, value) -> bool:
+    return any(value == choice for choice, _ in field.flatchoices)
+
+
 def _instances(model, rows: list[dict], users: dict[str, int]) -> list:
     fields = _fields(model)
     out = []
@@ -453,7 +460,12 @@ def _instances(model, rows: list[dict], users: dict[str, int]) -> list:
         values = {}
         for f in fields:
             if f.name in USER_FIELDS and f.is_relation:
-                values[f.attname] = users.get(row.get(f.name))
+                name = row.get(f.name)
+                if name is not None and not isinstance(name, str):
+                    raise SandboxError(
+                        f"Not a snapshot: {_label(model)} row {i + 1} field '{f.name}' must be a user name."
+                    )
+                values[f.attname] = users.get(name)
                 continue
             if f.attname not in row:
                 if f.primary_key or not (f.null or f.has_default()):
@@ -461,6 +473,8 @@ def _instances(model, rows: list[dict], users: dict[str, int]) -> list:
                 continue
             try:
                 values[f.attname] = f.to_python(row[f.attname]) if row[f.attname] is not None else None
+                if f.choices and values[f.attname] not in (None, "") and not _is_choice(f, values[f.attname]):
+                    raise ValueError(f"'{values[f.attname]}' is not one of its choices")
             except Exception as exc:  # a ValidationError or a type error: the field's value is wrong
                 raise SandboxError(
                     f"Not a snapshot: {_label(model)} row {i + 1} field '{f.attname}' is invalid ({exc})."
@@ -498,8 +512,15 @@ def import_snapshot(data: dict) -> dict:
                 model.objects.bulk_create(built[model], batch_size=2000)
             roles = []
             for entry in data.get("roleAssignments", []):
-                if not isinstance(entry, dict) or entry.get("user") not in users:
-                    skipped.append(entry.get("user") if isinstance(entry, dict) else entry)
+                if not isinstance(entry, dict) or not isinstance(entry.get("user"), str):
+                    raise SandboxError("Not a snapshot: each role assignment needs a user name.")
+                if entry.get("role") not in Role.values or not isinstance(entry.get("subscription"), str):
+                    raise SandboxError(
+                        f"Not a snapshot: role assignment of '{entry['user']}': the role must be one of "
+                        f"{', '.join(Role.values)}, on a subscription id."
+                    )
+                if entry["user"] not in users:
+                    skipped.append(entry["user"])
                     continue
                 roles.append(
                     RoleAssignment(
@@ -544,11 +565,12 @@ def reset(*, demo: bool) -> str:
     """An empty world, or the demo fleet with its history up to the clock's now; the clock stays."""
     if is_advancing():
         raise SandboxBusy("An advance is running; reset when it has finished.")
-    with transaction.atomic():
+    with transaction.atomic():  # all or nothing: a seeding that fails leaves the world as it was
         _wipe()
+        if demo:
+            call_command("seed_demo", stdout=io.StringIO())
     if not demo:
         return "The fleet is empty: no subscriptions, VMs, operations or faults. The clock did not move."
-    call_command("seed_demo", stdout=io.StringIO())
     return f"The demo fleet is back: {VirtualMachine.objects.count()} VMs with their history up to {clock.now():%Y-%m-%d %H:%M} UTC."
 
 

@@ -739,7 +739,17 @@ def execute_operations(
         [op.vm_id for op in operations if op.vm_id]
     )
     guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
-    injected = faults.hits([op for op in operations if vms.get(op.vm_id) and vms[op.vm_id].is_running], vms)
+
+    def would_install(operation: Operation) -> set[str]:
+        vm = vms[operation.vm_id]
+        if operation.kind != OperationKind.INSTALLATION or vm.pk not in guests:
+            return set()
+        available = sim.applicable(guests[vm.pk], catalog_for(vm.product), clock)
+        fate = sim.select(available, InstallParameters.from_stored(operation.parameters).selection)
+        return {patch.kb for patch in available if fate[patch.id] == "Selected"}
+
+    running = [op for op in operations if vms.get(op.vm_id) and vms[op.vm_id].is_running]
+    injected = faults.hits(running, vms, would_install)
     findings, unreachable = [], {}
     for operation in operations:
         vm = vms.get(operation.vm_id)

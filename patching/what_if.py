@@ -88,6 +88,7 @@ def start_run(user) -> tuple[WhatIfRun, bool]:
     if running:
         if running.status == WhatIfStatus.QUEUED or (running.started_at and running.started_at < _stale()):
             # Not picked up (the broker was down?) or its worker died: send it again; the claim is once.
+            WhatIfRun.objects.filter(pk=running.pk).update(queued_at=timezone.now())
             transaction.on_commit(lambda: send(running.pk))
         return running, False
     count = access.vms_for(user).count()

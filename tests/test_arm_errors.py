@@ -207,6 +207,8 @@ def _token(value) -> str:
         _token([1, "web\u000001", 1]),
         _token([2**70, "web-01", 1]),
         _token([True, "web-01", 1]),
+        _token(["rg", "web-01", 1]) + "A" * 2000,  # longer than any nextLink's
+        base64.urlsafe_b64encode(b"[" * 3000).decode(),  # nested too deeply to decode
     ],
 )
 def test_bad_skip_tokens_are_400(api, fleet, token):

@@ -6,11 +6,14 @@ Real PostgreSQL and Redis (the clock's cache); the engine that advances the cloc
 import threading
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from patching import sandbox, services
 from patching.models import (
+    ComplianceSnapshot,
     Fault,
     FaultKind,
     InstalledUpdate,
@@ -22,6 +25,7 @@ from patching.models import (
     Update,
 )
 from patching.orchestrator import engine
+from patching.parameters import from_arm
 from tests.factories import make_resource_group, make_subscription, make_vm
 from vms import clock
 from vms.models import SandboxClock, VirtualMachine
@@ -64,6 +68,16 @@ def test_real_time_is_the_default_and_the_first_advance_switches_to_sandbox_mode
     assert not clock.is_simulated()
 
 
+def test_a_reader_that_read_the_old_clock_does_not_overwrite_the_new_one(db, django_capture_on_commit_callbacks):
+    """Another process read the row (real time) just before the change, and caches it just after."""
+    clock.forget()
+    read_before = clock._as_cached(clock._read_row())
+    with django_capture_on_commit_callbacks(execute=True):
+        sandbox._set_clock(START)
+    clock._cache(read_before, only_if_absent=True)
+    assert clock.now() == START
+
+
 def test_reading_the_clock_costs_no_query_once_cached(db, django_assert_num_queries):
     sandbox._set_clock(START)
     assert clock.now() == START  # the first read takes the row into the cache
@@ -96,6 +110,42 @@ def test_advance_past_patch_tuesday_hotpatches_enrolled_vms_without_a_reboot(wor
             assert result_row.update.published_at <= op.created_at
     assessed = hot.operations.filter(kind=OperationKind.ASSESSMENT, created_at__gt=START).count()
     assert assessed >= 9  # daily, AutomaticByPlatform assessment
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the round's advisory lock is PostgreSQL's")
+def test_a_beat_round_holding_the_lock_does_not_make_an_advance_skip_patch_tuesday(world):
+    """A beat round (another process) holds the patching lock when the advance's round comes: the
+    advance waits for it instead of stepping past Patch Tuesday with nothing patched."""
+    hot = world["hot"]
+    holding, release = threading.Event(), threading.Event()
+
+    def beat_round():
+        with psycopg.connect(_url_of(connection), autocommit=True) as other:
+            other.execute("SELECT pg_advisory_lock(%s)", [engine.LOCK_KEY])
+            holding.set()
+            release.wait(10)
+            other.execute("SELECT pg_advisory_unlock(%s)", [engine.LOCK_KEY])
+
+    beat = threading.Thread(target=beat_round)
+    beat.start()
+    assert holding.wait(10)
+    threading.Timer(1.0, release.set).start()
+    sandbox.advance(to=datetime(2026, 12, 10, 12, tzinfo=UTC))
+    beat.join()
+    hotpatch = Update.objects.get(product="ws2022-azure", release_month="2026-12", kind="hotpatch")
+    assert InstalledUpdate.objects.filter(guest_id=hot.pk, update=hotpatch).exists()
+
+
+def _url_of(conn) -> str:
+    """The test database, for a connection of its own (a beat process)."""
+    s = conn.settings_dict
+    return f"postgresql://{s['USER']}@{s['HOST'] or 'localhost'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def test_an_advance_leaves_each_days_compliance_figure(world):
+    sandbox.advance(days=5)
+    days = sorted(ComplianceSnapshot.objects.filter(subscription=world["subscription"]).values_list("day", flat=True))
+    assert days == [(START + timedelta(days=n)).date() for n in range(6)]  # each day passed, and the last one
 
 
 def test_a_baseline_month_reboots_enrolled_vms(world):
@@ -243,6 +293,26 @@ def test_an_injected_kb_failure_is_failed_and_says_injected(behind):
     # Spent: the next installation is real.
     again, _ = run(a, OperationKind.INSTALLATION, now=START + timedelta(hours=1))
     assert not again.injected
+
+
+def test_a_kb_fault_waits_for_an_installation_of_that_kb(behind):
+    a = behind["a"]
+    probe, _ = run(a, OperationKind.ASSESSMENT)
+    kb = PatchResult.objects.filter(operation=probe, update__kind="monthly").get().update.kb
+    fault = sandbox.add_fault(None, FaultKind.KB_FAILS, vm=a, kb=f"KB{kb}", next_n=1)
+    # An installation that excludes the KB does not touch it: not marked, the fault not spent.
+    parameters = from_arm(
+        {
+            "rebootSetting": "IfRequired",
+            "windowsParameters": {"classificationsToInclude": ["Critical", "Security"], "kbNumbersToExclude": [kb]},
+        }
+    )
+    spared, _ = run(a, OperationKind.INSTALLATION, parameters=parameters)
+    assert not spared.injected and not PatchResult.objects.filter(operation=spared, update__kb=kb, state="Failed")
+    fault.refresh_from_db()
+    assert fault.remaining == 1 and fault.fired == 0
+    hit, _ = run(a, OperationKind.INSTALLATION, now=START + timedelta(hours=1))
+    assert PatchResult.objects.get(operation=hit, update__kb=kb).state == "Failed" and hit.injected
 
 
 def test_every_kb_fails_when_no_kb_is_given(behind):
@@ -400,6 +470,9 @@ def test_a_snapshot_from_a_newer_portal_is_refused_and_changes_nothing(world):
         lambda d: d["tables"]["patching.operation"][0].update(vm_id=999999),  # a row that points nowhere
         lambda d: d["tables"]["vms.virtualmachine"].append(dict(d["tables"]["vms.virtualmachine"][0])),  # twice
         lambda d: d.update(clock={"mode": "sandbox", "now": "soon"}),
+        lambda d: d["tables"]["patching.operation"][0].update(user=["x"]),  # a user name that is not a name
+        lambda d: d["tables"]["patching.operation"][0].update(status="Bogus"),  # not one of its choices
+        lambda d: d["roleAssignments"].append({"user": "nobody", "subscription": "x", "role": "Superduper"}),
     ],
 )
 def test_a_malformed_snapshot_is_refused_and_changes_nothing(world, breakage):
@@ -416,6 +489,14 @@ def test_a_malformed_snapshot_is_refused_and_changes_nothing(world, breakage):
 def test_not_json_is_refused(db):
     with pytest.raises(sandbox.SandboxError, match="not JSON"):
         sandbox.loads(b"\x89PNG")
+    with pytest.raises(sandbox.SandboxError, match="nested too deeply"):
+        sandbox.loads("[" * 100_000)
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00+14:00", "9999-12-31T23:59-12:00", "2026-13-01"])
+def test_moments_off_the_calendar_are_refused(moment):
+    with pytest.raises(sandbox.SandboxError, match="not a date and time"):
+        sandbox.parse_moment(moment)
 
 
 def test_reset_to_an_empty_fleet_keeps_users_and_the_clock(world):

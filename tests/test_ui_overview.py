@@ -312,6 +312,11 @@ def test_history_filters_by_kind_status_started_by_dates_and_update(client, cont
     )
     assert response.status_code == 200 and len(response.context["rows"]) == 10
     assert len(response.context["history"].notices) == 5
+    # Days at the calendar's ends, digits that are not ASCII: ignored with a notice, never a 500.
+    for params in ({"to": "9999-12-31"}, {"from": "0001-01-01"}, {"kb": "KB١٢٣٤٥٦٧"}, {"after": "²³.1"}):
+        for url in (HISTORY, reverse("patching:history-export-csv")):
+            assert client.get(url, params).status_code == 200, (url, params)
+        assert client.get(HISTORY, params).context["history"].notices, params
     later, earlier = timezone.localdate().isoformat(), (timezone.localdate() - timedelta(days=5)).isoformat()
     assert "“from” is after “to”" in client.get(HISTORY, {"from": later, "to": earlier}).text
 

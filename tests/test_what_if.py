@@ -9,6 +9,7 @@ from datetime import date, timedelta
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from patching import what_if
 from patching.models import WhatIfRun, WhatIfStatus
@@ -90,6 +91,15 @@ def test_the_page_shows_the_estimate_then_queues_one_run_on_commit(
     )
     assert polled.text.lstrip().startswith('<div id="what-if-run"') and 'hx-trigger="every 2s"' in polled.text
     assert "Waiting for a worker" in polled.text
+    # A minute and still nobody took it: the page stops polling and says what to do; sending it again follows it.
+    WhatIfRun.objects.filter(pk=run.pk).update(queued_at=timezone.now() - timedelta(minutes=2))
+    stuck = client.get(
+        reverse("sandbox-what-if-run", args=[run.pk]), headers={"HX-Request": "true", "HX-Target": "what-if-run"}
+    ).text
+    assert "hx-trigger" not in stuck and "No worker has taken this run" in stuck
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("sandbox-what-if-start"))
+    assert 'hx-trigger="every 2s"' in client.get(reverse("sandbox-what-if-run", args=[run.pk])).text
 
 
 def test_a_finished_run_draws_charts_stops_polling_and_downloads(client, olivias_fleet):

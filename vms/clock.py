@@ -36,9 +36,10 @@ def simulated_now() -> datetime | None:
         log.warning("Clock cache unavailable (%s); reading the database", exc)
         cached = None
     if cached is None:
-        stored = _read_row()
-        cached = stored.isoformat() if stored else REAL
-        _cache(cached)
+        cached = _as_cached(_read_row())
+        # `add`, not `set`: a reader that read the row just before a change must not overwrite the
+        # value the writer published after it (stored()), or the processes would disagree until the next change.
+        _cache(cached, only_if_absent=True)
     return None if cached == REAL else datetime.fromisoformat(cached)
 
 
@@ -50,9 +51,16 @@ def now() -> datetime:
     return simulated_now() or timezone.now()
 
 
-def _cache(value: str) -> None:
+def _as_cached(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else REAL
+
+
+def _cache(value: str, *, only_if_absent: bool = False) -> None:
     try:
-        cache.set(_key(), value, timeout=None)
+        if only_if_absent:
+            cache.add(_key(), value, timeout=None)
+        else:
+            cache.set(_key(), value, timeout=None)
     except Exception as exc:
         log.warning("Clock cache unavailable (%s)", exc)
 
@@ -80,6 +88,7 @@ def _read_row() -> datetime | None:
 
 
 def stored() -> None:
-    """After the row changed (patching.sandbox writes it): the cache follows, now and at commit."""
+    """After the row changed (patching.sandbox writes it): the cached value is dropped now, and the
+    committed one published when the transaction commits."""
     forget()
-    transaction.on_commit(forget)
+    transaction.on_commit(lambda: _cache(_as_cached(_read_row())))

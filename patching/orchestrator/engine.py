@@ -467,11 +467,15 @@ def run_now(operation_ids: list[int], now: datetime) -> None:
             services.fail_operation(operation_id, "VMAgentStatusCommunicationError", message, now)
 
 
-def _exclusive() -> bool:
-    """Take this round's lock (PostgreSQL); False when another round holds it."""
+def _exclusive(wait: bool = False) -> bool:
+    """Take this round's lock (PostgreSQL); False when another round holds it (or, with `wait`, when it
+    is free again)."""
     if connection.vendor != "postgresql":
         return True  # SQLite: the transaction itself is exclusive (IMMEDIATE), or there is one process
     with connection.cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+            return True
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])
         return bool(cursor.fetchone()[0])
 
@@ -500,17 +504,21 @@ class Round:
         return f"started {len(self.started)} installation(s); {counts or 'no VMs'}"
 
 
-def patch_fleet(now: datetime | None = None, *, execute: bool = False, cache: FleetCache | None = None) -> Round:
+def patch_fleet(
+    now: datetime | None = None, *, execute: bool = False, cache: FleetCache | None = None, wait: bool = False
+) -> Round:
     """One round of automatic patching: halt failing rollouts, decide for every VM, start installations.
 
     `now` None is real time (the installations are queued for the workers); with `now` and
     `execute=True` they run right away on that simulated clock. `cache` (the simulation's) keeps
-    what the previous round read.
+    what the previous round read. A beat's round is skipped while another holds the lock; `wait`
+    (the simulation's stepping: the sandbox advance, the demo's history) waits for it instead, so that a
+    beat round running meanwhile cannot make the simulated clock step past a round.
     """
     clock = now or world_clock.now()
     rules = current_rules()
     with transaction.atomic():
-        if not _exclusive():
+        if not _exclusive(wait):
             return Round(clock, skipped=True)
         catalogs = load_catalogs()
         opened = faults.open_halts(clock)  # the sandbox's injected rollout halts

@@ -26,6 +26,7 @@ from datetime import UTC, date, datetime, timedelta
 from django.db.models import Count
 
 from patching import calendar, services
+from patching import fleet as figures
 from patching.models import InstalledUpdate, Operation, OperationKind, RebootStatus, RolloutHalt, StartedBy, Update
 from vms import features, images
 from vms.models import VirtualMachine
@@ -73,6 +74,7 @@ class Simulation:
     assessment_step: timedelta | None = None
     # Each step also settles preview-feature registrations and fails stale operations (the beat's work).
     housekeeping: bool = False
+    snapshot_day: date | None = None  # the last day whose compliance figure is recorded (housekeeping)
     rounds: int = 0
     operations: int = 0
     reached: datetime | None = None  # how far the clock got (the sandbox stores it, even after an error)
@@ -120,7 +122,7 @@ class Simulation:
                     if self.assessment_step:
                         next_assessment = max(next_assessment, clock + self.assessment_step)
                 if next_patch <= clock:
-                    result = engine.patch_fleet(clock, execute=True, cache=cache)
+                    result = engine.patch_fleet(clock, execute=True, cache=cache, wait=True)
                     self.rounds += 1
                     self.operations += len(result.started)
                     releases = [r for r in releases if r > clock]
@@ -135,12 +137,25 @@ class Simulation:
                 if on_round is not None:
                     on_round(min(clock, until))
         self.reached = until
+        if self.housekeeping:
+            self._record_days_before(until)
+            figures.record_compliance_snapshots(until)
         self.seconds += time.perf_counter() - began
 
     def _housekeeping(self, clock: datetime) -> None:
-        """What the beat does besides patching: registrations settle, runs nobody finishes fail."""
+        """What the beat does besides patching: registrations settle, runs nobody finishes fail, and each
+        simulated day that ends leaves its compliance figure (the overview's trend)."""
         features.settle_due(clock)
         services.fail_stale_operations(clock)
+        self._record_days_before(clock)
+
+    def _record_days_before(self, clock: datetime) -> None:
+        """The compliance figure of every day that ended before `clock`, idle ones too (the 30-day rule ages)."""
+        day = self.snapshot_day or clock.date()
+        while day < clock.date():
+            figures.record_compliance_snapshots(day_end(day))
+            day += timedelta(days=1)
+        self.snapshot_day = clock.date()
 
     def _resume_halts(self, clock: datetime) -> int:
         """The operator resumes the halts open for `resume_after` by `clock`; returns how many."""

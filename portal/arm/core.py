@@ -362,8 +362,9 @@ def _jsonable(value):
 def _position(token: str, length: int) -> list:
     """The keys a skip token carries, or a 400: a client can only follow nextLink, not compose one."""
     try:
-        position = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except ValueError:
+        # nextLink's tokens are short; a long one (deeply nested JSON) is refused before it is decoded.
+        position = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))) if len(token) <= 1024 else None
+    except (ValueError, RecursionError):
         position = None
     if not (isinstance(position, list) and len(position) == length and all(map(_fits, position))):
         raise _bad_token(token)

@@ -160,7 +160,7 @@ def add_fault(arm: ArmRequest):
 
 
 def remove_fault(arm: ArmRequest, faultId: str):
-    if not faultId.isdigit() or len(faultId) > 9:
+    if not (faultId.isascii() and faultId.isdigit()) or len(faultId) > 9:
         raise ArmError(404, "ResourceNotFound", f"No fault '{faultId}'.")
     try:
         removed = sandbox.remove_fault(arm.user, int(faultId))

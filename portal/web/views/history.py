@@ -50,9 +50,10 @@ class History:
 
 def _day(raw: str) -> date | None:
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         return None
+    return day if date.min < day < date.max else None  # a day either side must exist: the filter is [day, day + 1)
 
 
 def history_for(request: HttpRequest) -> History:
@@ -96,7 +97,7 @@ def history_for(request: HttpRequest) -> History:
     raw = request.GET.get("kb", "").strip()
     if raw:
         kb = raw.upper().removeprefix("KB")
-        if kb.isdigit() and 6 <= len(kb) <= 8:
+        if kb.isascii() and kb.isdigit() and 6 <= len(kb) <= 8:
             history.values["kb"] = kb
             # An operation that reported on the KB, or (queued or running) was asked to install it by name.
             touched = Q(Exists(PatchResult.objects.filter(operation_id=OuterRef("pk"), update__kb=kb)))
@@ -112,7 +113,7 @@ def history_for(request: HttpRequest) -> History:
 def _cursor(raw: str) -> tuple[datetime, int] | None:
     """`after` is the last row's created_at (microseconds since the epoch) and id: "1764500000000000.4711"."""
     stamp, _, pk = raw.partition(".")
-    if not (stamp.lstrip("-").isdigit() and pk.isdigit()) or len(stamp) > 20 or len(pk) > 19:
+    if not (raw.isascii() and stamp.lstrip("-").isdigit() and pk.isdigit()) or len(stamp) > 20 or len(pk) > 19:
         return None
     try:
         moment = datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC")) + timedelta(microseconds=int(stamp))
