@@ -188,6 +188,7 @@ class RebootStatus(models.TextChoices):
 class StartedBy(models.TextChoices):
     USER = "User"
     PLATFORM = "Platform"
+    SCHEDULE = "Schedule", "Maintenance configuration"  # a run of a maintenance configuration (patching.maintenance)
 
 
 class OperationQuerySet(models.QuerySet):

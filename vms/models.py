@@ -146,6 +146,8 @@ class VirtualMachine(models.Model):
     )
     reboot_setting = models.CharField(max_length=12, choices=RebootSetting.choices, default=RebootSetting.IF_REQUIRED)
     bypass_platform_safety_checks = models.BooleanField(default=False)
+    # ARM tags (name -> value): what maintenance configurations' dynamic scopes filter on.
+    tags = models.JSONField(default=dict, blank=True)
     # When hotpatch was last turned off: re-enrolment waits for the next baseline after this.
     hotpatch_disabled_at = models.DateTimeField(null=True, blank=True)
     # Bumped on every write of what ARM shows of the VM (patch settings, size): its etag, so a client

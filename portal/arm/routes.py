@@ -8,7 +8,7 @@ component parameter of the same name describes each `{name}` (schemas.PARAMETERS
 (400, 401, 403, 404, 405, 409, 413) and the api-version parameter are on every operation.
 """
 
-from . import compute, identity, operations, patches, providers, resources
+from . import compute, identity, maintenance, operations, patches, providers, resources
 from .core import Endpoint, Router
 from .schemas import ASYNC_HEADER, LRO_202, LRO_HEADERS, body, ref, request_body
 
@@ -17,6 +17,10 @@ RG = SUB + "/resourceGroups/{resourceGroupName}"
 VM = RG + "/providers/Microsoft.Compute/virtualMachines/{vmName}"
 FEATURES = SUB + "/providers/Microsoft.Features/providers/{providerNamespace}/features"
 PROVIDER = SUB + "/providers/{providerNamespace}"
+MAINTENANCE = "/providers/Microsoft.Maintenance"
+CONFIG = RG + MAINTENANCE + "/maintenanceConfigurations/{resourceName}"
+SCOPE_ASSIGNMENT = SUB + MAINTENANCE + "/configurationAssignments/{configurationAssignmentName}"
+VM_ASSIGNMENT = VM + MAINTENANCE + "/configurationAssignments/{configurationAssignmentName}"
 
 LIST = ("SkipToken", "Top")  # paging: $skiptoken from nextLink, $top
 
@@ -26,6 +30,9 @@ VIRTUAL_MACHINES = ("VirtualMachines",)
 PATCHES = ("Patches",)
 FEATURE_TAGS = ("Features",)
 PROVIDERS = ("Providers",)
+MAINTENANCE_CONFIGURATIONS = ("MaintenanceConfigurations",)
+ASSIGNMENTS = ("ConfigurationAssignments",)
+APPLY_UPDATES = ("ApplyUpdates",)
 
 
 def power_action(action: str, operation_id: str, summary: str) -> Endpoint:
@@ -186,6 +193,71 @@ ENDPOINTS = (
     ),
     Endpoint(
         "GET",
+        SUB + MAINTENANCE + "/applyUpdates",
+        maintenance.list_apply_updates,
+        "ApplyUpdates_List",
+        "Installations started by the subscription's maintenance configurations (the latest 1,000).",
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdateListResult")},
+    ),
+    Endpoint(
+        "GET",
+        SUB + MAINTENANCE + "/configurationAssignments",
+        maintenance.list_subscription_assignments,
+        "ConfigurationAssignmentsWithinSubscription_List",
+        "Every configuration assignment in the subscription: its VMs' and its dynamic scopes.",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignmentListResult")},
+    ),
+    Endpoint(
+        "GET",
+        SCOPE_ASSIGNMENT,
+        maintenance.get_subscription_assignment,
+        "ConfigurationAssignmentsForSubscriptions_Get",
+        "A dynamic scope.",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment")},
+    ),
+    Endpoint(
+        "PUT",
+        SCOPE_ASSIGNMENT,
+        maintenance.put_subscription_assignment,
+        "ConfigurationAssignmentsForSubscriptions_CreateOrUpdate",
+        "A dynamic scope: the subscription's VMs matching properties.filter, evaluated at each run (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "201": body("ConfigurationAssignment")},
+        request=request_body("ConfigurationAssignment"),
+    ),
+    Endpoint(
+        "PATCH",
+        SCOPE_ASSIGNMENT,
+        maintenance.patch_subscription_assignment,
+        "ConfigurationAssignmentsForSubscriptions_Update",
+        "Replace an existing dynamic scope's configuration and filter (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment")},
+        request=request_body("ConfigurationAssignment"),
+    ),
+    Endpoint(
+        "DELETE",
+        SCOPE_ASSIGNMENT,
+        maintenance.delete_subscription_assignment,
+        "ConfigurationAssignmentsForSubscriptions_Delete",
+        "Remove a dynamic scope: 200 with it, 204 if there was none (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "204": {"description": "No such assignment."}},
+    ),
+    Endpoint(
+        "GET",
+        SUB + MAINTENANCE + "/maintenanceConfigurations",
+        maintenance.list_configurations,
+        "MaintenanceConfigurations_List",
+        "The subscription's maintenance configurations.",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfigurationListResult")},
+    ),
+    Endpoint(
+        "GET",
         PROVIDER,
         providers.get_provider,
         "Providers_Get",
@@ -333,8 +405,139 @@ ENDPOINTS = (
         {"200": body("VirtualMachineInstanceView")},
     ),
     power_action("powerOff", "VirtualMachines_PowerOff", "Stop the VM (it stays allocated)"),
+    Endpoint(
+        "GET",
+        VM + MAINTENANCE + "/applyUpdates/{applyUpdateName}",
+        maintenance.get_vm_apply_updates,
+        "ApplyUpdates_Get",
+        "An installation of the VM by id (default: the latest).",
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdate")},
+    ),
+    Endpoint(
+        "PUT",
+        VM + MAINTENANCE + "/applyUpdates/{applyUpdateName}",
+        maintenance.put_vm_apply_updates,
+        "ApplyUpdates_CreateOrUpdate",
+        "applyUpdates/default: install now with the parameters of the VM's maintenance configuration (Contributor).",
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdate"), "201": body("ApplyUpdate")},
+    ),
+    Endpoint(
+        "GET",
+        VM + MAINTENANCE + "/configurationAssignments",
+        maintenance.list_vm_assignments,
+        "ConfigurationAssignments_List",
+        "The VM's configuration assignments.",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignmentListResult")},
+    ),
+    Endpoint(
+        "GET",
+        VM_ASSIGNMENT,
+        maintenance.get_vm_assignment,
+        "ConfigurationAssignments_Get",
+        "A configuration assignment of the VM.",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment")},
+    ),
+    Endpoint(
+        "PUT",
+        VM_ASSIGNMENT,
+        maintenance.put_vm_assignment,
+        "ConfigurationAssignments_CreateOrUpdate",
+        "Assign a maintenance configuration of the VM's subscription to the VM (Contributor; one per VM).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "201": body("ConfigurationAssignment")},
+        request=request_body("ConfigurationAssignment"),
+    ),
+    Endpoint(
+        "DELETE",
+        VM_ASSIGNMENT,
+        maintenance.delete_vm_assignment,
+        "ConfigurationAssignments_Delete",
+        "Remove the assignment: 200 with it, 204 if there was none (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "204": {"description": "No such assignment."}},
+    ),
+    Endpoint(
+        "GET",
+        VM + MAINTENANCE + "/updates",
+        maintenance.list_vm_updates,
+        "Updates_List",
+        "The VM's pending scheduled maintenance (its next window), if a configuration patches it.",
+        APPLY_UPDATES,
+        {"200": body("MaintenanceUpdateListResult")},
+    ),
     power_action("restart", "VirtualMachines_Restart", "Restart a running VM (409 if it is not running)"),
     power_action("start", "VirtualMachines_Start", "Start the VM"),
+    # --- Maintenance configurations ---
+    Endpoint(
+        "GET",
+        RG + MAINTENANCE + "/maintenanceConfigurations",
+        maintenance.list_group_configurations,
+        "MaintenanceConfigurationsForResourceGroup_List",
+        "The resource group's maintenance configurations.",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfigurationListResult")},
+    ),
+    Endpoint(
+        "GET",
+        CONFIG,
+        maintenance.get_configuration,
+        "MaintenanceConfigurations_Get",
+        "A maintenance configuration.",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfiguration")},
+    ),
+    Endpoint(
+        "PUT",
+        CONFIG,
+        maintenance.put_configuration,
+        "MaintenanceConfigurations_CreateOrUpdate",
+        "Create (201) or replace (200) a maintenance configuration, scope InGuestPatch (Contributor).",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfiguration"), "201": body("MaintenanceConfiguration")},
+        request=request_body("MaintenanceConfiguration"),
+    ),
+    Endpoint(
+        "PATCH",
+        CONFIG,
+        maintenance.patch_configuration,
+        "MaintenanceConfigurations_Update",
+        "Change some of a configuration's properties; the result is validated whole (Contributor).",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfiguration")},
+        request=request_body("MaintenanceConfiguration"),
+    ),
+    Endpoint(
+        "DELETE",
+        CONFIG,
+        maintenance.delete_configuration,
+        "MaintenanceConfigurations_Delete",
+        "Delete a configuration with its assignments and runs: 200 with it, 204 if there was none (Contributor).",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfiguration"), "204": {"description": "No such configuration."}},
+    ),
+    Endpoint(
+        "GET",
+        CONFIG + "/applyUpdates/{applyUpdateName}",
+        maintenance.get_configuration_run,
+        "MaintenanceConfigurationRuns_Get",
+        "A run of the configuration, by its UTC start (yyyyMMddHHmmss) or correlationId.",
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdate")},
+    ),
+    Endpoint(
+        "PUT",
+        CONFIG + "/applyUpdates/{applyUpdateName}",
+        maintenance.put_configuration_run,
+        "MaintenanceConfigurationRuns_Cancel",
+        'Cancel a scheduled run with {"properties": {"status": "Cancel"}}, until 10 minutes before it starts.',
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdate")},
+        request=request_body("ApplyUpdate"),
+    ),
     # --- The tenant ---
     Endpoint(
         "GET",
