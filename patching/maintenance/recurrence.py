@@ -99,7 +99,7 @@ def parse(text: str) -> Rule:
     # Month
     if not rest:
         return Rule(unit, every)
-    if _MONTH_DAY.match(rest[0]):
+    if _MONTH_DAY.match(rest[0].split(",")[0]):
         days = []
         for name in ",".join(rest).split(","):
             found = _MONTH_DAY.match(name)
