@@ -79,7 +79,9 @@ def test_configuration_create_read_list_update_delete(lab):
     created = mc.maintenance_configurations.create_or_update("rg-web", "patch-tuesday", configuration())
 
     assert created.name == "patch-tuesday" and created.maintenance_scope == "InGuestPatch"
-    assert created.id.lower().endswith("/resourcegroups/rg-web/providers/microsoft.maintenance/maintenanceconfigurations/patch-tuesday")
+    assert created.id.lower().endswith(
+        "/resourcegroups/rg-web/providers/microsoft.maintenance/maintenanceconfigurations/patch-tuesday"
+    )
     assert (created.recur_every, created.time_zone, created.duration) == (
         "Month Second Tuesday Offset3",
         "Pacific Standard Time",
@@ -95,11 +97,19 @@ def test_configuration_create_read_list_update_delete(lab):
     assert [c.name for c in mc.maintenance_configurations_for_resource_group.list("rg-web")] == ["patch-tuesday"]
 
     patched = mc.maintenance_configurations.update(
-        "rg-web", "patch-tuesday", m.MaintenanceConfiguration(location="westeurope", duration="02:00", recur_every="Week Saturday,Sunday")
+        "rg-web",
+        "patch-tuesday",
+        m.MaintenanceConfiguration(location="westeurope", duration="02:00", recur_every="Week Saturday,Sunday"),
     )
-    assert (patched.duration, patched.recur_every, patched.time_zone) == ("02:00", "Week Saturday,Sunday", "Pacific Standard Time")
+    assert (patched.duration, patched.recur_every, patched.time_zone) == (
+        "02:00",
+        "Week Saturday,Sunday",
+        "Pacific Standard Time",
+    )
 
-    replaced = mc.maintenance_configurations.create_or_update("rg-web", "patch-tuesday", configuration(recur_every="Day"))
+    replaced = mc.maintenance_configurations.create_or_update(
+        "rg-web", "patch-tuesday", configuration(recur_every="Day")
+    )
     assert replaced.recur_every == "Day" and MaintenanceConfiguration.objects.count() == 1
 
     mc.maintenance_configurations.delete("rg-web", "patch-tuesday")
@@ -161,20 +171,30 @@ def test_assignment_refusals(lab):
     foreign = config.id.replace(str(lab["contoso"].pk), str(lab["bobs"].pk))
     with pytest.raises(HttpResponseError) as refused:
         mc.configuration_assignments.create_or_update(
-            "rg-web", "Microsoft.Compute", "virtualMachines", "web-01", "x", m.ConfigurationAssignment(maintenance_configuration_id=foreign)
+            "rg-web",
+            "Microsoft.Compute",
+            "virtualMachines",
+            "web-01",
+            "x",
+            m.ConfigurationAssignment(maintenance_configuration_id=foreign),
         )
     assert refused.value.status_code == 404
 
     # A VM of another subscription (Fabrikam, where Alice reads only): the Reader may not assign.
     reader = lab["reader"]["maintenance"]
     with pytest.raises(HttpResponseError) as refused:
-        reader.configuration_assignments.create_or_update("rg-ro", "Microsoft.Compute", "virtualMachines", "ro-01", "x", body)
+        reader.configuration_assignments.create_or_update(
+            "rg-ro", "Microsoft.Compute", "virtualMachines", "ro-01", "x", body
+        )
     assert refused.value.status_code == 403 and refused.value.error.code == "AuthorizationFailed"
 
     # A dynamic scope with no criteria.
     with pytest.raises(HttpResponseError) as refused:
         mc.configuration_assignments_for_subscriptions.create_or_update(
-            "empty", m.ConfigurationAssignment(maintenance_configuration_id=config.id, filter=m.ConfigurationAssignmentFilterProperties())
+            "empty",
+            m.ConfigurationAssignment(
+                maintenance_configuration_id=config.id, filter=m.ConfigurationAssignmentFilterProperties()
+            ),
         )
     assert refused.value.status_code == 400 and refused.value.error.code == "InvalidParameter"
     assert "criterion" in refused.value.error.message
@@ -189,7 +209,9 @@ def test_the_static_machine_limit_is_azures_quota_error(lab, settings):
     mc.configuration_assignments.create_or_update("rg-web", "Microsoft.Compute", "virtualMachines", "web-01", "a", body)
 
     with pytest.raises(HttpResponseError) as refused:
-        mc.configuration_assignments.create_or_update("rg-web", "Microsoft.Compute", "virtualMachines", "web-02", "a", body)
+        mc.configuration_assignments.create_or_update(
+            "rg-web", "Microsoft.Compute", "virtualMachines", "web-02", "a", body
+        )
     assert refused.value.status_code == 409 and refused.value.error.code == "QuotaExceeded"
     assert ConfigurationAssignment.objects.count() == 1
 
@@ -228,7 +250,12 @@ def test_apply_updates_and_pending_updates(lab):
     mc = lab["sdk"]["maintenance"]
     config = mc.maintenance_configurations.create_or_update("rg-web", "nightly", configuration(recur_every="Day"))
     mc.configuration_assignments.create_or_update(
-        "rg-web", "Microsoft.Compute", "virtualMachines", "web-01", "a", m.ConfigurationAssignment(maintenance_configuration_id=config.id)
+        "rg-web",
+        "Microsoft.Compute",
+        "virtualMachines",
+        "web-01",
+        "a",
+        m.ConfigurationAssignment(maintenance_configuration_id=config.id),
     )
 
     pending = list(mc.updates.list("rg-web", "Microsoft.Compute", "virtualMachines", "web-01"))
@@ -252,9 +279,10 @@ def test_a_reader_reads_and_another_user_sees_nothing(lab):
     assert refused.value.status_code == 403
 
 
-
 def test_another_users_configurations_are_not_found(lab, live_server, django_user_model):
-    lab["sdk"]["maintenance"].maintenance_configurations.create_or_update("rg-web", "nightly", configuration(recur_every="Day"))
+    lab["sdk"]["maintenance"].maintenance_configurations.create_or_update(
+        "rg-web", "nightly", configuration(recur_every="Day")
+    )
     bob = django_user_model.objects.get(username="bob")
     bobs = clients(ApiToken.issue(bob, "x")[1], f"{live_server.url}/arm", str(lab["contoso"].pk))
     try:

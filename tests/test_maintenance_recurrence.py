@@ -42,7 +42,11 @@ starts = st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2031, 1
 def test_every_occurrence_matches_the_rule_keeps_the_wall_clock_and_none_is_missed(text, start, tz):
     rule = parse(text)
     zone_info = zone(tz)
-    found = list(occurrences(rule, start, zone_info, until=datetime.combine(start.date() + timedelta(days=400), start.time(), UTC)))
+    found = list(
+        occurrences(
+            rule, start, zone_info, until=datetime.combine(start.date() + timedelta(days=400), start.time(), UTC)
+        )
+    )
 
     assert found == sorted(set(found))
     days = [m.astimezone(zone_info).date() for m in found]
@@ -51,12 +55,17 @@ def test_every_occurrence_matches_the_rule_keeps_the_wall_clock_and_none_is_miss
         local = moment.astimezone(zone_info)
         wall = datetime.combine(day, start.time()).replace(tzinfo=zone_info)
         # The wall-clock start is kept; only a start inside a spring-forward gap moves (by the gap).
-        assert local.time() == start.time() or wall.astimezone(UTC).astimezone(zone_info).replace(tzinfo=None) != wall.replace(tzinfo=None)
+        assert local.time() == start.time() or wall.astimezone(UTC).astimezone(zone_info).replace(
+            tzinfo=None
+        ) != wall.replace(tzinfo=None)
     # Completeness: every matching day between the first start and the last occurrence is there.
     if found:
         expected = [
-            d for d in (start.date() + timedelta(days=i) for i in range((days[-1] - start.date()).days + 1))
-            if matches(rule, start.date(), d) and recurrence.local_instant(d, start, zone_info) >= recurrence.local_instant(start.date(), start, zone_info)
+            d
+            for d in (start.date() + timedelta(days=i) for i in range((days[-1] - start.date()).days + 1))
+            if matches(rule, start.date(), d)
+            and recurrence.local_instant(d, start, zone_info)
+            >= recurrence.local_instant(start.date(), start, zone_info)
         ]
         assert days == expected
 
@@ -90,10 +99,14 @@ def test_patch_tuesday_offset(year, month, expected):
 def test_offsets_cross_month_ends_both_ways():
     tz = ZoneInfo("UTC")
     after = parse("Month Last Sunday Offset6")
-    found = [m.date() for m in occurrences(after, datetime(2025, 1, 1, 3, 0), tz, until=datetime(2025, 6, 1, tzinfo=UTC))]
+    found = [
+        m.date() for m in occurrences(after, datetime(2025, 1, 1, 3, 0), tz, until=datetime(2025, 6, 1, tzinfo=UTC))
+    ]
     assert found[:3] == [date(2025, 2, 1), date(2025, 3, 1), date(2025, 4, 5)]  # Jan 26, Feb 23, Mar 30 + 6
     before = parse("Month First Monday Offset-6")
-    found = [m.date() for m in occurrences(before, datetime(2025, 1, 1, 3, 0), tz, until=datetime(2025, 4, 1, tzinfo=UTC))]
+    found = [
+        m.date() for m in occurrences(before, datetime(2025, 1, 1, 3, 0), tz, until=datetime(2025, 4, 1, tzinfo=UTC))
+    ]
     # Feb 3 - 6 and Mar 3 - 6 (Jan 6 - 6 is before the first start).
     assert found == [date(2025, 1, 28), date(2025, 2, 25)]
 
@@ -114,7 +127,17 @@ def test_hourly_recurrence_counts_real_hours():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "Fortnight", "Month Second Tuesday Offset7", "Month Fifth Monday", "Week Funday", "Month day32", "0Days", "Day Monday", "Month Second"],
+    [
+        "",
+        "Fortnight",
+        "Month Second Tuesday Offset7",
+        "Month Fifth Monday",
+        "Week Funday",
+        "Month day32",
+        "0Days",
+        "Day Monday",
+        "Month Second",
+    ],
 )
 def test_recurrences_azure_refuses(text):
     with pytest.raises(RecurrenceError):

@@ -28,14 +28,19 @@ def body(**window) -> dict:
                 "recurEvery": "Day",
                 **window,
             },
-            "installPatches": {"rebootSetting": "IfRequired", "windowsParameters": {"classificationsToInclude": ["Critical", "Security"]}},
+            "installPatches": {
+                "rebootSetting": "IfRequired",
+                "windowsParameters": {"classificationsToInclude": ["Critical", "Security"]},
+            },
         },
     }
 
 
 def scheduled_vm(rg, name, *, bypass=True, **fields):
     settings = defaults_for_image("MicrosoftWindowsServer", "WindowsServer", "2022-datacenter-g2", rg.location)
-    settings = settings.with_changes(patch_mode="AutomaticByPlatform", enable_hotpatching=False, bypass_platform_safety_checks=bypass)
+    settings = settings.with_changes(
+        patch_mode="AutomaticByPlatform", enable_hotpatching=False, bypass_platform_safety_checks=bypass
+    )
     return make_vm(resource_group=rg, name=name, product="ws2022", settings=settings, behind_by_months=1, **fields)
 
 
@@ -197,7 +202,9 @@ def test_the_configuration_limit_per_subscription_and_region(world, settings):
 def test_hotpatch_with_platform_safety_checks_bypassed_is_refused(catalog):
     from vms.patch_settings import validate
 
-    settings = defaults_for_image("MicrosoftWindowsServer", "WindowsServer", "2022-datacenter-azure-edition-hotpatch", "westeurope")
+    settings = defaults_for_image(
+        "MicrosoftWindowsServer", "WindowsServer", "2022-datacenter-azure-edition-hotpatch", "westeurope"
+    )
     assert settings.enable_hotpatching
     problems = validate(
         settings.with_changes(bypass_platform_safety_checks=True),
@@ -218,4 +225,9 @@ def test_an_enrolled_hotpatch_vm_in_scope_stays_with_the_platform(world):
     services.run_due(START + timedelta(seconds=30), execute=True)
     result = MaintenanceRun.objects.get().machines.get(vm=enrolled)
     assert result.status == MachineStatus.SKIPPED and "inert" in result.reason
-    assert not Operation.objects.filter(vm=enrolled).exclude(status=OperationStatus.SUCCEEDED).filter(started_by=StartedBy.SCHEDULE).exists()
+    assert (
+        not Operation.objects.filter(vm=enrolled)
+        .exclude(status=OperationStatus.SUCCEEDED)
+        .filter(started_by=StartedBy.SCHEDULE)
+        .exists()
+    )

@@ -13,9 +13,9 @@ import pytest
 
 from patching.maintenance import services, webhooks
 from patching.maintenance.models import DeliveryStatus, MaintenanceRun, RunStatus, WebhookDelivery
+from tests.factories import load_catalog, make_resource_group, make_subscription
 from tests.helpers import wait_for
 from tests.test_maintenance_runs import START, body, scheduled_vm
-from tests.factories import load_catalog, make_resource_group, make_subscription
 
 
 class Receiver:
@@ -80,7 +80,9 @@ def scheduled(settings):
     return config
 
 
-def test_a_pre_event_is_signed_and_retried_with_exponential_backoff(db, scheduled, receiver, django_capture_on_commit_callbacks):
+def test_a_pre_event_is_signed_and_retried_with_exponential_backoff(
+    db, scheduled, receiver, django_capture_on_commit_callbacks
+):
     hook_at = receiver((500, {}), (503, {}), (200, {}))
     hook = services.add_webhook(scheduled, hook_at.url)
     with django_capture_on_commit_callbacks():
@@ -96,7 +98,9 @@ def test_a_pre_event_is_signed_and_retried_with_exponential_backoff(db, schedule
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.DELIVERED and delivery.attempts == 3 and delivery.last_status_code == 200
     headers, raw = hook_at.received[-1]
-    assert headers["X-Hotpatch-Signature"] == "sha256=" + hmac.new(hook.secret.encode(), raw, hashlib.sha256).hexdigest()
+    assert (
+        headers["X-Hotpatch-Signature"] == "sha256=" + hmac.new(hook.secret.encode(), raw, hashlib.sha256).hexdigest()
+    )
     event = json.loads(raw)
     assert event["type"] == "Microsoft.Maintenance.PreMaintenanceEvent" and event["specversion"] == "1.0"
     assert event["data"]["maintenanceConfigurationId"] == scheduled.arm_id
@@ -145,11 +149,17 @@ def test_a_live_worker_delivers_retries_and_a_cancel_answer_cancels_the_run(live
     now = datetime.now(UTC)
     # A window 15 minutes from now: the pre-event is due, cancellation still open.
     services.save_configuration(
-        scheduled.resource_group, "nightly", body(startDateTime=(now + timedelta(minutes=15)).strftime("%Y-%m-%d %H:%M"))
+        scheduled.resource_group,
+        "nightly",
+        body(startDateTime=(now + timedelta(minutes=15)).strftime("%Y-%m-%d %H:%M")),
     )
     step = services.run_due()
     assert step.pre_events == 1
-    wait_for(lambda: MaintenanceRun.objects.get().status == RunStatus.CANCELLED, timeout=45, message="the run to be cancelled")
+    wait_for(
+        lambda: MaintenanceRun.objects.get().status == RunStatus.CANCELLED,
+        timeout=45,
+        message="the run to be cancelled",
+    )
     delivery = WebhookDelivery.objects.get()
     assert delivery.attempts == 2 and delivery.status == DeliveryStatus.DELIVERED
     assert MaintenanceRun.objects.get().cancelled_by.startswith("Webhook http://127.0.0.1")

@@ -10,7 +10,6 @@ installation it queued. Webhooks receive the run's pre- and post-events; each se
 import uuid
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.functional import cached_property
@@ -83,7 +82,10 @@ class MaintenanceConfiguration(models.Model):
     def window(self) -> recurrence.Window:
         """The stored window (validated when it was written, so it parses)."""
         found, problems = recurrence.window(
-            self.start_date_time, recurrence.format_duration(self.duration), self.time_zone, self.recur_every,
+            self.start_date_time,
+            recurrence.format_duration(self.duration),
+            self.time_zone,
+            self.recur_every,
             self.expiration_date_time or None,
         )
         if problems:
@@ -104,7 +106,9 @@ class ConfigurationAssignment(models.Model):
 
     configuration = models.ForeignKey(MaintenanceConfiguration, models.CASCADE, related_name="assignments")
     name = models.CharField(max_length=80)
-    vm = models.ForeignKey("vms.VirtualMachine", models.CASCADE, null=True, blank=True, related_name="maintenance_assignments")
+    vm = models.ForeignKey(
+        "vms.VirtualMachine", models.CASCADE, null=True, blank=True, related_name="maintenance_assignments"
+    )
     subscription = models.ForeignKey("vms.Subscription", models.CASCADE, related_name="maintenance_assignments")
     # Dynamic scope (configurationAssignments at subscription scope): resourceGroups, locations, osTypes,
     # resourceTypes, tagSettings {tags: {name: [values]}, filterOperator: Any|All}.
@@ -115,7 +119,10 @@ class ConfigurationAssignment(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                "vm", models.functions.Lower("name"), name="maintenance_assignment_vm_name", condition=Q(vm__isnull=False)
+                "vm",
+                models.functions.Lower("name"),
+                name="maintenance_assignment_vm_name",
+                condition=Q(vm__isnull=False),
             ),
             models.UniqueConstraint(
                 "subscription",
@@ -199,6 +206,9 @@ class RunMachine(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint("run", "vm", name="maintenance_run_machine_once")]
 
+    def __str__(self) -> str:
+        return f"{self.vm_name}: {self.status}"
+
 
 class WebhookSubscription(models.Model):
     """An endpoint receiving a configuration's Event Grid events (CloudEvents JSON), signed."""
@@ -240,5 +250,6 @@ class WebhookDelivery(models.Model):
         constraints = [models.UniqueConstraint("webhook", "run", "event_type", name="maintenance_delivery_once")]
         ordering = ["-created_at"]
 
+    def __str__(self) -> str:
+        return f"{self.event_type} to {self.webhook_id}: {self.status}"
 
-User = settings.AUTH_USER_MODEL

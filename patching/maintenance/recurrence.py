@@ -66,7 +66,9 @@ class Rule:
             nth = next(k for k, v in ORDINALS.items() if v == self.week_of_month)
             text = f"{head} on the {nth} {WEEKDAYS[self.weekday]}"
             if self.offset:
-                text += f" {'+' if self.offset > 0 else '-'} {abs(self.offset)} day{'s' if abs(self.offset) > 1 else ''}"
+                text += (
+                    f" {'+' if self.offset > 0 else '-'} {abs(self.offset)} day{'s' if abs(self.offset) > 1 else ''}"
+                )
             return text
         return head
 
@@ -78,9 +80,7 @@ def parse(text: str) -> Rule:
         raise RecurrenceError("recurEvery is required, e.g. 'Day', 'Week Saturday,Sunday' or 'Month Second Tuesday'.")
     head = _HEAD.match(tokens[0])
     if not head:
-        raise RecurrenceError(
-            f"recurEvery '{text}' must start with [n]Hour(s), [n]Day(s), [n]Week(s) or [n]Month(s)."
-        )
+        raise RecurrenceError(f"recurEvery '{text}' must start with [n]Hour(s), [n]Day(s), [n]Week(s) or [n]Month(s).")
     every = int(head.group(1)) if head.group(1) else 1
     if not 1 <= every <= MAX_EVERY:
         raise RecurrenceError(f"recurEvery's frequency must be between 1 and {MAX_EVERY}.")
@@ -299,7 +299,9 @@ def window(start: str, duration: str, time_zone: str, recur_every: str, expirati
     try:
         start_at = parse_local(start)
     except ValueError:
-        problems.append(Problem(f"{PREFIX}.startDateTime", "startDateTime must be 'yyyy-MM-dd HH:mm', e.g. '2025-01-14 22:00'."))
+        problems.append(
+            Problem(f"{PREFIX}.startDateTime", "startDateTime must be 'yyyy-MM-dd HH:mm', e.g. '2025-01-14 22:00'.")
+        )
     try:
         parsed_duration = parse_duration(duration)
         if not MIN_DURATION <= parsed_duration <= MAX_DURATION:
@@ -311,7 +313,10 @@ def window(start: str, duration: str, time_zone: str, recur_every: str, expirati
     tz_name = canonical(time_zone)
     if tz_name is None:
         problems.append(
-            Problem(f"{PREFIX}.timeZone", f"timeZone '{time_zone}' is not a Windows time zone, e.g. 'Pacific Standard Time'.")
+            Problem(
+                f"{PREFIX}.timeZone",
+                f"timeZone '{time_zone}' is not a Windows time zone, e.g. 'Pacific Standard Time'.",
+            )
         )
     try:
         rule = parse(recur_every)
@@ -321,11 +326,15 @@ def window(start: str, duration: str, time_zone: str, recur_every: str, expirati
         try:
             expires = parse_local(expiration[:16])
             if start_at and expires <= start_at:
-                problems.append(Problem(f"{PREFIX}.expirationDateTime", "expirationDateTime must be after startDateTime."))
+                problems.append(
+                    Problem(f"{PREFIX}.expirationDateTime", "expirationDateTime must be after startDateTime.")
+                )
         except ValueError:
             problems.append(Problem(f"{PREFIX}.expirationDateTime", "expirationDateTime must be 'yyyy-MM-dd HH:mm'."))
     if rule and parsed_duration and rule.unit == "Hour" and parsed_duration >= timedelta(hours=rule.every):
-        problems.append(Problem(f"{PREFIX}.recurEvery", "An hourly recurrence must be longer than the window's duration."))
+        problems.append(
+            Problem(f"{PREFIX}.recurEvery", "An hourly recurrence must be longer than the window's duration.")
+        )
     if problems:
         return None, problems
     return Window(start_at, parsed_duration, tz_name, zone(tz_name), rule, expires), []

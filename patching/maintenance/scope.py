@@ -64,6 +64,8 @@ def dynamic_matches(subscription_id, flt: dict) -> QuerySet:
 def in_scope(configuration) -> QuerySet:
     """Every VM a configuration's assignments (static and dynamic) put in scope now."""
     q = Q(maintenance_assignments__configuration=configuration)
-    for subscription_id, flt in configuration.assignments.filter(vm__isnull=True).values_list("subscription_id", "filter"):
+    for subscription_id, flt in configuration.assignments.filter(vm__isnull=True).values_list(
+        "subscription_id", "filter"
+    ):
         q |= filter_q(subscription_id, flt)
     return VirtualMachine.objects.filter(pk__in=VirtualMachine.objects.filter(q).values("pk"))

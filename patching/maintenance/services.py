@@ -77,7 +77,9 @@ def read_configuration(body: dict) -> ConfigurationFields:
     scope_name = props.get("maintenanceScope")
     if str(scope_name or "").lower() != "inguestpatch":
         problems.append(
-            Problem(f"{P}.maintenanceScope", "maintenanceScope must be InGuestPatch: this portal schedules guest patching.")
+            Problem(
+                f"{P}.maintenanceScope", "maintenanceScope must be InGuestPatch: this portal schedules guest patching."
+            )
         )
     visibility = props.get("visibility") or Visibility.CUSTOM
     if visibility not in Visibility.values:
@@ -88,7 +90,9 @@ def read_configuration(body: dict) -> ConfigurationFields:
         extension = {}
     mode = next((v for k, v in extension.items() if k.lower() == "inguestpatchmode"), "User")
     if str(mode).lower() not in ("user", "platform"):
-        problems.append(Problem(f"{P}.extensionProperties.InGuestPatchMode", "InGuestPatchMode must be User or Platform."))
+        problems.append(
+            Problem(f"{P}.extensionProperties.InGuestPatchMode", "InGuestPatchMode must be User or Platform.")
+        )
     window = props.get("maintenanceWindow") if isinstance(props.get("maintenanceWindow"), dict) else {}
     strings = {}
     for key in ("startDateTime", "duration", "timeZone", "recurEvery", "expirationDateTime"):
@@ -176,9 +180,7 @@ def save_configuration(rg: ResourceGroup, name: str, body: dict, *, user=None, e
     with transaction.atomic():
         Subscription.objects.select_for_update().filter(pk=rg.subscription_id).first()  # serialises the limit
         config = (
-            MaintenanceConfiguration.objects.select_for_update()
-            .filter(resource_group=rg, name__iexact=name)
-            .first()
+            MaintenanceConfiguration.objects.select_for_update().filter(resource_group=rg, name__iexact=name).first()
         )
         if config is None:
             same_region = MaintenanceConfiguration.objects.filter(
@@ -284,7 +286,9 @@ def dynamic_limit() -> int:
 
 def _check_name(name: str) -> None:
     if not name or len(name) > 80 or not all(c.isalnum() or c in "-_." for c in name):
-        raise ScheduleError(400, "InvalidParameter", "The assignment name may have letters, digits, '-', '_' and '.'.", "name")
+        raise ScheduleError(
+            400, "InvalidParameter", "The assignment name may have letters, digits, '-', '_' and '.'.", "name"
+        )
 
 
 def assign_vm(config: MaintenanceConfiguration, vm: VirtualMachine, name: str, *, user=None):
@@ -307,7 +311,12 @@ def assign_vm(config: MaintenanceConfiguration, vm: VirtualMachine, name: str, *
                 existing.save(update_fields=["configuration"])
             return existing, False
         # One InGuestPatch configuration per VM: Azure refuses a second schedule on the same machine.
-        other = ConfigurationAssignment.objects.filter(vm=vm).exclude(configuration=config).select_related("configuration").first()
+        other = (
+            ConfigurationAssignment.objects.filter(vm=vm)
+            .exclude(configuration=config)
+            .select_related("configuration")
+            .first()
+        )
         if other is not None:
             raise ScheduleError(
                 409,
@@ -358,18 +367,26 @@ def read_filter(raw) -> dict:
     tag_settings = next((v for k, v in raw.items() if k.lower() == "tagsettings"), None)
     if tag_settings:
         if not isinstance(tag_settings, dict):
-            raise ScheduleError(400, "InvalidParameter", "filter.tagSettings must be an object.", f"{target}.tagSettings")
+            raise ScheduleError(
+                400, "InvalidParameter", "filter.tagSettings must be an object.", f"{target}.tagSettings"
+            )
         tags = tag_settings.get("tags") or {}
         operator = tag_settings.get("filterOperator") or "Any"
         if not isinstance(tags, dict) or not all(
             isinstance(v, list) and all(isinstance(x, str) for x in v) for v in tags.values()
         ):
             raise ScheduleError(
-                400, "InvalidParameter", "filter.tagSettings.tags maps tag names to lists of values.", f"{target}.tagSettings.tags"
+                400,
+                "InvalidParameter",
+                "filter.tagSettings.tags maps tag names to lists of values.",
+                f"{target}.tagSettings.tags",
             )
         if operator not in ("Any", "All"):
             raise ScheduleError(
-                400, "InvalidParameter", "filter.tagSettings.filterOperator must be Any or All.", f"{target}.tagSettings.filterOperator"
+                400,
+                "InvalidParameter",
+                "filter.tagSettings.filterOperator must be Any or All.",
+                f"{target}.tagSettings.filterOperator",
             )
         if tags:
             flt["tagSettings"] = {"tags": tags, "filterOperator": operator}
@@ -574,16 +591,27 @@ def start_run(run: MaintenanceRun, now, *, execute: bool = False) -> list[int] |
             scope.in_scope(config)
             .select_related("resource_group")
             .only(
-                "pk", "name", "location", "power_state", "patch_mode", "bypass_platform_safety_checks",
-                "resource_group__subscription_id", "resource_group__name",
+                "pk",
+                "name",
+                "location",
+                "power_state",
+                "patch_mode",
+                "bypass_platform_safety_checks",
+                "resource_group__subscription_id",
+                "resource_group__name",
             )
         )
         ready, skipped = [], []
         for vm in vms:
             if not is_schedule_patched(vm):
-                skipped.append((vm, "Patch orchestration is not Customer Managed Schedules "
-                                    "(AutomaticByPlatform with bypassPlatformSafetyChecksOnUserSchedule): the "
-                                    "platform patches this VM and the assignment is inert."))
+                skipped.append(
+                    (
+                        vm,
+                        "Patch orchestration is not Customer Managed Schedules "
+                        "(AutomaticByPlatform with bypassPlatformSafetyChecksOnUserSchedule): the "
+                        "platform patches this VM and the assignment is inert.",
+                    )
+                )
             elif not vm.is_running:
                 skipped.append((vm, f"The VM was {vm.get_power_state_display().lower()} when the window opened."))
             elif remaining <= timedelta(0):
@@ -608,13 +636,18 @@ def start_run(run: MaintenanceRun, now, *, execute: bool = False) -> list[int] |
         ]
         rows += [
             RunMachine(
-                run=run, vm=vm, vm_name=vm.name, status=MachineStatus.SKIPPED,
+                run=run,
+                vm=vm,
+                vm_name=vm.name,
+                status=MachineStatus.SKIPPED,
                 reason="An installation was already running on the VM.",
             )
             for vm in ready
             if vm.pk not in by_vm
         ]
-        rows += [RunMachine(run=run, vm=vm, vm_name=vm.name, status=MachineStatus.SKIPPED, reason=why) for vm, why in skipped]
+        rows += [
+            RunMachine(run=run, vm=vm, vm_name=vm.name, status=MachineStatus.SKIPPED, reason=why) for vm, why in skipped
+        ]
         RunMachine.objects.bulk_create(rows, batch_size=2000)
     if execute and ids:
         services.execute_operations(ids, now=now)
@@ -653,7 +686,9 @@ def cancel_occurrence(config: MaintenanceConfiguration, start, *, by: str, now=N
     """Cancel a scheduled occurrence until 10 minutes before it starts (ScheduleError otherwise)."""
     now = now or clock.now()
     if start not in config.window.next(start, 1):
-        raise ScheduleError(404, "ResourceNotFound", f"No occurrence of '{config.name}' starts at {start:%Y-%m-%d %H:%M} UTC.")
+        raise ScheduleError(
+            404, "ResourceNotFound", f"No occurrence of '{config.name}' starts at {start:%Y-%m-%d %H:%M} UTC."
+        )
     if now > start - CANCEL_CUTOFF:
         raise ScheduleError(
             409,
@@ -712,4 +747,3 @@ def visible_configurations(user):
     from vms.access import subscriptions_for
 
     return MaintenanceConfiguration.objects.filter(resource_group__subscription__in=subscriptions_for(user))
-

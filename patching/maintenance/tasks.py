@@ -16,7 +16,12 @@ log = logging.getLogger(__name__)
 def run_due() -> dict:
     """Beat: pre-events due, windows opening, windows ending (real time)."""
     step = services.run_due(clock.now())
-    return {"pre_events": step.pre_events, "started": len(step.started), "queued": step.queued, "closed": len(step.closed)}
+    return {
+        "pre_events": step.pre_events,
+        "started": len(step.started),
+        "queued": step.queued,
+        "closed": len(step.closed),
+    }
 
 
 @shared_task(name=webhooks.DELIVER_TASK, bind=True, acks_late=True)
@@ -24,7 +29,9 @@ def deliver_webhook(self, delivery_id: int) -> bool:
     """POST one event; retried with exponential backoff; a pre-event answered with cancel cancels the run."""
     outcome = webhooks.attempt(delivery_id)
     if outcome.cancel:
-        delivery = WebhookDelivery.objects.select_related("run__configuration__resource_group", "webhook").get(pk=delivery_id)
+        delivery = WebhookDelivery.objects.select_related("run__configuration__resource_group", "webhook").get(
+            pk=delivery_id
+        )
         try:
             services.cancel_occurrence(
                 delivery.run.configuration, delivery.run.scheduled_start, by=f"Webhook {delivery.webhook.url}"[:150]

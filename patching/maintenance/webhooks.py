@@ -159,7 +159,11 @@ def attempt(delivery_id: int, now=None) -> Attempt:
         error = f"{type(e).__name__}: {getattr(e, 'reason', e)}"[:300]
     if code is not None and 200 <= code < 300:
         WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            status=DeliveryStatus.DELIVERED, last_status_code=code, last_error="", delivered_at=now, next_attempt_at=None
+            status=DeliveryStatus.DELIVERED,
+            last_status_code=code,
+            last_error="",
+            delivered_at=now,
+            next_attempt_at=None,
         )
         return Attempt(True, None, delivery.event_type == PRE_EVENT and _asks_to_cancel(answer))
     if attempts >= settings.PORTAL_WEBHOOK_MAX_ATTEMPTS:

@@ -96,7 +96,14 @@ def vm_to_arm(vm: VirtualMachine, instance_view: dict | None = None) -> dict:
         }
     if instance_view is not None:
         properties["instanceView"] = instance_view
-    body = {"id": vm.arm_id, "name": vm.name, "type": VM_TYPE, "location": vm.location, "tags": vm.tags, "etag": vm.etag}
+    body = {
+        "id": vm.arm_id,
+        "name": vm.name,
+        "type": VM_TYPE,
+        "location": vm.location,
+        "tags": vm.tags,
+        "etag": vm.etag,
+    }
     if vm.zone:
         body["zones"] = [vm.zone]
     body["properties"] = properties

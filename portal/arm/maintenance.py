@@ -99,14 +99,18 @@ def _not_found(name: str) -> ArmError:
 
 def list_configurations(arm: ArmRequest, subscriptionId: str):
     subscription = arm.subscription(subscriptionId)
-    configs = _configurations().filter(resource_group__subscription=subscription).order_by("resource_group__name", "name")
+    configs = (
+        _configurations().filter(resource_group__subscription=subscription).order_by("resource_group__name", "name")
+    )
     return ok({"value": [configuration_to_arm(c) for c in configs]})
 
 
 def list_group_configurations(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
     subscription = arm.subscription(subscriptionId)
     rg = arm.resource_group(subscription, resourceGroupName)
-    return ok({"value": [configuration_to_arm(c) for c in _configurations().filter(resource_group=rg).order_by("name")]})
+    return ok(
+        {"value": [configuration_to_arm(c) for c in _configurations().filter(resource_group=rg).order_by("name")]}
+    )
 
 
 def get_configuration(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, resourceName: str):
@@ -204,12 +208,20 @@ def put_configuration_run(arm, subscriptionId, resourceGroupName, resourceName, 
     body = arm.json_object(required=True)
     status = (body.get("properties") or {}).get("status") if isinstance(body.get("properties"), dict) else None
     if status != "Cancel":
-        raise ArmError(400, "InvalidParameter", "Only {\"properties\": {\"status\": \"Cancel\"}} is accepted.", target="properties.status")
+        raise ArmError(
+            400,
+            "InvalidParameter",
+            'Only {"properties": {"status": "Cancel"}} is accepted.',
+            target="properties.status",
+        )
     run = _find_run(config, applyUpdateName)
     start = run.scheduled_start if run else _run_time(applyUpdateName)
     if start is None:
         raise ArmError(
-            400, "InvalidParameter", "The run's name is its start in UTC, yyyyMMddHHmmss, or its correlationId.", target="applyUpdateName"
+            400,
+            "InvalidParameter",
+            "The run's name is its start in UTC, yyyyMMddHHmmss, or its correlationId.",
+            target="applyUpdateName",
         )
     try:
         run = services.cancel_occurrence(config, start, by=arm.user.get_username())
@@ -236,7 +248,9 @@ def get_vm_assignment(arm, subscriptionId, resourceGroupName, vmName, configurat
     vm = _vm(arm, subscriptionId, resourceGroupName, vmName)
     assignment = _assignments().filter(vm=vm, name__iexact=configurationAssignmentName).first()
     if assignment is None:
-        raise ArmError(404, "ResourceNotFound", f"The configuration assignment '{configurationAssignmentName}' was not found.")
+        raise ArmError(
+            404, "ResourceNotFound", f"The configuration assignment '{configurationAssignmentName}' was not found."
+        )
     return ok(assignment_to_arm(assignment))
 
 
@@ -245,7 +259,10 @@ def _configuration_id(arm: ArmRequest, body: dict) -> MaintenanceConfiguration:
     config_id = props.get("maintenanceConfigurationId")
     if not isinstance(config_id, str) or not config_id:
         raise ArmError(
-            400, "InvalidParameter", "properties.maintenanceConfigurationId is required.", target="properties.maintenanceConfigurationId"
+            400,
+            "InvalidParameter",
+            "properties.maintenanceConfigurationId is required.",
+            target="properties.maintenanceConfigurationId",
         )
     try:
         return services.find_configuration(access.subscriptions_for(arm.user), config_id)
@@ -292,7 +309,9 @@ def get_subscription_assignment(arm, subscriptionId, configurationAssignmentName
     subscription = arm.subscription(subscriptionId)
     assignment = _scope_assignment(subscription, configurationAssignmentName)
     if assignment is None:
-        raise ArmError(404, "ResourceNotFound", f"The configuration assignment '{configurationAssignmentName}' was not found.")
+        raise ArmError(
+            404, "ResourceNotFound", f"The configuration assignment '{configurationAssignmentName}' was not found."
+        )
     return ok(assignment_to_arm(assignment))
 
 
@@ -301,7 +320,9 @@ def put_subscription_assignment(arm, subscriptionId, configurationAssignmentName
     body = arm.json_object(required=True)
     config = _configuration_id(arm, body)
     if not access.can_act(arm.user, config.resource_group.subscription_id):
-        raise ArmError(403, "AuthorizationFailed", f"The client may not assign the maintenance configuration '{config.name}'.")
+        raise ArmError(
+            403, "AuthorizationFailed", f"The client may not assign the maintenance configuration '{config.name}'."
+        )
     props = body.get("properties") if isinstance(body.get("properties"), dict) else {}
     raw_filter = next((v for k, v in props.items() if k.lower() == "filter"), None)
     try:
@@ -317,7 +338,9 @@ def patch_subscription_assignment(arm, subscriptionId, configurationAssignmentNa
     subscription = arm.subscription(subscriptionId, act=True)
     assignment = _scope_assignment(subscription, configurationAssignmentName)
     if assignment is None:
-        raise ArmError(404, "ResourceNotFound", f"The configuration assignment '{configurationAssignmentName}' was not found.")
+        raise ArmError(
+            404, "ResourceNotFound", f"The configuration assignment '{configurationAssignmentName}' was not found."
+        )
     return put_subscription_assignment(arm, subscriptionId, configurationAssignmentName)
 
 
@@ -354,7 +377,9 @@ def _apply_to_arm(vm, operation: Operation) -> dict:
 def put_vm_apply_updates(arm, subscriptionId, resourceGroupName, vmName, applyUpdateName):
     """applyUpdates/default: install now with the VM's configuration's parameters (Critical and Security without one)."""
     if applyUpdateName.lower() != "default":
-        raise ArmError(405, "MethodNotAllowed", "PUT applies updates at applyUpdates/default only.", headers={"Allow": "GET"})
+        raise ArmError(
+            405, "MethodNotAllowed", "PUT applies updates at applyUpdates/default only.", headers={"Allow": "GET"}
+        )
     vm = _vm(arm, subscriptionId, resourceGroupName, vmName, act=True)
     assignment = services.assignment_of(vm)
     parameters = None
@@ -388,7 +413,9 @@ def list_apply_updates(arm: ArmRequest, subscriptionId: str):
     """The subscription's installations started by maintenance configurations (their latest 1,000)."""
     subscription = arm.subscription(subscriptionId)
     operations = (
-        Operation.objects.filter(subscription=subscription, kind=OperationKind.INSTALLATION, started_by=StartedBy.SCHEDULE, vm__isnull=False)
+        Operation.objects.filter(
+            subscription=subscription, kind=OperationKind.INSTALLATION, started_by=StartedBy.SCHEDULE, vm__isnull=False
+        )
         .select_related("vm__resource_group")
         .order_by("-created_at")[:1000]
     )
@@ -414,4 +441,3 @@ def list_vm_updates(arm, subscriptionId, resourceGroupName, vmName):
                 }
             )
     return ok({"value": value})
-

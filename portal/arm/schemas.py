@@ -546,7 +546,9 @@ SCHEMAS = {
             "type": STR,
             "properties": obj(
                 {
-                    "status": enum("Pending", "InProgress", "Completed", "RetryNow", "RetryLater", "Cancel", "Cancelled"),
+                    "status": enum(
+                        "Pending", "InProgress", "Completed", "RetryNow", "RetryLater", "Cancel", "Cancelled"
+                    ),
                     "resourceId": STR,
                     "lastUpdateTime": TIME,
                 }

@@ -6,7 +6,7 @@ Hotpatch blade, operations, the calendar).
 
 from django.urls import include, path
 
-from .views import api_tokens, azure_cli, fleet, hotpatch, preferences, subscriptions, vm
+from .views import api_tokens, azure_cli, fleet, hotpatch, maintenance, preferences, subscriptions, vm
 
 vm_pages = [
     path("vms/", fleet.fleet, name="list"),
@@ -59,7 +59,26 @@ patching_pages = [
     path("calendar/", hotpatch.hotpatch_calendar, name="calendar"),
 ]
 
+maintenance_pages = [
+    path("maintenance/", maintenance.configuration_list, name="list"),
+    path("maintenance/new/", maintenance.configuration_form, name="create"),
+    path("maintenance/preview/", maintenance.preview, name="preview"),
+    path("maintenance/<int:pk>/", maintenance.configuration_detail, name="detail"),
+    path("maintenance/<int:pk>/edit/", maintenance.configuration_form, name="edit"),
+    path("maintenance/<int:pk>/delete/", maintenance.delete, name="delete"),
+    path("maintenance/<int:pk>/cancel/", maintenance.cancel, name="cancel"),
+    path(
+        "maintenance/<int:pk>/assignments/<int:assignment>/remove/",
+        maintenance.remove_assignment,
+        name="remove-assignment",
+    ),
+    path("maintenance/<int:pk>/webhooks/<int:webhook>/remove/", maintenance.remove_webhook, name="remove-webhook"),
+    path("maintenance/runs/<int:pk>/", maintenance.run_detail, name="run"),
+    path("vms/<int:pk>/maintenance/", maintenance.vm_assignment, name="vm-assignment"),
+]
+
 urlpatterns = [
+    path("", include((maintenance_pages, "maintenance"))),
     path("", include((vm_pages, "vms"))),
     path("", include((patching_pages, "patching"))),
     path("account/api-tokens/", api_tokens.api_tokens, name="api-tokens"),
