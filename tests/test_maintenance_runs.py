@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from patching.maintenance import scope, services
-from patching.maintenance.models import MachineStatus, MaintenanceRun, RunStatus
+from patching.maintenance.models import MachineStatus, MaintenanceRun, RunMachine, RunStatus
 from patching.models import Operation, OperationStatus, StartedBy
 from tests.factories import make_resource_group, make_subscription, make_vm
 from vms.models import VirtualMachine
@@ -231,3 +231,13 @@ def test_an_enrolled_hotpatch_vm_in_scope_stays_with_the_platform(world):
         .filter(started_by=StartedBy.SCHEDULE)
         .exists()
     )
+
+
+def test_two_configurations_whose_scopes_overlap_install_once(world):
+    other, _, _ = services.save_configuration(world["rg"], "also-nightly", body())
+    services.assign_scope(other, world["subscription"], "everyone", {"osTypes": ["Windows"]})
+    step = services.run_due(START + timedelta(seconds=5))
+    assert len(step.started) == 2
+    assert Operation.objects.filter(vm=world["a"]).count() == 1
+    statuses = sorted(RunMachine.objects.filter(vm=world["a"]).values_list("status", flat=True))
+    assert statuses == [MachineStatus.QUEUED, MachineStatus.SKIPPED]

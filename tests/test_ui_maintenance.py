@@ -71,7 +71,10 @@ def test_create_a_configuration_with_scope_machines_and_webhook(client, world):
     assert config.time_zone == "Pacific Standard Time" and config.pre_event_minutes == 15
     assert config.windows_parameters["kbNumbersToExclude"] == ["5034439"]
     assert set(config.assignments.values_list("vm__name", flat=True)) == {"web-02", None}
-    assert config.assignments.get(vm__isnull=True).filter["tagSettings"] == {"tags": {"env": ["prod"]}, "filterOperator": "Any"}
+    assert config.assignments.get(vm__isnull=True).filter["tagSettings"] == {
+        "tags": {"env": ["prod"]},
+        "filterOperator": "Any",
+    }
     assert WebhookSubscription.objects.get().url == "https://hooks.example.com/maintenance"
 
     detail = client.get(reverse("maintenance:detail", args=[config.pk]))
@@ -79,7 +82,9 @@ def test_create_a_configuration_with_scope_machines_and_webhook(client, world):
     assert b"web-02" in detail.content and b"Inert" in detail.content  # web-02 lacks the bypass flag
     assert b"Cancel this run" in detail.content
 
-    edit = client.post(reverse("maintenance:edit", args=[config.pk]), form_data(world, duration="02:00", machines="", scope_tags=""))
+    edit = client.post(
+        reverse("maintenance:edit", args=[config.pk]), form_data(world, duration="02:00", machines="", scope_tags="")
+    )
     assert edit.status_code == 302
     config.refresh_from_db()
     assert config.duration == timedelta(hours=2) and not config.assignments.exists()
@@ -122,7 +127,11 @@ def test_the_preview_lists_the_next_ten_windows_in_the_chosen_zone_and_the_scope
 def test_a_reader_reads_but_cannot_change(client, world):
     config = world["ro_config"]
     detail = client.get(reverse("maintenance:detail", args=[config.pk]))
-    assert detail.status_code == 200 and b"read-only for you" in detail.content and b"Cancel this run" not in detail.content
+    assert (
+        detail.status_code == 200
+        and b"read-only for you" in detail.content
+        and b"Cancel this run" not in detail.content
+    )
     for url in ("maintenance:edit", "maintenance:delete", "maintenance:cancel"):
         assert client.post(reverse(url, args=[config.pk]), {}).status_code == 403
     assert MaintenanceConfiguration.objects.filter(pk=config.pk).exists()
@@ -160,7 +169,12 @@ def test_the_vm_page_shows_its_assignment_and_says_when_it_is_inert(client, worl
     services.assign_vm(config, world["web1"], "a")
     page = client.get(reverse("vms:guest-updates", args=[world["web1"].pk])).content.decode()
     assert "Assigned to" in page and 'id="maintenance-inert"' not in page
-    assert client.post(reverse("maintenance:vm-assignment", args=[world["web1"].pk]), {"configuration": "9" * 30}).status_code == 302
+    assert (
+        client.post(
+            reverse("maintenance:vm-assignment", args=[world["web1"].pk]), {"configuration": "9" * 30}
+        ).status_code
+        == 302
+    )
 
 
 def test_the_vm_history_says_which_configuration_started_an_installation(client, world, no_random_failures):
@@ -168,9 +182,13 @@ def test_the_vm_history_says_which_configuration_started_an_installation(client,
     services.assign_vm(config, world["web1"], "a")
     services.run_due(START + timedelta(seconds=1), execute=True)
     op = world["web1"].operations.get(started_by=StartedBy.SCHEDULE)
-    page = client.get(reverse("patching:hotpatch", args=[world["web1"].pk]), {"tab": "history", "range": "all"}).content.decode()
+    page = client.get(
+        reverse("patching:hotpatch", args=[world["web1"].pk]), {"tab": "history", "range": "all"}
+    ).content.decode()
     assert "Maintenance configuration nightly" in page
-    opened = client.get(reverse("patching:hotpatch", args=[world["web1"].pk]), {"tab": "history", "operation": op.pk}).content.decode()
+    opened = client.get(
+        reverse("patching:hotpatch", args=[world["web1"].pk]), {"tab": "history", "operation": op.pk}
+    ).content.decode()
     assert "Maintenance configuration nightly" in opened
     run = config.runs.get()
     assert client.get(reverse("maintenance:run", args=[run.pk])).status_code == 200

@@ -252,4 +252,3 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} to {self.webhook_id}: {self.status}"
-

@@ -115,7 +115,8 @@ def read_configuration(body: dict) -> ConfigurationFields:
         tags = {}
     install = props.get("installPatches") if isinstance(props.get("installPatches"), dict) else {}
     reboot = install.get("rebootSetting") or ScheduleReboot.IF_REQUIRED
-    if reboot not in ScheduleReboot.values:
+    if not isinstance(reboot, str) or reboot not in ScheduleReboot.values:
+        reboot = str(reboot)
         problems.append(Problem(f"{IP}.rebootSetting", "rebootSetting must be IfRequired, Never or Always."))
     windows = install.get("windowsParameters") or {}
     if not isinstance(windows, dict):
@@ -628,7 +629,9 @@ def start_run(run: MaintenanceRun, now, *, execute: bool = False) -> list[int] |
                 now=now,
                 enqueue=not execute,
             )
-        by_vm = dict(Operation.objects.filter(pk__in=ids).values_list("vm_id", "pk"))
+        # An installation another run (an overlapping scope) queued at the same moment is not this run's.
+        by_vm = dict(Operation.objects.filter(pk__in=ids, maintenance_result__isnull=True).values_list("vm_id", "pk"))
+        ids = list(by_vm.values())
         rows = [
             RunMachine(run=run, vm=vm, vm_name=vm.name, operation_id=by_vm[vm.pk], status=MachineStatus.QUEUED)
             for vm in ready
