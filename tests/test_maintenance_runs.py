@@ -241,3 +241,26 @@ def test_two_configurations_whose_scopes_overlap_install_once(world):
     assert Operation.objects.filter(vm=world["a"]).count() == 1
     statuses = sorted(RunMachine.objects.filter(vm=world["a"]).values_list("status", flat=True))
     assert statuses == [MachineStatus.QUEUED, MachineStatus.SKIPPED]
+
+
+def test_a_schedule_fires_on_the_simulations_clock_and_patches_only_its_scope_inside_the_window(world):
+    """The simulation's stepping loop (what the sandbox clock advances) runs the scheduler's step: the
+    clock stops at the window's opening and end, installations run inside the window, only in scope."""
+    from patching.orchestrator import fleets
+    from patching.orchestrator.simulation import Simulation
+
+    simulation = Simulation(START - timedelta(hours=6), START + timedelta(hours=8), fleets.Fleet([], []))
+    simulation.vms = list(VirtualMachine.objects.all())
+    simulation.run()
+
+    run = MaintenanceRun.objects.get(scheduled_start=START)
+    assert run.status == RunStatus.COMPLETED and run.started_at == START
+    assert run.ended_at == START + timedelta(hours=3)  # the clock stopped at the window's end
+    installs = Operation.objects.filter(started_by=StartedBy.SCHEDULE)
+    assert set(installs.values_list("vm_name", flat=True)) == {"web-a", "web-b"}
+    assert all(START <= op.started_at and op.finished_at <= START + timedelta(hours=3) for op in installs)
+    assert run.counts == {"Succeeded": 2, "Skipped": 2}
+    # The platform's rounds left the scheduled VMs alone.
+    assert not Operation.objects.filter(
+        started_by=StartedBy.PLATFORM, vm__in=[world["a"], world["b"], world["out"]]
+    ).exists()

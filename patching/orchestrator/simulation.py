@@ -29,6 +29,7 @@ from patching.models import InstalledUpdate, Operation, OperationKind, RebootSta
 from vms import images
 from vms.models import VirtualMachine
 
+from ..maintenance import services as maintenance
 from . import engine, fleets
 from .needs import GuestSummary, day_end, need
 
@@ -92,6 +93,7 @@ class Simulation:
         )
         clock, cache = self.start, self.cache
         next_patch, next_assessment = clock, clock if self.assessments else None
+        next_maintenance = clock
         with services.fixed_catalog():
             while clock < until:
                 while changes and changes[0].at <= clock:
@@ -104,6 +106,8 @@ class Simulation:
                     next_patch = clock
                 if next_assessment is not None and next_assessment <= clock:
                     next_assessment = engine.assess_fleet(clock, execute=True).next_due or until
+                if next_maintenance <= clock:
+                    next_maintenance = self._run_schedules(clock, cache) or until
                 if next_patch <= clock:
                     result = engine.patch_fleet(clock, execute=True, cache=cache)
                     self.rounds += 1
@@ -112,11 +116,20 @@ class Simulation:
                     if result.hurry or result.busy:
                         moments.append(clock + STEP)
                     next_patch = min(moments)
-                moments = [next_patch, *(change.at for change in changes[:1])]
+                moments = [next_patch, next_maintenance, *(change.at for change in changes[:1])]
                 if next_assessment is not None:
                     moments.append(next_assessment)
                 clock = max(min(moments), clock + timedelta(minutes=1))
         self.seconds += time.perf_counter() - began
+
+    @staticmethod
+    def _run_schedules(clock: datetime, cache) -> datetime | None:
+        """Maintenance configurations' step at `clock` (pre-events, windows opening and closing), their
+        installations run at once; returns when the schedules next have something to do."""
+        step = maintenance.run_due(clock, execute=True)
+        if step.operations:
+            cache.touch(Operation.objects.filter(pk__in=step.operations).values_list("vm_id", flat=True))
+        return maintenance.next_due(clock)
 
     def _resume_halts(self, clock: datetime) -> int:
         """The operator resumes the halts open for `resume_after` by `clock`; returns how many."""
