@@ -264,3 +264,33 @@ def test_a_schedule_fires_on_the_simulations_clock_and_patches_only_its_scope_in
     assert not Operation.objects.filter(
         started_by=StartedBy.PLATFORM, vm__in=[world["a"], world["b"], world["out"]]
     ).exists()
+
+
+def test_simulate_puts_a_share_of_the_fleet_on_a_schedule(catalog):
+    """manage.py simulate --scheduled (in its throwaway SQLite database: the embedded default's path too)."""
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command(
+        "simulate",
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-03-01",
+        "--vms",
+        "60",
+        "--scheduled",
+        "0.3",
+        "--recur",
+        "Month Second Tuesday Offset3",
+        "--json",
+        stdout=out,
+    )
+    report = json.loads(out.getvalue())
+    scheduled = [vm for vm in report["vms"] if vm["customer_schedule"]]
+    assert report["summary"]["customer_schedule"]["vms"] > 0 and len(scheduled) >= 10
+    assert all(vm["installations"] >= 1 for vm in scheduled if not vm["days_off"])
+    assert all(not vm["hotpatch_enrolled"] for vm in scheduled)
