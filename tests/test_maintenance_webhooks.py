@@ -164,3 +164,15 @@ def test_a_live_worker_delivers_retries_and_a_cancel_answer_cancels_the_run(live
     assert delivery.attempts == 2 and delivery.status == DeliveryStatus.DELIVERED
     assert MaintenanceRun.objects.get().cancelled_by.startswith("Webhook http://127.0.0.1")
     assert len(hook_at.received) == 2
+
+
+def test_a_delivery_whose_message_was_lost_is_sent_again_by_the_beat(db, scheduled, receiver, settings, monkeypatch):
+    hook_at = receiver((500, {}))
+    services.add_webhook(scheduled, hook_at.url)
+    services.run_due(START - timedelta(minutes=20))
+    delivery = WebhookDelivery.objects.get()
+    webhooks.attempt(delivery.pk, now=START - timedelta(minutes=20))  # failed: retry due in 10 s
+    sent = []
+    monkeypatch.setattr(webhooks, "send", lambda ids, countdown=0: sent.extend(ids))
+    assert webhooks.resend_due(START - timedelta(minutes=19, seconds=55)) == 0  # its retry is not late yet
+    assert webhooks.resend_due(START - timedelta(minutes=17)) == 1 and sent == [delivery.pk]

@@ -14,13 +14,15 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="patching.maintenance.tasks.run_due")
 def run_due() -> dict:
-    """Beat: pre-events due, windows opening, windows ending (real time)."""
-    step = services.run_due(clock.now())
+    """Beat: pre-events due, windows opening, windows ending (real time); webhook deliveries lost in transit."""
+    now = clock.now()
+    step = services.run_due(now)
     return {
         "pre_events": step.pre_events,
         "started": len(step.started),
         "queued": step.queued,
         "closed": len(step.closed),
+        "webhooks_resent": webhooks.resend_due(now),
     }
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 from vms import clock
 
@@ -106,6 +107,23 @@ def send(ids: list[int], countdown: float = 0) -> None:
             current_app.send_task(DELIVER_TASK, (pk,), countdown=countdown)
     except Exception as exc:
         log.warning("Could not hand webhook deliveries to the broker (%s: %s)", type(exc).__name__, exc)
+
+
+# A delivery whose retry is this late (its message lost: the broker restarted, a worker died) is sent again.
+RESEND_GRACE = timedelta(minutes=2)
+
+
+def resend_due(now) -> int:
+    """The outbox for webhooks: pending deliveries never sent or overdue for their retry are sent again.
+    A duplicate is harmless: `attempt` claims by attempt count, and X-Hotpatch-Delivery names the event."""
+    late = now - RESEND_GRACE
+    ids = list(
+        WebhookDelivery.objects.filter(status=DeliveryStatus.PENDING)
+        .filter(Q(next_attempt_at__lte=late) | Q(next_attempt_at__isnull=True, created_at__lte=late))
+        .values_list("pk", flat=True)[:500]
+    )
+    send(ids)
+    return len(ids)
 
 
 def sign(secret: str, body: bytes) -> str:
