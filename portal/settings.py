@@ -286,6 +286,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "patching.maintenance.tasks.run_due",
         "schedule": timedelta(seconds=envint("PORTAL_MAINTENANCE_BEAT_SECONDS", "30")),
     },
+    "maintenance-prune-runs": {
+        "task": "patching.maintenance.tasks.prune_runs",
+        "schedule": timedelta(hours=6),
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 

@@ -294,3 +294,21 @@ def test_simulate_puts_a_share_of_the_fleet_on_a_schedule(catalog):
     assert report["summary"]["customer_schedule"]["vms"] > 0 and len(scheduled) >= 10
     assert all(vm["installations"] >= 1 for vm in scheduled if not vm["days_off"])
     assert all(not vm["hotpatch_enrolled"] for vm in scheduled)
+
+
+def test_an_assignment_to_a_vm_of_another_subscription_is_refused(world):
+    fabrikam = make_subscription("Fabrikam", user=world["alice"], role="Contributor")
+    elsewhere = scheduled_vm(make_resource_group(fabrikam, "rg-f"), "f-01")
+    with pytest.raises(services.ScheduleError) as refused:
+        services.assign_vm(world["config"], elsewhere, "x")
+    assert (refused.value.status, refused.value.code) == (400, "InvalidParameter")
+    assert refused.value.target == "properties.maintenanceConfigurationId"
+
+
+def test_runs_older_than_the_history_retention_are_pruned(world, settings):
+    services.run_due(START + timedelta(seconds=5), execute=True)
+    services.run_due(START + timedelta(hours=3))
+    settings.PORTAL_HISTORY_RETENTION_DAYS = 30
+    assert services.prune_runs(START + timedelta(days=29)) == 0
+    assert services.prune_runs(START + timedelta(days=31)) > 0 and not MaintenanceRun.objects.exists()
+    assert Operation.objects.filter(started_by=StartedBy.SCHEDULE).count() == 2  # the VMs' history stays

@@ -168,7 +168,7 @@ class MaintenanceRun(models.Model):
         constraints = [
             models.UniqueConstraint("configuration", "scheduled_start", name="maintenance_run_once"),
         ]
-        indexes = [models.Index(fields=["status", "scheduled_start"])]
+        indexes = [models.Index(fields=["status", "scheduled_start"]), models.Index(fields=["window_end"])]
         ordering = ["-scheduled_start"]
 
     def __str__(self) -> str:

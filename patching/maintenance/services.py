@@ -169,7 +169,7 @@ def configuration_limit() -> int:
     return settings.PORTAL_MAINTENANCE_MAX_CONFIGURATIONS
 
 
-def save_configuration(rg: ResourceGroup, name: str, body: dict, *, user=None, existing=None):
+def save_configuration(rg: ResourceGroup, name: str, body: dict, *, user=None):
     """Create or replace a configuration from an ARM body: (configuration, created, [Problem])."""
     found = read_configuration(body)
     if not name or len(name) > 80 or not all(c.isalnum() or c in "-_." for c in name):
@@ -215,7 +215,7 @@ def patch_configuration(config: MaintenanceConfiguration, changes: dict, *, user
     """PATCH: the given properties merged over the stored ones, validated as a whole."""
     current = configuration_to_body(config)
     merged = _merge(current, changes)
-    return save_configuration(config.resource_group, config.name, merged, user=user, existing=config)
+    return save_configuration(config.resource_group, config.name, merged, user=user)
 
 
 def _merge(base: dict, changes: dict) -> dict:
@@ -683,6 +683,13 @@ def close_run(run: MaintenanceRun, now) -> bool:
         run.refresh_from_db()
         webhooks.queue(run, webhooks.POST_EVENT, now)
     return True
+
+
+def prune_runs(now) -> int:
+    """Runs (with their per-VM results and deliveries) older than the history's retention are deleted."""
+    cutoff = now - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
+    deleted, _ = MaintenanceRun.objects.filter(window_end__lt=cutoff).delete()
+    return deleted
 
 
 def cancel_occurrence(config: MaintenanceConfiguration, start, *, by: str, now=None) -> MaintenanceRun:

@@ -26,6 +26,12 @@ def run_due() -> dict:
     }
 
 
+@shared_task(name="patching.maintenance.tasks.prune_runs")
+def prune_runs() -> int:
+    """Beat: runs older than PORTAL_HISTORY_RETENTION_DAYS go, like the rest of the update history."""
+    return services.prune_runs(clock.now())
+
+
 @shared_task(name=webhooks.DELIVER_TASK, bind=True, acks_late=True)
 def deliver_webhook(self, delivery_id: int) -> bool:
     """POST one event; retried with exponential backoff; a pre-event answered with cancel cancels the run."""
