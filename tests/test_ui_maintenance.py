@@ -192,3 +192,26 @@ def test_the_vm_history_says_which_configuration_started_an_installation(client,
     assert "Maintenance configuration nightly" in opened
     run = config.runs.get()
     assert client.get(reverse("maintenance:run", args=[run.pk])).status_code == 200
+
+
+def test_the_configuration_and_run_pages_run_a_constant_number_of_queries(client, world, no_random_failures):
+    config, _, _ = services.save_configuration(world["rg"], "nightly", body())
+    services.add_webhook(config, "https://hooks.example.com/a")
+    services.assign_vm(config, world["web1"], "a")
+    services.run_due(START + timedelta(seconds=1), execute=True)
+    services.run_due(START + timedelta(hours=3))
+
+    def queries(url) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url).status_code == 200
+        return len(captured)
+
+    detail, run = reverse("maintenance:detail", args=[config.pk]), reverse("maintenance:run", args=[config.runs.get().pk])
+    few = queries(detail), queries(run)
+    for i in range(4):
+        vm = scheduled_vm(world["rg"], f"more-{i}")
+        services.assign_vm(config, vm, f"more-{i}")
+    services.run_due(START + timedelta(days=1, seconds=1), execute=True)
+    services.run_due(START + timedelta(days=1, hours=3))
+    run = reverse("maintenance:run", args=[config.runs.order_by("-scheduled_start").first().pk])
+    assert (queries(detail), queries(run)) == few
