@@ -292,3 +292,24 @@ def test_another_users_configurations_are_not_found(lab, live_server, django_use
     finally:
         for client in bobs.values():
             client.close()
+
+
+def test_dynamic_scope_at_resource_group_scope_and_the_providers_lists(lab):
+    mc = lab["sdk"]["maintenance"]
+    config = mc.maintenance_configurations.create_or_update("rg-web", "nightly", configuration(recur_every="Day"))
+    # At resource-group scope the group itself is the criterion: an empty filter is fine.
+    created = mc.configuration_assignments_for_resource_group.create_or_update(
+        "rg-web", "all-of-web", m.ConfigurationAssignment(maintenance_configuration_id=config.id)
+    )
+    assert created.resource_id == f"/subscriptions/{lab['contoso'].pk}/resourceGroups/rg-web"
+    assert mc.configuration_assignments_for_resource_group.get("rg-web", "all-of-web").name == "all-of-web"
+
+    from patching.maintenance.scope import in_scope
+
+    assert set(in_scope(MaintenanceConfiguration.objects.get()).values_list("name", flat=True)) == {"web-01", "web-02"}
+    mc.configuration_assignments_for_resource_group.delete("rg-web", "all-of-web")
+    assert not ConfigurationAssignment.objects.exists()
+
+    assert list(mc.public_maintenance_configurations.list()) == []
+    assert any(op.name == "Microsoft.Maintenance/maintenanceConfigurations/write" for op in mc.operations.list())
+    assert list(mc.apply_update_for_resource_group.list("rg-web")) == []

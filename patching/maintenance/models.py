@@ -110,6 +110,10 @@ class ConfigurationAssignment(models.Model):
         "vms.VirtualMachine", models.CASCADE, null=True, blank=True, related_name="maintenance_assignments"
     )
     subscription = models.ForeignKey("vms.Subscription", models.CASCADE, related_name="maintenance_assignments")
+    # A dynamic scope at resource-group scope (configurationAssignments under a resource group): only its VMs.
+    resource_group = models.ForeignKey(
+        "vms.ResourceGroup", models.CASCADE, null=True, blank=True, related_name="maintenance_assignments"
+    )
     # Dynamic scope (configurationAssignments at subscription scope): resourceGroups, locations, osTypes,
     # resourceTypes, tagSettings {tags: {name: [values]}, filterOperator: Any|All}.
     filter = models.JSONField(null=True, blank=True)
@@ -128,7 +132,13 @@ class ConfigurationAssignment(models.Model):
                 "subscription",
                 models.functions.Lower("name"),
                 name="maintenance_assignment_scope_name",
-                condition=Q(vm__isnull=True),
+                condition=Q(vm__isnull=True, resource_group__isnull=True),
+            ),
+            models.UniqueConstraint(
+                "resource_group",
+                models.functions.Lower("name"),
+                name="maintenance_assignment_group_name",
+                condition=Q(vm__isnull=True, resource_group__isnull=False),
             ),
         ]
 

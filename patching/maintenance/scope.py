@@ -20,10 +20,13 @@ def location_key(name: str) -> str:
     return "".join(str(name).split()).lower()
 
 
-def filter_q(subscription_id, flt: dict) -> Q:
-    """The VMs of a subscription a dynamic scope's filter matches (each criterion narrows)."""
+def filter_q(subscription_id, flt: dict, resource_group_id=None) -> Q:
+    """The VMs of a subscription (or of one of its resource groups) a dynamic scope's filter matches
+    (each criterion narrows)."""
     flt = flt or {}
     q = Q(resource_group__subscription_id=subscription_id)
+    if resource_group_id is not None:
+        q &= Q(resource_group_id=resource_group_id)
     groups = flt.get("resourceGroups") or []
     if groups:
         any_group = NOTHING
@@ -57,15 +60,14 @@ def filter_q(subscription_id, flt: dict) -> Q:
     return q
 
 
-def dynamic_matches(subscription_id, flt: dict) -> QuerySet:
-    return VirtualMachine.objects.filter(filter_q(subscription_id, flt))
+def dynamic_matches(subscription_id, flt: dict, resource_group_id=None) -> QuerySet:
+    return VirtualMachine.objects.filter(filter_q(subscription_id, flt, resource_group_id))
 
 
 def in_scope(configuration) -> QuerySet:
     """Every VM a configuration's assignments (static and dynamic) put in scope now."""
     q = Q(maintenance_assignments__configuration=configuration)
-    for subscription_id, flt in configuration.assignments.filter(vm__isnull=True).values_list(
-        "subscription_id", "filter"
-    ):
-        q |= filter_q(subscription_id, flt)
+    dynamic = configuration.assignments.filter(vm__isnull=True)
+    for subscription_id, group_id, flt in dynamic.values_list("subscription_id", "resource_group_id", "filter"):
+        q |= filter_q(subscription_id, flt, group_id)
     return VirtualMachine.objects.filter(pk__in=VirtualMachine.objects.filter(q).values("pk"))

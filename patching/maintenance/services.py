@@ -347,9 +347,12 @@ def assign_vm(config: MaintenanceConfiguration, vm: VirtualMachine, name: str, *
 FILTER_KEYS = {"resourceTypes", "resourceGroups", "osTypes", "locations", "tagSettings"}
 
 
-def read_filter(raw) -> dict:
-    """A dynamic scope's filter, checked: at least one criterion, lists of strings, Any/All."""
+def read_filter(raw, *, criteria_needed: bool = True) -> dict:
+    """A dynamic scope's filter, checked: at least one criterion (at subscription scope), lists of
+    strings, Any/All. At resource-group scope the group itself is the criterion: the filter may be empty."""
     target = "properties.filter"
+    if raw is None and not criteria_needed:
+        return {}
     if not isinstance(raw, dict):
         raise ScheduleError(400, "InvalidParameter", "A dynamic scope needs properties.filter (an object).", target)
     flt = {}
@@ -391,7 +394,9 @@ def read_filter(raw) -> dict:
             )
         if tags:
             flt["tagSettings"] = {"tags": tags, "filterOperator": operator}
-    if not any(flt.get(k) for k in ("resourceGroups", "locations", "osTypes", "resourceTypes", "tagSettings")):
+    if criteria_needed and not any(
+        flt.get(k) for k in ("resourceGroups", "locations", "osTypes", "resourceTypes", "tagSettings")
+    ):
         raise ScheduleError(
             400,
             "InvalidParameter",
@@ -402,15 +407,24 @@ def read_filter(raw) -> dict:
     return flt
 
 
-def assign_scope(config: MaintenanceConfiguration, subscription: Subscription, name: str, raw_filter, *, user=None):
-    """A dynamic scope: the subscription's VMs the filter matches at each run. (assignment, created)."""
+def assign_scope(
+    config: MaintenanceConfiguration,
+    subscription: Subscription,
+    name: str,
+    raw_filter,
+    *,
+    user=None,
+    resource_group: ResourceGroup | None = None,
+):
+    """A dynamic scope: the VMs of the subscription (or of one resource group) the filter matches at
+    each run. (assignment, created)."""
     _check_name(name)
-    flt = read_filter(raw_filter)
+    flt = read_filter(raw_filter, criteria_needed=resource_group is None)
     now = clock.now()
     with transaction.atomic():
         MaintenanceConfiguration.objects.select_for_update().filter(pk=config.pk).first()
         existing = ConfigurationAssignment.objects.filter(
-            subscription=subscription, vm__isnull=True, name__iexact=name
+            subscription=subscription, resource_group=resource_group, vm__isnull=True, name__iexact=name
         ).first()
         if existing is not None:
             existing.configuration, existing.filter = config, flt
@@ -430,6 +444,7 @@ def assign_scope(config: MaintenanceConfiguration, subscription: Subscription, n
                     configuration=config,
                     name=name,
                     subscription=subscription,
+                    resource_group=resource_group,
                     filter=flt,
                     created_at=now,
                     created_by=user.get_username() if user is not None and user.is_authenticated else "",
@@ -487,7 +502,8 @@ def assignment_of(vm: VirtualMachine) -> ConfigurationAssignment | None:
     for assignment in ConfigurationAssignment.objects.select_related("configuration").filter(
         subscription_id=vm.resource_group.subscription_id, vm__isnull=True
     ):
-        if scope.dynamic_matches(assignment.subscription_id, assignment.filter).filter(pk=vm.pk).exists():
+        matches = scope.dynamic_matches(assignment.subscription_id, assignment.filter, assignment.resource_group_id)
+        if matches.filter(pk=vm.pk).exists():
             return assignment
     return None
 

@@ -59,6 +59,10 @@ def assignment_to_arm(assignment: ConfigurationAssignment) -> dict:
     if assignment.vm_id:
         resource_id = assignment.vm.arm_id
         location = assignment.vm.location
+    elif assignment.resource_group_id:
+        rg = assignment.resource_group
+        resource_id = f"/subscriptions/{rg.subscription_id}/resourceGroups/{rg.name}"
+        location = config.location
     else:
         resource_id = f"/subscriptions/{assignment.subscription_id}"
         location = config.location
@@ -80,7 +84,9 @@ def _configurations():
 
 
 def _assignments():
-    return ConfigurationAssignment.objects.select_related("configuration__resource_group", "vm__resource_group")
+    return ConfigurationAssignment.objects.select_related(
+        "configuration__resource_group", "vm__resource_group", "resource_group"
+    )
 
 
 def _configuration(arm: ArmRequest, subscriptionId, resourceGroupName, resourceName, *, act=False):
@@ -297,12 +303,14 @@ def delete_vm_assignment(arm, subscriptionId, resourceGroupName, vmName, configu
 def list_subscription_assignments(arm: ArmRequest, subscriptionId: str):
     """Every assignment in the subscription: its VMs' and its dynamic scopes (ConfigurationAssignmentsWithinSubscription)."""
     subscription = arm.subscription(subscriptionId)
-    assignments = _assignments().filter(subscription=subscription).order_by("vm_id", "name")
+    assignments = _assignments().filter(subscription=subscription).order_by("vm_id", "resource_group_id", "name")
     return ok({"value": [assignment_to_arm(a) for a in assignments]})
 
 
-def _scope_assignment(subscription, name):
-    return _assignments().filter(subscription=subscription, vm__isnull=True, name__iexact=name).first()
+def _scope_assignment(subscription, name, rg=None):
+    return (
+        _assignments().filter(subscription=subscription, resource_group=rg, vm__isnull=True, name__iexact=name).first()
+    )
 
 
 def get_subscription_assignment(arm, subscriptionId, configurationAssignmentName):
@@ -315,7 +323,7 @@ def get_subscription_assignment(arm, subscriptionId, configurationAssignmentName
     return ok(assignment_to_arm(assignment))
 
 
-def put_subscription_assignment(arm, subscriptionId, configurationAssignmentName):
+def put_subscription_assignment(arm, subscriptionId, configurationAssignmentName, rg=None):
     subscription = arm.subscription(subscriptionId, act=True)
     body = arm.json_object(required=True)
     config = _configuration_id(arm, body)
@@ -327,7 +335,7 @@ def put_subscription_assignment(arm, subscriptionId, configurationAssignmentName
     raw_filter = next((v for k, v in props.items() if k.lower() == "filter"), None)
     try:
         assignment, created = services.assign_scope(
-            config, subscription, configurationAssignmentName, raw_filter, user=arm.user
+            config, subscription, configurationAssignmentName, raw_filter, user=arm.user, resource_group=rg
         )
     except services.ScheduleError as e:
         raise _error(e) from None
@@ -441,3 +449,98 @@ def list_vm_updates(arm, subscriptionId, resourceGroupName, vmName):
                 }
             )
     return ok({"value": value})
+
+
+# --- configurationAssignments at resource-group scope (ConfigurationAssignmentsForResourceGroup) ----------
+
+
+def _group_scope(arm, subscriptionId, resourceGroupName, *, act=False):
+    subscription = arm.subscription(subscriptionId, act=act)
+    return subscription, arm.resource_group(subscription, resourceGroupName)
+
+
+def get_group_assignment(arm, subscriptionId, resourceGroupName, configurationAssignmentName):
+    subscription, rg = _group_scope(arm, subscriptionId, resourceGroupName)
+    assignment = _scope_assignment(subscription, configurationAssignmentName, rg)
+    if assignment is None:
+        raise ArmError(
+            404, "ResourceNotFound", f"The configuration assignment '{configurationAssignmentName}' was not found."
+        )
+    return ok(assignment_to_arm(assignment))
+
+
+def put_group_assignment(arm, subscriptionId, resourceGroupName, configurationAssignmentName):
+    _, rg = _group_scope(arm, subscriptionId, resourceGroupName, act=True)
+    return put_subscription_assignment(arm, subscriptionId, configurationAssignmentName, rg=rg)
+
+
+def patch_group_assignment(arm, subscriptionId, resourceGroupName, configurationAssignmentName):
+    subscription, rg = _group_scope(arm, subscriptionId, resourceGroupName, act=True)
+    if _scope_assignment(subscription, configurationAssignmentName, rg) is None:
+        raise ArmError(
+            404, "ResourceNotFound", f"The configuration assignment '{configurationAssignmentName}' was not found."
+        )
+    return put_subscription_assignment(arm, subscriptionId, configurationAssignmentName, rg=rg)
+
+
+def delete_group_assignment(arm, subscriptionId, resourceGroupName, configurationAssignmentName):
+    subscription, rg = _group_scope(arm, subscriptionId, resourceGroupName, act=True)
+    assignment = _scope_assignment(subscription, configurationAssignmentName, rg)
+    if assignment is None:
+        return empty(204)
+    body = assignment_to_arm(assignment)
+    assignment.delete()
+    return ok(body)
+
+
+def list_group_apply_updates(arm: ArmRequest, subscriptionId: str, resourceGroupName: str):
+    """The resource group's installations started by maintenance configurations (the latest 1,000)."""
+    subscription = arm.subscription(subscriptionId)
+    rg = arm.resource_group(subscription, resourceGroupName)
+    operations = (
+        Operation.objects.filter(vm__resource_group=rg, kind=OperationKind.INSTALLATION, started_by=StartedBy.SCHEDULE)
+        .select_related("vm__resource_group")
+        .order_by("-created_at")[:1000]
+    )
+    return ok({"value": [_apply_to_arm(op.vm, op) for op in operations]})
+
+
+# --- Public maintenance configurations and the provider's operations -----------------------------------------
+
+
+def list_public_configurations(arm: ArmRequest, subscriptionId: str):
+    """Azure's public (platform) configurations are for host and OS-image maintenance: none here."""
+    arm.subscription(subscriptionId)
+    return ok({"value": []})
+
+
+def get_public_configuration(arm: ArmRequest, subscriptionId: str, resourceName: str):
+    arm.subscription(subscriptionId)
+    raise ArmError(404, "ResourceNotFound", f"The public maintenance configuration '{resourceName}' was not found.")
+
+
+OPERATIONS = [
+    ("maintenanceConfigurations/read", "Maintenance configuration", "Read a maintenance configuration"),
+    ("maintenanceConfigurations/write", "Maintenance configuration", "Create or update a maintenance configuration"),
+    ("maintenanceConfigurations/delete", "Maintenance configuration", "Delete a maintenance configuration"),
+    ("configurationAssignments/read", "Configuration assignment", "Read a configuration assignment"),
+    ("configurationAssignments/write", "Configuration assignment", "Create or update a configuration assignment"),
+    ("configurationAssignments/delete", "Configuration assignment", "Delete a configuration assignment"),
+    ("applyUpdates/read", "Apply updates", "Read an update run"),
+    ("applyUpdates/write", "Apply updates", "Apply updates now, or cancel a scheduled run"),
+    ("updates/read", "Updates", "Read pending maintenance"),
+]
+
+
+def list_operations(arm: ArmRequest):
+    return ok(
+        {
+            "value": [
+                {
+                    "name": f"Microsoft.Maintenance/{name}",
+                    "display": {"provider": "Microsoft Maintenance", "resource": resource, "operation": what},
+                }
+                for name, resource, what in OPERATIONS
+            ]
+        }
+    )

@@ -21,6 +21,7 @@ MAINTENANCE = "/providers/Microsoft.Maintenance"
 CONFIG = RG + MAINTENANCE + "/maintenanceConfigurations/{resourceName}"
 SCOPE_ASSIGNMENT = SUB + MAINTENANCE + "/configurationAssignments/{configurationAssignmentName}"
 VM_ASSIGNMENT = VM + MAINTENANCE + "/configurationAssignments/{configurationAssignmentName}"
+GROUP_ASSIGNMENT = RG + MAINTENANCE + "/configurationAssignments/{configurationAssignmentName}"
 
 LIST = ("SkipToken", "Top")  # paging: $skiptoken from nextLink, $top
 
@@ -65,6 +66,15 @@ ENDPOINTS = (
         "Features_ListOperations",
         "Microsoft.Features operations.",
         FEATURE_TAGS,
+        {"200": body("OperationListResult")},
+    ),
+    Endpoint(
+        "GET",
+        MAINTENANCE + "/operations",
+        maintenance.list_operations,
+        "Operations_List",
+        "Microsoft.Maintenance operations.",
+        MAINTENANCE_CONFIGURATIONS,
         {"200": body("OperationListResult")},
     ),
     # --- Subscriptions, locations ---
@@ -255,6 +265,24 @@ ENDPOINTS = (
         "The subscription's maintenance configurations.",
         MAINTENANCE_CONFIGURATIONS,
         {"200": body("MaintenanceConfigurationListResult")},
+    ),
+    Endpoint(
+        "GET",
+        SUB + MAINTENANCE + "/publicMaintenanceConfigurations",
+        maintenance.list_public_configurations,
+        "PublicMaintenanceConfigurations_List",
+        "Public (platform) maintenance configurations: none, this portal schedules guest patching only.",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfigurationListResult")},
+    ),
+    Endpoint(
+        "GET",
+        SUB + MAINTENANCE + "/publicMaintenanceConfigurations/{resourceName}",
+        maintenance.get_public_configuration,
+        "PublicMaintenanceConfigurations_Get",
+        "A public maintenance configuration (always 404 here).",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfiguration")},
     ),
     Endpoint(
         "GET",
@@ -472,6 +500,53 @@ ENDPOINTS = (
     power_action("restart", "VirtualMachines_Restart", "Restart a running VM (409 if it is not running)"),
     power_action("start", "VirtualMachines_Start", "Start the VM"),
     # --- Maintenance configurations ---
+    Endpoint(
+        "GET",
+        RG + MAINTENANCE + "/applyUpdates",
+        maintenance.list_group_apply_updates,
+        "ApplyUpdateForResourceGroup_List",
+        "Installations started by maintenance configurations in the resource group (the latest 1,000).",
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdateListResult")},
+    ),
+    Endpoint(
+        "GET",
+        GROUP_ASSIGNMENT,
+        maintenance.get_group_assignment,
+        "ConfigurationAssignmentsForResourceGroup_Get",
+        "A dynamic scope at resource-group scope.",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment")},
+    ),
+    Endpoint(
+        "PUT",
+        GROUP_ASSIGNMENT,
+        maintenance.put_group_assignment,
+        "ConfigurationAssignmentsForResourceGroup_CreateOrUpdate",
+        "A dynamic scope: the resource group's VMs matching properties.filter (may be empty), at each run (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "201": body("ConfigurationAssignment")},
+        request=request_body("ConfigurationAssignment"),
+    ),
+    Endpoint(
+        "PATCH",
+        GROUP_ASSIGNMENT,
+        maintenance.patch_group_assignment,
+        "ConfigurationAssignmentsForResourceGroup_Update",
+        "Replace an existing resource-group scope's configuration and filter (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment")},
+        request=request_body("ConfigurationAssignment"),
+    ),
+    Endpoint(
+        "DELETE",
+        GROUP_ASSIGNMENT,
+        maintenance.delete_group_assignment,
+        "ConfigurationAssignmentsForResourceGroup_Delete",
+        "Remove a resource-group scope: 200 with it, 204 if there was none (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "204": {"description": "No such assignment."}},
+    ),
     Endpoint(
         "GET",
         RG + MAINTENANCE + "/maintenanceConfigurations",
