@@ -312,3 +312,14 @@ def test_runs_older_than_the_history_retention_are_pruned(world, settings):
     assert services.prune_runs(START + timedelta(days=29)) == 0
     assert services.prune_runs(START + timedelta(days=31)) > 0 and not MaintenanceRun.objects.exists()
     assert Operation.objects.filter(started_by=StartedBy.SCHEDULE).count() == 2  # the VMs' history stays
+
+
+def test_cancelling_a_later_run_does_not_skip_the_earlier_ones(world):
+    services.cancel_occurrence(world["config"], START + timedelta(days=2), by="alice", now=START - timedelta(hours=1))
+    assert services.run_due(START + timedelta(seconds=5), execute=True).started
+    services.run_due(START + timedelta(hours=3))
+    assert services.run_due(START + timedelta(days=1, seconds=5), execute=True).started
+    services.run_due(START + timedelta(days=1, hours=3))
+    assert services.next_due(START + timedelta(days=1, hours=3)) == START + timedelta(days=2)
+    assert not services.run_due(START + timedelta(days=2, seconds=5), execute=True).started  # cancelled
+    assert services.next_due(START + timedelta(days=2, seconds=5)) == START + timedelta(days=3)

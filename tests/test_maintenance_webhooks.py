@@ -176,3 +176,14 @@ def test_a_delivery_whose_message_was_lost_is_sent_again_by_the_beat(db, schedul
     monkeypatch.setattr(webhooks, "send", lambda ids, countdown=0: sent.extend(ids))
     assert webhooks.resend_due(START - timedelta(minutes=19, seconds=55)) == 0  # its retry is not late yet
     assert webhooks.resend_due(START - timedelta(minutes=17)) == 1 and sent == [delivery.pk]
+
+
+def test_a_run_announced_by_its_pre_event_starts_at_its_window(db, scheduled, receiver):
+    hook_at = receiver((200, {}))
+    services.add_webhook(scheduled, hook_at.url)
+    assert services.next_due(START - timedelta(hours=1)) == START - timedelta(minutes=20)
+    assert services.run_due(START - timedelta(minutes=20)).pre_events == 1
+    assert services.next_due(START - timedelta(minutes=20)) == START
+    step = services.run_due(START + timedelta(seconds=1), execute=True)
+    assert len(step.started) == 1 and step.queued == 1
+    assert MaintenanceRun.objects.get().status == RunStatus.IN_PROGRESS

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Max
+from django.db.models import Count
 
 from patching import services
 from patching.models import IN_FLIGHT, Classification, Operation, OperationKind, OperationStatus, StartedBy
@@ -520,21 +520,10 @@ def is_schedule_patched(vm: VirtualMachine) -> bool:
 # --- Runs -------------------------------------------------------------------------------------------
 
 
-def _since(config: MaintenanceConfiguration, last_start) -> object:
-    # Occurrences from the configuration's creation on, after the last one already recorded.
-    since = config.created_at
-    if last_start is not None:
-        since = max(since, last_start + timedelta(seconds=1))
-    return since
-
-
-def _last_starts(configs) -> dict[int, object]:
-    rows = (
-        MaintenanceRun.objects.filter(configuration__in=configs)
-        .values("configuration_id")
-        .annotate(last=Max("scheduled_start"))
-    )
-    return {r["configuration_id"]: r["last"] for r in rows}
+def _since(config: MaintenanceConfiguration, now):
+    """Occurrences from the configuration's creation on whose window is not over at `now` (a window the
+    clock jumped over entirely is not started late)."""
+    return max(config.created_at, now - config.duration + timedelta(seconds=1))
 
 
 def upcoming(config: MaintenanceConfiguration, now, count: int = 10):
@@ -552,22 +541,21 @@ class Step:
 
 
 def run_due(now=None, *, execute: bool = False) -> Step:
-    """One step of the scheduler at `now`: pre-events due, windows opened, windows ended."""
+    """One step of the scheduler at `now`: pre-events due, windows opened, windows ended.
+
+    Each configuration's occurrences whose window is not over yet are looked at; a run row is made
+    once per occurrence (unique), when its pre-event or its start comes, and every change of its
+    status is a compare-and-swap: two beats, or a beat and the sandbox, do each thing once.
+    """
     now = now or clock.now()
     step = Step()
-    configs = list(MaintenanceConfiguration.objects.select_related("resource_group"))
-    last = _last_starts(configs)
     with_hooks = set(WebhookSubscription.objects.filter(pre_event=True).values_list("configuration_id", flat=True))
-    for config in configs:
-        window = config.window
-        # A window that ended with no step inside it (the clock jumped over it) is not started late.
-        since = max(_since(config, last.get(config.pk)), now - config.duration + timedelta(seconds=1))
-        for start in window.next(since, 1):
-            lead = config.pre_event_lead if config.pk in with_hooks else timedelta(0)
+    for config in MaintenanceConfiguration.objects.select_related("resource_group"):
+        lead = config.pre_event_lead if config.pk in with_hooks else timedelta(0)
+        for start in config.window.next(_since(config, now), 2):
             if start - lead > now:
                 break
-            end = start + config.duration
-            run = _run_for(config, start, end)
+            run = _run_for(config, start, start + config.duration)
             if run.is_pending and run.pre_event_at is None and lead and now < start:
                 if MaintenanceRun.objects.filter(pk=run.pk, pre_event_at__isnull=True).update(pre_event_at=now):
                     webhooks.queue(run, webhooks.PRE_EVENT, now)
@@ -578,7 +566,6 @@ def run_due(now=None, *, execute: bool = False) -> Step:
                     step.started.append(run.pk)
                     step.queued += len(ids)
                     step.operations.extend(ids)
-            break
     for run in MaintenanceRun.objects.filter(status=RunStatus.IN_PROGRESS, window_end__lte=now).select_related(
         "configuration__resource_group"
     ):
@@ -736,19 +723,19 @@ def cancel_occurrence(config: MaintenanceConfiguration, start, *, by: str, now=N
 def next_due(now) -> object | None:
     """When run_due next has something to do (a pre-event, a start, a window's end), for a stepping clock."""
     moments = list(
-        MaintenanceRun.objects.filter(status=RunStatus.IN_PROGRESS).values_list("window_end", flat=True)[:1000]
+        MaintenanceRun.objects.filter(status=RunStatus.IN_PROGRESS, window_end__gt=now)
+        .order_by("window_end")
+        .values_list("window_end", flat=True)[:1]
     )
-    configs = list(MaintenanceConfiguration.objects.all())
-    last = _last_starts(configs)
     with_hooks = set(WebhookSubscription.objects.filter(pre_event=True).values_list("configuration_id", flat=True))
-    for config in configs:
-        since = max(_since(config, last.get(config.pk)), now - config.duration + timedelta(seconds=1))
-        for start in config.window.next(since, 2):
-            lead = config.pre_event_lead if config.pk in with_hooks else timedelta(0)
-            moments += [m for m in (start - lead, start) if m > now]
-            if moments:
+    for config in MaintenanceConfiguration.objects.all():
+        lead = config.pre_event_lead if config.pk in with_hooks else timedelta(0)
+        for start in config.window.next(_since(config, now), 2):
+            future = [m for m in (start - lead, start) if m > now]
+            if future:
+                moments.append(min(future))
                 break
-    return min((m for m in moments if m > now), default=None)
+    return min(moments, default=None)
 
 
 def new_webhook_secret() -> str:
