@@ -179,11 +179,10 @@ def test_cancel_until_ten_minutes_before_the_start(world):
     assert nothing.value.status == 404
 
 
-def test_one_configuration_per_vm_and_the_machine_limit(world, settings):
+def test_a_second_configuration_on_a_vm_and_the_machine_limit(world, settings):
     other, _, _ = services.save_configuration(world["rg"], "weekly", body(recurEvery="Week Sunday"))
-    with pytest.raises(services.ScheduleError) as second:
-        services.assign_vm(other, world["a"], "again")
-    assert second.value.status == 409
+    _, created = services.assign_vm(other, world["a"], "again")  # a VM may be on several schedules
+    assert created
     settings.PORTAL_MAINTENANCE_MAX_MACHINES = 4
     with pytest.raises(services.ScheduleError) as full:
         services.assign_vm(world["config"], world["out"], "assign-out")

@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 # up to 20 minutes before the window; a scheduled run can be cancelled until 10 minutes before it.
 MAX_PRE_EVENT_MINUTES = 20
 CANCEL_CUTOFF = timedelta(minutes=10)
-# No new installation is started when less than this remains of the window (Learn, "Scheduled patching":
-# the service stops starting updates near the window's end to leave time for the reboot).
+# No new installation is started when less than this remains of the window (Learn, "Scheduling recurring
+# updates", Timeline of Maintenance Window: Windows updates need 15 minutes left, else they are skipped).
 END_MARGIN = timedelta(minutes=15)
 SCHEDULE_REBOOT = {"IfRequired": "IfRequired", "Never": "NeverReboot", "Always": "AlwaysReboot"}
 CLASSIFICATIONS = {c.lower(): c for c in Classification.values} | {"updaterollup": Classification.UPDATE_ROLLUP}
@@ -311,20 +311,6 @@ def assign_vm(config: MaintenanceConfiguration, vm: VirtualMachine, name: str, *
                 existing.configuration = config
                 existing.save(update_fields=["configuration"])
             return existing, False
-        # One InGuestPatch configuration per VM: Azure refuses a second schedule on the same machine.
-        other = (
-            ConfigurationAssignment.objects.filter(vm=vm)
-            .exclude(configuration=config)
-            .select_related("configuration")
-            .first()
-        )
-        if other is not None:
-            raise ScheduleError(
-                409,
-                "Conflict",
-                f"The VM '{vm.name}' is already assigned to the maintenance configuration '{other.configuration.name}' "
-                "(assignment '" + other.name + "'); remove it first.",
-            )
         count = config.assignments.filter(vm__isnull=False).count()
         if count >= static_limit():
             raise ScheduleError(

@@ -474,7 +474,7 @@ ENDPOINTS = (
         VM_ASSIGNMENT,
         maintenance.put_vm_assignment,
         "ConfigurationAssignments_CreateOrUpdate",
-        "Assign a maintenance configuration of the VM's subscription to the VM (Contributor; one per VM).",
+        "Assign a maintenance configuration of the VM's subscription to the VM (Contributor).",
         ASSIGNMENTS,
         {"200": body("ConfigurationAssignment"), "201": body("ConfigurationAssignment")},
         request=request_body("ConfigurationAssignment"),
