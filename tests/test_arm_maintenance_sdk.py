@@ -108,9 +108,10 @@ def test_configuration_create_read_list_update_delete(lab):
     )
 
     replaced = mc.maintenance_configurations.create_or_update(
-        "rg-web", "patch-tuesday", configuration(recur_every="Day")
+        "rg-web", "patch-tuesday", configuration(recur_every="Day", expiration_date_time="9999-12-31 23:59:59")
     )
     assert replaced.recur_every == "Day" and MaintenanceConfiguration.objects.count() == 1
+    assert replaced.expiration_date_time == "9999-12-31 23:59:59"  # Azure's "never", as given
 
     mc.maintenance_configurations.delete("rg-web", "patch-tuesday")
     with pytest.raises(ResourceNotFoundError):

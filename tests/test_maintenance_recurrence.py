@@ -178,3 +178,9 @@ def test_windows_time_zone_names_map_through_cldr():
     assert canonical("pacific standard time") == "Pacific Standard Time"
     assert zone("Pacific Standard Time").key == "America/Los_Angeles"
     assert canonical("Europe/Berlin") is None
+
+
+def test_azures_default_expiration_means_never():
+    found, problems = window("2025-01-01 22:00", "02:00", "Pacific Standard Time", "Day", "9999-12-31 23:59:59")
+    assert not problems and found.expires_at is None
+    assert len(found.next(datetime(2030, 1, 1, tzinfo=UTC), 3)) == 3

@@ -278,7 +278,9 @@ class Window:
 
     @property
     def expires_at(self) -> datetime | None:
-        return self.expiration.replace(tzinfo=self.zone).astimezone(UTC) if self.expiration else None
+        if self.expiration is None or self.expiration.year >= 9999:  # Azure's "never" (9999-12-31 23:59:59)
+            return None
+        return self.expiration.replace(tzinfo=self.zone).astimezone(UTC)
 
     def occurrences(self, since: datetime | None = None) -> Iterator[datetime]:
         return occurrences(self.rule, self.start, self.zone, since=since, until=self.expires_at)

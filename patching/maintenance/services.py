@@ -155,7 +155,8 @@ def read_configuration(body: dict) -> ConfigurationFields:
         "start_date_time": parsed.start.strftime(recurrence.TIME_FORMAT),
         "duration": parsed.duration,
         "time_zone": parsed.time_zone,
-        "expiration_date_time": parsed.expiration.strftime(recurrence.TIME_FORMAT) if parsed.expiration else "",
+        # As given ("9999-12-31 23:59:59" is Azure's own default), within the column's 19 characters.
+        "expiration_date_time": strings["expirationDateTime"].strip()[:19] if parsed.expiration else "",
         "recur_every": " ".join(strings["recurEvery"].split()),
         "reboot_setting": reboot,
         "windows_parameters": windows,

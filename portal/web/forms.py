@@ -385,7 +385,7 @@ class MaintenanceConfigurationForm(forms.Form):
         help_text="Azure's recurEvery, e.g. " + ", ".join(RECUR_EXAMPLES[:-1]) + ".",
     )
     expiration_date_time = forms.CharField(
-        label="Ends on", max_length=16, required=False, help_text="Optional, yyyy-MM-dd HH:mm. Empty: never."
+        label="Ends on", max_length=19, required=False, help_text="Optional, yyyy-MM-dd HH:mm. Empty: never."
     )
     # Dynamic scope: the configuration's subscription, filtered.
     scope_resource_groups = forms.CharField(label="Resource groups", required=False, help_text="Comma separated.")
