@@ -3,14 +3,13 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.http import Http404
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
-from vms import images
+from vms import clock, images
 from vms.models import VirtualMachine
 
-from . import services
-from .models import GuestState, Operation, OperationKind, PatchResult, RolloutHalt, StartedBy, Update
+from . import sandbox, services
+from .models import Fault, GuestState, Operation, OperationKind, PatchResult, RolloutHalt, StartedBy, Update
 
 
 @admin.register(Update)
@@ -348,7 +347,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
         """New VMs get a guest on the image's current build and their first assessment."""
         if not change:
             super().save_model(request, obj, form, change)
-            services.provision_guest(obj, timezone.now())
+            services.provision_guest(obj, clock.now())
             services.start_operation(obj, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
             return
         with transaction.atomic():
@@ -357,7 +356,7 @@ class VirtualMachineAdmin(admin.ModelAdmin):
             if saved is None:
                 raise Http404(f"The virtual machine '{obj.name}' was deleted.")
             if saved.enable_hotpatching and not obj.enable_hotpatching:
-                obj.hotpatch_disabled_at = timezone.now()
+                obj.hotpatch_disabled_at = clock.now()
             obj.version = saved.version + 1
             super().save_model(request, obj, form, change)
         services.refresh_hotpatch_status(obj, turned_on=obj.enable_hotpatching and not saved.enable_hotpatching)
@@ -380,3 +379,53 @@ class VirtualMachineAdmin(admin.ModelAdmin):
     @admin.action(description="Install critical and security updates now", permissions=["change"])
     def install_critical_and_security_now(self, request, queryset):
         self._start(request, queryset, OperationKind.INSTALLATION)
+
+
+class FaultForm(forms.ModelForm):
+    class Meta:
+        model = Fault
+        fields = ["kind", "vm", "subscription", "location", "kb", "probability", "remaining"]
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            fields = sandbox.validate_fault(
+                self.request_user,
+                data["kind"],
+                vm=data.get("vm"),
+                subscription=data.get("subscription"),
+                location=data.get("location") or "",
+                kb=data.get("kb") or "",
+                probability=data.get("probability"),
+                next_n=data.get("remaining"),
+            )
+        except sandbox.SandboxError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        data.update(fields)  # normalised (KB digits, region name): the instance is built from these
+        return data
+
+
+@admin.register(Fault)
+class FaultAdmin(admin.ModelAdmin):
+    """The sandbox's injected faults (also on /sandbox/, the API and `manage.py sandbox fault`)."""
+
+    form = FaultForm
+    list_display = ["pk", "kind", "vm", "subscription", "location", "kb", "probability", "remaining", "fired"]
+    list_filter = ["kind"]
+    list_select_related = ["vm", "subscription"]
+    raw_id_fields = ["vm"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.request_user = request.user
+        return form
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a fault is set and removed, not edited: what it already did stays marked
+
+    def save_model(self, request, obj, form, change):
+        obj.created_at = clock.now()
+        obj.created_by = request.user
+        super().save_model(request, obj, form, change)

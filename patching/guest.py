@@ -193,6 +193,23 @@ def fails(vm_key: str, patch: Patch, day: date, rate: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
+@dataclass(frozen=True)
+class Injected:
+    """Sandbox faults an installation runs under (patching.faults decides which; the guest obeys)."""
+
+    failing_kbs: frozenset[str] = frozenset()
+    every_kb_fails: bool = False
+    slowdown: int = 1  # each install takes this many times as long
+    reboot_hangs: bool = False
+
+    def fails(self, patch: Patch) -> bool:
+        return self.every_kb_fails or patch.kb in self.failing_kbs
+
+
+NO_FAULTS = Injected()
+INJECTED = "Injected fault"  # how every injected result says so
+
+
 def install(
     guest: Guest,
     available: Sequence[Patch],
@@ -203,8 +220,11 @@ def install(
     vm_key: str,
     today: date,
     failure_rate: float,
+    injected: Injected = NO_FAULTS,
 ) -> InstallOutcome:
-    """Install the selected patches one by one in simulated time, then reboot per rebootSetting."""
+    """Install the selected patches one by one in simulated time, then reboot per rebootSetting.
+
+    `injected`: the sandbox's faults; what they cause says "Injected fault" in its error."""
     fate = select(available, selection)
     budget = maximum_duration.total_seconds()
     elapsed = 0
@@ -219,7 +239,7 @@ def install(
         if fate[patch.id] != "Selected":
             states[patch.id] = fate[patch.id]
             continue
-        seconds = INSTALL_SECONDS.get(patch.kind, 300)
+        seconds = INSTALL_SECONDS.get(patch.kind, 300) * injected.slowdown
         # Leave room for the reboot that will follow: Azure doesn't start an install it can't finish.
         reboots = reboot_setting != "Never" and (
             patch.requires_reboot or reboot_setting == "Always" or guest.reboot_pending
@@ -231,6 +251,10 @@ def install(
             continue
         elapsed += seconds
         reboot_reserved = reboot_reserved or reboots
+        if injected.fails(patch):
+            states[patch.id] = "Failed"
+            errors[patch.id] = f"KB{patch.kb} failed to install (0x80070643). {INJECTED} (sandbox)."
+            continue
         if fails(vm_key, patch, today, failure_rate):
             states[patch.id] = "Failed"
             errors[patch.id] = f"KB{patch.kb} failed to install (0x80070643)."
@@ -249,6 +273,10 @@ def install(
     if reboot_setting == "Never":
         reboot_status = "Required" if needs_reboot else "NotNeeded"
         reboot_pending = needs_reboot
+    elif (needs_reboot or (reboot_setting == "Always" and installed)) and injected.reboot_hangs:
+        # The restart never completes: the updates wait for a reboot that someone has to force.
+        reboot_status, reboot_pending = "Failed", True
+        elapsed += REBOOT_SECONDS
     elif needs_reboot or (reboot_setting == "Always" and installed):
         reboot_status, reboot_pending = "Completed", False
         elapsed += REBOOT_SECONDS
@@ -258,7 +286,7 @@ def install(
     counts = {state: 0 for state in ("Installed", "Failed", "Pending", "Excluded", "NotSelected")}
     for state in states.values():
         counts[state] += 1
-    if counts["Failed"] and not counts["Installed"]:
+    if (counts["Failed"] and not counts["Installed"]) or reboot_status == "Failed":
         status = "Failed"
     elif counts["Failed"] or counts["Pending"]:
         status = "CompletedWithWarnings"

@@ -15,6 +15,7 @@ from .vocabulary import (
     BASELINE_KINDS,
     CUMULATIVE_KINDS,
     Classification,
+    FaultKind,
     HotpatchStatus,
     PatchState,
     RebootBehavior,
@@ -136,6 +137,15 @@ class GuestState(models.Model):
     patch_decision = models.CharField(max_length=24, choices=PatchDecision.choices, blank=True)
     patch_decision_detail = models.CharField(max_length=300, blank=True)
     patch_decision_at = models.DateTimeField(null=True, blank=True)
+    # For the fleet overview: how many updates of each classification the VM misses ({"Security": 2}),
+    # and when the oldest Critical or Security one it misses was published (compliance: none > 30 days).
+    missing_by_classification = models.JSONField(default=dict, blank=True)
+    oldest_critical_security_at = models.DateTimeField(null=True, blank=True)
+    # This year's (counted_year's) installations that did not restart the VM, and those of them that
+    # installed a hotpatch (a reboot avoided): counted as runs are recorded, so they survive pruning.
+    counted_year = models.PositiveSmallIntegerField(null=True, blank=True)
+    installs_without_reboot = models.PositiveIntegerField(default=0)
+    reboots_avoided = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"{self.vm} guest ({self.build})"
@@ -157,6 +167,36 @@ class InstalledUpdate(models.Model):  # noqa: DJ008 (a through table)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["guest", "update"], name="install_once")]
+
+
+class MissingUpdate(models.Model):  # noqa: DJ008 (a summary row)
+    """An update one VM misses (its last run found it applicable and did not install it): the per-VM
+    summary the by-update view counts from. Replaced for a VM whenever a run of it is recorded, so it
+    outlives the pruning of the operation that found it."""
+
+    guest = models.ForeignKey(GuestState, models.CASCADE, related_name="missing_updates")
+    update = models.ForeignKey(Update, models.CASCADE, related_name="+")
+    # The VM's last installation tried it and failed (kept by the assessments after it while still missing).
+    failed = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["update", "guest"], name="missing_once")]
+
+
+class ComplianceSnapshot(models.Model):  # noqa: DJ008 (a daily figure)
+    """One subscription's compliance on one day, recorded by a beat task: the overview's trend is drawn
+    from these, cheap to read and independent of how much operation history is kept."""
+
+    subscription = models.ForeignKey("vms.Subscription", models.CASCADE, related_name="+")
+    day = models.DateField()
+    machines = models.PositiveIntegerField(default=0)
+    assessed = models.PositiveIntegerField(default=0)
+    # Assessed machines with no Critical or Security update outstanding for more than COMPLIANCE_GRACE.
+    compliant = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["day"]
+        constraints = [models.UniqueConstraint(fields=["subscription", "day"], name="one_snapshot_per_day")]
 
 
 class OperationKind(models.TextChoices):
@@ -243,6 +283,8 @@ class Operation(models.Model):
     maintenance_window_exceeded = models.BooleanField(default=False)
     error_code = models.CharField(max_length=60, blank=True)
     error_message = models.TextField(blank=True)
+    # What the sandbox's injected faults did to this run (patching.faults); empty: a real result.
+    injected = models.CharField(max_length=300, blank=True)
 
     objects = OperationQuerySet.as_manager()
 
@@ -257,6 +299,11 @@ class Operation(models.Model):
         indexes = [
             models.Index(fields=["vm", "-created_at"]),
             models.Index(fields=["status", "created_at"], name="op_in_flight", condition=Q(status__in=IN_FLIGHT)),
+            # The fleet history's keyset pages, newest first: across the fleet, and per subscription.
+            models.Index(fields=["-created_at", "-id"], name="op_newest_first"),
+            models.Index(fields=["subscription", "-created_at", "-id"], name="op_subscription_newest"),
+            # The overview's and the fleet tiles' installations of the last 30 days, counted by status.
+            models.Index(fields=["kind", "created_at", "status"], name="op_kind_created"),
         ]
 
     def __str__(self) -> str:
@@ -286,6 +333,10 @@ class Operation(models.Model):
     def is_rebooting(self) -> bool:
         """Running, and its VM restarting as part of it."""
         return self.status == OperationStatus.IN_PROGRESS and self.reboot_status == RebootStatus.STARTED
+
+    @property
+    def is_injected(self) -> bool:
+        return bool(self.injected)
 
     @property
     def started_by_user(self) -> bool:
@@ -372,3 +423,125 @@ class RolloutHalt(models.Model):
     @property
     def is_active(self) -> bool:
         return self.resumed_at is None
+
+
+class WhatIfStatus(models.TextChoices):
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class WhatIfRun(models.Model):
+    """One what-if year over a user's fleet (/sandbox/what-if/): the record the page polls and the job fills.
+
+    The Celery task claims it Queued -> Running (compare-and-swap), writes `progress` as the simulated
+    clock advances, and stores the comparison in `result`. One run queued or running per user.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="what_if_runs")
+    status = models.CharField(max_length=10, choices=WhatIfStatus.choices, default=WhatIfStatus.QUEUED)
+    vms = models.PositiveIntegerField(help_text="VMs in the fleet when the run was asked for.")
+    days = models.PositiveIntegerField(default=365)
+    start = models.DateField(help_text="The first simulated day (the world's today).")
+    estimate_seconds = models.FloatField()
+    progress = models.FloatField(default=0.0)  # 0..1
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user"], condition=Q(status__in=["Queued", "Running"]), name="one_what_if_in_flight_per_user"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"What-if {self.start} over {self.vms} VMs: {self.status}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (WhatIfStatus.SUCCEEDED, WhatIfStatus.FAILED)
+
+    @property
+    def is_succeeded(self) -> bool:
+        return self.status == WhatIfStatus.SUCCEEDED
+
+    @property
+    def is_failed(self) -> bool:
+        return self.status == WhatIfStatus.FAILED
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.is_finished else int(self.progress * 100)
+
+    @property
+    def runtime_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+class FaultQuerySet(models.QuerySet):
+    def active(self) -> "FaultQuerySet":
+        """Faults that still fire: by probability, or with operations left of their "next N"."""
+        return self.filter(Q(remaining=None) | Q(remaining__gt=0))
+
+
+class Fault(models.Model):
+    """A fault injected in the sandbox: on one VM, a subscription, a region or the whole fleet.
+
+    It fires with a probability on each matching operation, or on the next N of them. What it did is
+    marked on the operation it hit (Operation.injected), so nobody mistakes it for a real result.
+    """
+
+    kind = models.CharField(max_length=20, choices=FaultKind.choices)
+    # The scope: the narrowest given applies; none of them is the whole fleet.
+    vm = models.ForeignKey("vms.VirtualMachine", models.CASCADE, null=True, blank=True, related_name="+")
+    subscription = models.ForeignKey("vms.Subscription", models.CASCADE, null=True, blank=True, related_name="+")
+    location = models.CharField(max_length=40, blank=True, help_text="A region (required for a rollout halt).")
+    kb = models.CharField("KB", max_length=10, blank=True, help_text="For 'KB fails': digits only; empty: every KB.")
+    probability = models.FloatField(null=True, blank=True, help_text="0 < p <= 1; or give Remaining.")
+    remaining = models.PositiveIntegerField(null=True, blank=True, help_text="Fires on the next N operations.")
+    fired = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
+
+    objects = FaultQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(probability__isnull=True) & Q(remaining__isnull=False))
+                | (Q(remaining__isnull=True) & Q(probability__gt=0) & Q(probability__lte=1)),
+                name="fault_probability_or_next_n",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.scope_label}, {self.rate_label})"
+
+    @property
+    def scope_label(self) -> str:
+        if self.vm_id:
+            return f"VM {self.vm.name}"
+        if self.subscription_id:
+            return f"subscription {self.subscription}"
+        if self.location:
+            return f"region {self.location}"
+        return "whole fleet"
+
+    @property
+    def rate_label(self) -> str:
+        if self.probability is not None:
+            return f"{self.probability:.0%} of operations"
+        return f"next {self.remaining} operation(s)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.remaining is None or self.remaining > 0

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,20 +20,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models import Case, F, OuterRef, Q, Subquery, When
 from django.utils import timezone
 
-from vms import images, regions
+from vms import clock as world_clock
+from vms import fleet_import, images, regions
 from vms.features import preview_gate_problems
 from vms.models import RESOURCE_NAME_RE, ResourceGroup, VirtualMachine
 from vms.patch_settings import PatchSettings, Problem, defaults_for_image
 
-from . import calendar
+from . import calendar, faults
 from . import guest as sim
 from .models import (
     GuestState,
     HotpatchStatus,
     InstalledUpdate,
+    MissingUpdate,
     Operation,
     OperationKind,
     OperationStatus,
@@ -44,6 +46,7 @@ from .models import (
     Update,
 )
 from .parameters import CRITICAL_AND_SECURITY, InstallParameters
+from .vocabulary import UpdateKind
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +213,7 @@ def refresh_hotpatch_status(vm: VirtualMachine, now: datetime | None = None, *, 
 
     Turning hotpatch on is only confirmed by the next assessment: until then, PendingEvaluation.
     """
-    now = now or timezone.now()
+    now = now or world_clock.now()
     state = vm.guest
     verdict = hotpatch_verdict(vm, state, guests_of([vm])[vm.pk], catalog_for(vm.product), now)
     if turned_on and verdict.status in (HotpatchStatus.ENABLED, HotpatchStatus.ACTION_REQUIRED):
@@ -252,7 +255,7 @@ def check_patch_settings(
         target = "properties.osProfile.windowsConfiguration.patchSettings.enableHotpatching"
         problems += [Problem(target, message) for message in preview_gate_problems(vm.resource_group.subscription)]
     if not creating and new.enable_hotpatching and not vm.enable_hotpatching and vm.hotpatch_disabled_at:
-        now = now or timezone.now()
+        now = now or world_clock.now()
         released = (
             Update.objects.baselines()
             .filter(product=vm.product, published_at__gt=vm.hotpatch_disabled_at, published_at__lte=now)
@@ -293,7 +296,7 @@ def update_virtual_machine(
     VM's current version, else StaleVersion. Returns (vm, problems); with problems nothing is written.
     Every write bumps the version (the etag). VirtualMachine.DoesNotExist if the VM is gone.
     """
-    now = now or timezone.now()
+    now = now or world_clock.now()
     with transaction.atomic():
         vm = lock_vm(vm_pk)
         if vm is None:
@@ -402,7 +405,7 @@ def create_virtual_machine(
     Returns (vm, []) or (None, problems). The guest is provisioned on the image's current baseline and
     its first assessment is queued. `patch_settings` None means the defaults for the image.
     """
-    now = now or timezone.now()
+    now = now or world_clock.now()
     problems: list[Problem] = []
     region = regions.normalize_region(location or "")
     if region is None:
@@ -527,7 +530,7 @@ def start_operation(
                 if lock_vm(vm.pk) is None:
                     raise VirtualMachine.DoesNotExist(f"The virtual machine '{vm.name}' was deleted.")
                 operation = new_operation(
-                    vm, kind, started_by, user, parameters.to_json() if parameters else {}, now or timezone.now()
+                    vm, kind, started_by, user, parameters.to_json() if parameters else {}, now or world_clock.now()
                 )
                 operation.save()
         except IntegrityError as e:
@@ -589,7 +592,7 @@ def queue_operations(
     """start_operations, returning the new operations' ids; `enqueue=False` leaves running them to the
     caller (a simulated clock runs them with execute_operations(ids, now=...)). `user` is who asked, for
     operations a person started on many VMs at once (the admin's actions)."""
-    now = now or timezone.now()
+    now = now or world_clock.now()
     if kind == OperationKind.INSTALLATION:
         parameters = parameters or CRITICAL_AND_SECURITY
     body = parameters.to_json() if parameters else {}
@@ -680,7 +683,7 @@ def fail_operation(operation_id: int, code: str, message: str, now: datetime | N
         Operation.objects.in_flight()
         .filter(pk=operation_id)
         .update(
-            status=OperationStatus.FAILED, error_code=code, error_message=message, finished_at=now or timezone.now()
+            status=OperationStatus.FAILED, error_code=code, error_message=message, finished_at=now or world_clock.now()
         )
     )
 
@@ -721,10 +724,14 @@ def execute_operations(
     `now` fixes a simulated clock (the platform's rounds in a simulation, the demo's past): each run
     ends its simulated duration after `now`. Without it the clock is real: the simulated work takes
     PORTAL_SIM_SPEED-scaled seconds, an installation that reboots shows its VM restarting meanwhile,
-    and each recorded installation is followed by an assessment, as the real agent does. A handful of
-    queries for the whole batch, whatever its size.
+    and each recorded installation is followed by an assessment, as the real agent does. In sandbox
+    mode (vms.clock simulated) `now` None is the frozen simulated moment: the run happens then, at once,
+    and is still followed by its assessment. A handful of queries for the whole batch, whatever its size.
     """
-    clock = now or timezone.now()
+    follow_up = now is None
+    if now is None and world_clock.is_simulated():
+        now = world_clock.now()
+    clock = now or world_clock.now()
     operations = _claim(operation_ids, clock) if operation_ids else []
     if not operations:
         return Executed([], {})
@@ -732,21 +739,27 @@ def execute_operations(
         [op.vm_id for op in operations if op.vm_id]
     )
     guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
+    injected = faults.hits([op for op in operations if vms.get(op.vm_id) and vms[op.vm_id].is_running], vms)
     findings, unreachable = [], {}
     for operation in operations:
         vm = vms.get(operation.vm_id)
+        hit = injected.get(operation.pk, faults.NONE)
         if vm is None or guest_state(vm) is None:
             fail_operation(operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock)
         elif not vm.is_running:
             fail_operation(operation.pk, "VMNotRunning", _not_running(vm), clock)
-        elif not _agent_answers(operation):
-            unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer."
+        elif hit.unreachable or not _agent_answers(operation):
+            unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer." + (
+                f" {hit.text}." if hit.unreachable else ""
+            )
+        elif hit.assessment_fails:
+            fail_operation(operation.pk, "AssessmentFailed", f"The assessment failed (0x80244022). {hit.text}.", clock)
         else:
-            findings.append(_simulate(operation, vm, guests[vm.pk], clock))
+            findings.append(_simulate(operation, vm, guests[vm.pk], clock, hit.guest))
     if now is None:
         findings = _in_real_time(findings, _with_heartbeat([f.operation_id for f in findings], sleep))
     recorded = record_findings(findings)
-    if now is None:
+    if follow_up:
         # What is left to install changed: refresh the compliance view, as the real agent does.
         installed_on = [f.vm for f in findings if f.outcome is not None and f.operation_id in recorded]
         queue_operations(installed_on, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
@@ -799,7 +812,7 @@ def _in_real_time(findings: list["Finding"], sleep: Callable[[float], None]) -> 
                     power_state=VirtualMachine.PowerState.RUNNING,
                 ).update(power_state=VirtualMachine.PowerState.STARTING)
             sleep(sim.REBOOT_SECONDS / speed)
-    finished = timezone.now()
+    finished = world_clock.now()
     return [dataclasses.replace(f, finished=finished) for f in findings]
 
 
@@ -824,19 +837,21 @@ class Finding:
     attempt: int | None = None  # the claim this run holds (Operation.attempts); None: any
 
 
-def _simulate(operation: Operation, vm: VirtualMachine, guest: sim.Guest, now: datetime) -> Finding:
+def _simulate(
+    operation: Operation, vm: VirtualMachine, guest: sim.Guest, now: datetime, injected: sim.Injected = sim.NO_FAULTS
+) -> Finding:
     """The pure part of a run on a simulated clock: what the guest offers, and what installing does."""
     catalog = catalog_for(vm.product)
     available = sim.applicable(guest, catalog, now)
     if operation.kind == OperationKind.ASSESSMENT:
         finished = now + timedelta(seconds=sim.ASSESSMENT_SECONDS)
         return Finding(operation.pk, vm, available, finished, guest, catalog, attempt=operation.attempts)
-    outcome = _install(operation, vm, guest, available, now)
+    outcome = _install(operation, vm, guest, available, now, injected)
     finished = now + timedelta(seconds=outcome.simulated_seconds)
     return Finding(operation.pk, vm, available, finished, guest, catalog, outcome, operation.attempts)
 
 
-def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, available, clock: datetime):
+def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, available, clock: datetime, injected):
     parameters = InstallParameters.from_stored(operation.parameters)
     return sim.install(
         guest,
@@ -847,6 +862,7 @@ def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, availab
         vm_key=str(vm.vm_id),
         today=clock.date(),
         failure_rate=settings.PORTAL_PATCH_FAILURE_RATE,
+        injected=injected,
     )
 
 
@@ -882,7 +898,8 @@ def record_findings(findings: list[Finding]) -> list[int]:
         }
         operations: dict[tuple, list[int]] = defaultdict(list)
         guests: dict[tuple, list[int]] = defaultdict(list)
-        results, installs, rebooted, recorded = [], [], [], []
+        results, installs, rebooted, hung, recorded = [], [], [], [], []
+        summaries = FleetSummaries()
         for f in findings:
             if f.operation_id not in live:
                 continue
@@ -928,8 +945,10 @@ def record_findings(findings: list[Finding]) -> list[int]:
                 "reboot_status": outcome.reboot_status,
                 "reboot_pending": outcome.reboot_pending,
                 "maintenance_window_exceeded": outcome.maintenance_window_exceeded,
-                "error_code": "PatchInstallationFailed" if outcome.counts["Failed"] else "",
-                "error_message": " ".join(outcome.errors.values()),
+                "error_code": _install_error(outcome),
+                "error_message": " ".join(
+                    [*outcome.errors.values(), *([HUNG_IN_REBOOT] if outcome.reboot_status == "Failed" else [])]
+                ),
             }
             operations[tuple(changes.items())].append(f.operation_id)
             results += [
@@ -952,7 +971,13 @@ def record_findings(findings: list[Finding]) -> list[int]:
             if outcome.reboot_status == "Completed":
                 changes["last_boot_at"] = f.finished
                 rebooted.append(f.vm.pk)
+            elif outcome.reboot_status == "Failed":
+                hung.append(f.vm.pk)
             guests[(OperationKind.INSTALLATION, tuple(changes.items()))].append(f.vm.pk)
+        done = set(recorded)
+        for f in findings:
+            if f.operation_id in done:
+                summaries.add(f)
         for changes, ids in operations.items():
             Operation.objects.filter(pk__in=ids).update(**dict(changes))
         PatchResult.objects.bulk_create(results, batch_size=2000)
@@ -962,11 +987,76 @@ def record_findings(findings: list[Finding]) -> list[int]:
             own = Operation.objects.filter(pk__in=recorded, kind=kind, vm_id=OuterRef("pk")).values("pk")[:1]
             pointer = "last_assessment_id" if kind == OperationKind.ASSESSMENT else "last_installation_id"
             GuestState.objects.filter(pk__in=vm_ids).update(**dict(changes), **{pointer: Subquery(own)})
+        summaries.write()
         if rebooted:
             VirtualMachine.objects.filter(pk__in=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
                 power_state=VirtualMachine.PowerState.RUNNING
             )
+        if hung:  # an injected hang: the VM stays "starting" until someone starts it again
+            VirtualMachine.objects.filter(pk__in=hung).update(power_state=VirtualMachine.PowerState.STARTING)
     return recorded
+
+
+class FleetSummaries:
+    """What the fleet pages count, per recorded VM, written set-based: what it still misses after its
+    run (what applied, less what it installed): its MissingUpdate rows replaced, its counts per
+    classification and oldest outstanding Critical/Security publish date (one UPDATE per distinct
+    summary); and this year's installations without a reboot, and with a hotpatch (reboots avoided)."""
+
+    def __init__(self):
+        self.rows: list[MissingUpdate] = []
+        self.by_summary: dict[tuple, list[int]] = defaultdict(list)
+        self.without_reboot: dict[tuple, list[int]] = defaultdict(list)
+        self.assessed: list[int] = []
+
+    def add(self, finding: "Finding") -> None:
+        outcome = finding.outcome
+        installed = {p.id for p in outcome.installed} if outcome else set()
+        missing = [p for p in finding.available if p.id not in installed]
+        failed = {p for p, state in outcome.states.items() if state == PatchState.FAILED} if outcome else set()
+        self.rows += [MissingUpdate(guest_id=finding.vm.pk, update_id=p.id, failed=p.id in failed) for p in missing]
+        if not outcome:
+            self.assessed.append(finding.vm.pk)
+        counts = Counter(p.classification for p in missing)
+        oldest = min((p.published_at for p in missing if p.is_critical_or_security), default=None)
+        self.by_summary[(tuple(sorted(counts.items())), oldest)].append(finding.vm.pk)
+        if outcome and installed and outcome.status != OperationStatus.FAILED:
+            if outcome.reboot_status == RebootStatus.NOT_NEEDED:
+                hotpatched = any(p.kind == UpdateKind.HOTPATCH for p in outcome.installed)
+                self.without_reboot[(finding.finished.year, hotpatched)].append(finding.vm.pk)
+
+    def write(self) -> None:
+        vm_ids = [pk for pks in self.by_summary.values() for pk in pks]
+        # An assessment does not know what the last installation failed: it keeps that for what is still missing.
+        failed_before = set(
+            MissingUpdate.objects.filter(guest_id__in=self.assessed, failed=True).values_list("guest_id", "update_id")
+        )
+        for row in self.rows:
+            row.failed = row.failed or (row.guest_id, row.update_id) in failed_before
+        MissingUpdate.objects.filter(guest_id__in=vm_ids).delete()
+        MissingUpdate.objects.bulk_create(self.rows, batch_size=2000, ignore_conflicts=True)
+        for (counts, oldest), pks in self.by_summary.items():
+            GuestState.objects.filter(pk__in=pks).update(
+                missing_by_classification=dict(counts), oldest_critical_security_at=oldest
+            )
+        for (year, hotpatched), pks in self.without_reboot.items():
+            this_year = Q(counted_year=year)
+            GuestState.objects.filter(pk__in=pks).update(
+                installs_without_reboot=Case(When(this_year, then=F("installs_without_reboot") + 1), default=1),
+                reboots_avoided=Case(
+                    When(this_year, then=F("reboots_avoided") + int(hotpatched)), default=int(hotpatched)
+                ),
+                counted_year=year,
+            )
+
+
+HUNG_IN_REBOOT = f"The VM hung while restarting; start it again. {sim.INJECTED} (sandbox)."
+
+
+def _install_error(outcome: sim.InstallOutcome) -> str:
+    if outcome.reboot_status == "Failed":
+        return "VMRebootTimedOut"
+    return "PatchInstallationFailed" if outcome.counts["Failed"] else ""
 
 
 def _fail_deleted(operation_id: int, vm_name: str, when: datetime) -> None:
@@ -988,9 +1078,10 @@ def fail_stale_operations(now: datetime | None = None) -> int:
     times that from when it was queued, since a busy fleet can legitimately have a backlog.
     Set-based: one UPDATE for the operations, one for the VMs a dead worker left rebooting.
     """
-    now = now or timezone.now()
+    now = now or world_clock.now()
     deadline = settings.PORTAL_STALE_OPERATION_AFTER
-    silent = now - settings.PORTAL_HEARTBEAT_TIMEOUT
+    # Heartbeats are real time (processes), start and queue times the world's (the sandbox clock).
+    silent = timezone.now() - settings.PORTAL_HEARTBEAT_TIMEOUT
     stale = Operation.objects.filter(
         Q(status=OperationStatus.IN_PROGRESS, started_at__lt=now - deadline)
         | Q(
@@ -1021,8 +1112,38 @@ def fail_stale_operations(now: datetime | None = None) -> int:
     return failed
 
 
-def prune_history(now: datetime | None = None) -> int:
-    """Delete finished operations older than the retention period (their per-patch rows go with them)."""
-    cutoff = (now or timezone.now()) - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
-    deleted, _ = Operation.objects.finished().filter(created_at__lt=cutoff).delete()
+def prune_history(now: datetime | None = None, *, batch: int = 10_000) -> int:
+    """Delete finished operations older than the retention period (their per-patch rows go with them).
+
+    Set-based, in batches of the oldest first (each its own transaction), so millions of old rows
+    never sit in memory or in one long lock. Returns how many operations were deleted. The overview's
+    compliance trend is kept in ComplianceSnapshot rows and survives this.
+    """
+    cutoff = (now or world_clock.now()) - timedelta(days=settings.PORTAL_HISTORY_RETENTION_DAYS)
+    old = Operation.objects.finished().filter(created_at__lt=cutoff).order_by("created_at", "pk")
+    deleted = 0
+    while ids := list(old.values_list("pk", flat=True)[:batch]):
+        with transaction.atomic():
+            PatchResult.objects.filter(operation_id__in=ids).delete()
+            deleted += Operation.objects.filter(pk__in=ids).delete()[1].get(Operation._meta.label, 0)
     return deleted
+
+
+# --- Importing a fleet ----------------------------------------------------------------------------
+
+
+def import_fleet(plan: "fleet_import.Plan", owner, now: datetime | None = None) -> list[VirtualMachine]:
+    """Create the planned VMs (vms.fleet_import) and their guests, in one transaction, set-based.
+
+    Each guest starts as a VM created from its image today would (provision_guests); no assessment is
+    queued per VM: periodic assessment reaches them at their slot, as it does every VM.
+    """
+    from .catalog import ensure_catalog  # the catalog loader reads files: only here, not at import time
+
+    now = now or world_clock.now()
+    ensure_catalog(until=now + timedelta(days=31))  # the guests' images; fast when already loaded
+    with transaction.atomic():
+        vms = fleet_import.create_inventory(plan, owner, now)
+        with fixed_catalog():
+            provision_guests(vms, now)
+    return vms

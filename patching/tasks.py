@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from . import services
+from . import fleet, services, what_if
 from .orchestrator import engine
 
 log = logging.getLogger(__name__)
@@ -73,3 +73,15 @@ def assess_fleet() -> int:
     except ValueError as exc:
         log.error("Periodic assessment skipped: %s", exc)
         return 0
+
+
+@shared_task
+def record_compliance_snapshots() -> int:
+    """Beat: today's compliance per subscription, for the overview's trend (re-recorded until the day ends)."""
+    return fleet.record_compliance_snapshots()
+
+
+@shared_task(name=what_if.RUN_WHAT_IF_TASK, acks_late=True)
+def run_what_if(run_id: int) -> None:
+    """A what-if year (patching.what_if): one task per run; a second delivery finds it claimed."""
+    what_if.execute_run(run_id)

@@ -67,3 +67,14 @@ class PatchState(TextChoices):
     PENDING = "Pending"
     EXCLUDED = "Excluded"
     NOT_SELECTED = "NotSelected", "Not selected"
+
+
+class FaultKind(TextChoices):
+    """What a sandbox fault makes happen (patching.faults)."""
+
+    ASSESSMENT_FAILS = "assessment_fails", "Assessment fails"
+    AGENT_UNREACHABLE = "agent_unreachable", "VM agent unreachable"
+    KB_FAILS = "kb_fails", "KB fails to install"
+    SLOW_INSTALL = "slow_install", "Installation exceeds its maximum duration"
+    REBOOT_HANGS = "reboot_hangs", "VM hangs in reboot"
+    ROLLOUT_HALT = "rollout_halt", "Rollout halts on health"

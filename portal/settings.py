@@ -111,6 +111,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.web.context.sandbox_clock",
             ],
         },
     },
@@ -272,6 +273,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "patching.tasks.prune_history",
         "schedule": timedelta(hours=6),
     },
+    # The overview's compliance trend: one figure per subscription per day, the day's last one kept.
+    "record-compliance-snapshots": {
+        "task": "patching.tasks.record_compliance_snapshots",
+        "schedule": timedelta(hours=1),
+    },
     # Automatic VM guest patching (SPEC §3.5): cheap rounds, so a window opening is caught within minutes.
     "patch-fleet": {
         "task": "patching.tasks.patch_fleet",
@@ -324,11 +330,13 @@ PORTAL_HEARTBEAT_SECONDS = envfloat("PORTAL_HEARTBEAT_SECONDS", "10")
 PORTAL_HEARTBEAT_TIMEOUT = timedelta(seconds=envint("PORTAL_HEARTBEAT_TIMEOUT_SECONDS", "60"))
 PORTAL_MAX_ATTEMPTS = envint("PORTAL_MAX_ATTEMPTS", "6")
 # How many days of update history are kept before being pruned.
-PORTAL_HISTORY_RETENTION_DAYS = envint("PORTAL_HISTORY_RETENTION_DAYS", "180")
+PORTAL_HISTORY_RETENTION_DAYS = envint("PORTAL_HISTORY_RETENTION_DAYS", "365")
 # Preview-feature and provider registration take this long ("up to 15 minutes" in the seed).
 PORTAL_REGISTRATION_SECONDS = envint("PORTAL_REGISTRATION_SECONDS", "60")
 # While on (as in the 2021 preview), turning hotpatch on needs the three features and the provider registered.
 PORTAL_PREVIEW_GATE = envbool("PORTAL_PREVIEW_GATE", "true")
+# The largest fleet file the /sandbox/import/ page takes (manage.py import_fleet has no limit).
+PORTAL_IMPORT_MAX_BYTES = envint("PORTAL_IMPORT_MAX_BYTES", str(50 * 1024 * 1024))
 for _name in ("PORTAL_PATCH_FAILURE_RATE", "PORTAL_AGENT_UNREACHABLE_RATE"):
     if not 0.0 <= globals()[_name] <= 1.0:
         raise ImproperlyConfigured(f"{_name} must be between 0 and 1")
@@ -352,6 +360,10 @@ PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS = envint("PORTAL_ROLLOUT_HALT_MIN_ATTEMPTS", "1
 # An enrolled VM that missed a baseline (it was off) takes it at its next window even in a hotpatch
 # month (true), or waits for the next baseline month (false).
 PORTAL_BASELINE_CATCH_UP = envbool("PORTAL_BASELINE_CATCH_UP", "true")
+# The sandbox (patching/sandbox.py): one advance of the simulated clock covers at most this many days.
+PORTAL_SANDBOX_MAX_ADVANCE = timedelta(days=envint("PORTAL_SANDBOX_MAX_ADVANCE_DAYS", "100"))
+if PORTAL_SANDBOX_MAX_ADVANCE.days < 1:
+    raise ImproperlyConfigured("PORTAL_SANDBOX_MAX_ADVANCE_DAYS must be at least 1")
 # Periodic assessment: every 24 h with assessmentMode AutomaticByPlatform, every this many days otherwise.
 PORTAL_ASSESSMENT_INTERVAL_DAYS = envint("PORTAL_ASSESSMENT_INTERVAL_DAYS", "3")
 for _name in ("PORTAL_PATCH_BEAT_SECONDS", "PORTAL_ASSESSMENT_BEAT_SECONDS"):

@@ -303,3 +303,17 @@ def fleet(catalog, alice, bob):
         "ro1": make_vm(resource_group=ro, name="ro-01"),
         "bob1": make_vm(resource_group=other, name="bob-01"),
     }
+
+
+@pytest.fixture(autouse=True)
+def real_time_clock():
+    """Every test starts in real time, with that already in the clock's cache (as in a running
+    portal, where only the first read after a change reads the row: query counts stay constant), and
+    ends with the cached value forgotten: a rolled-back sandbox clock row must not outlive its test
+    in the cache (the key names the test database)."""
+    from vms import clock
+
+    clock.forget()
+    clock._cache(clock.REAL)
+    yield
+    clock.forget()

@@ -40,3 +40,16 @@ def has_role(user, subscription_id, at_least: str) -> bool:
 def can_act(user, subscription_id) -> bool:
     """Contributor or Owner: may assess, install, change settings, register features."""
     return has_role(user, subscription_id, Role.CONTRIBUTOR)
+
+
+def can_manage_installation(user) -> bool:
+    """Installation-wide actions (the sandbox clock, faults everywhere, reset, loading a snapshot):
+    a superuser, or the Owner of every subscription there is (at least one). They change every
+    subscription's world, so a role on some of them is not enough."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    total = Subscription.objects.count()
+    owned = RoleAssignment.objects.filter(user=user, role=Role.OWNER).values("subscription").distinct().count()
+    return total > 0 and owned == total

@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
+from . import clock
 from .models import FeatureRegistration, ProviderRegistration, RegistrationState, Subscription
 
 S = RegistrationState
@@ -61,7 +61,7 @@ def provider(subscription: Subscription, namespace: str = PROVIDER) -> ProviderR
 
 def _transition(model, lookup: dict, start: str, *, now: datetime | None = None):
     """Move a row into `start` (Registering/Unregistering) unless it is there or already done."""
-    now = now or timezone.now()
+    now = now or clock.now()
     done = S.REGISTERED if start == S.REGISTERING else S.UNREGISTERED
     with transaction.atomic():
         row, _ = model.objects.get_or_create(**lookup, defaults={"changed_at": now})
@@ -111,7 +111,7 @@ def unregister_provider(subscription: Subscription, namespace: str = PROVIDER, *
 
 def settle(model, pk: int, now: datetime | None = None) -> bool:
     """Finish one transition whose delay has passed (compare-and-swap). True if it moved."""
-    now = now or timezone.now()
+    now = now or clock.now()
     due = now - _registration_delay()
     moved = 0
     for start, done in ((S.REGISTERING, S.REGISTERED), (S.UNREGISTERING, S.UNREGISTERED)):
@@ -121,7 +121,7 @@ def settle(model, pk: int, now: datetime | None = None) -> bool:
 
 def settle_due(now: datetime | None = None) -> int:
     """Finish every transition whose delay has passed: the safety net if a delayed task was lost."""
-    now = now or timezone.now()
+    now = now or clock.now()
     due = now - _registration_delay()
     moved = 0
     for model in (FeatureRegistration, ProviderRegistration):

@@ -131,10 +131,13 @@ class VirtualMachine(models.Model):
     image_offer = models.CharField(max_length=64, default=images.OFFER)
     image_sku = models.CharField(max_length=64)
     image_version = models.CharField(max_length=40, default="latest")
+    # A gallery or custom image's resource id (imported fleets); then publisher, offer and sku are empty.
+    image_id = models.CharField(max_length=400, blank=True)
     product = models.CharField(max_length=20, choices=images.PRODUCT_CHOICES)
     time_zone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone, e.g. Europe/Stockholm.")
     power_state = models.CharField(max_length=12, choices=PowerState.choices, default=PowerState.RUNNING)
     created_at = models.DateTimeField(default=timezone.now)
+    tags = models.JSONField(default=dict, blank=True)
 
     # osProfile.windowsConfiguration and its patchSettings (azure-api.md §1).
     provision_vm_agent = models.BooleanField(default=True)
@@ -146,8 +149,6 @@ class VirtualMachine(models.Model):
     )
     reboot_setting = models.CharField(max_length=12, choices=RebootSetting.choices, default=RebootSetting.IF_REQUIRED)
     bypass_platform_safety_checks = models.BooleanField(default=False)
-    # ARM tags (name -> value): what maintenance configurations' dynamic scopes filter on.
-    tags = models.JSONField(default=dict, blank=True)
     # When hotpatch was last turned off: re-enrolment waits for the next baseline after this.
     hotpatch_disabled_at = models.DateTimeField(null=True, blank=True)
     # Bumped on every write of what ARM shows of the VM (patch settings, size): its etag, so a client
@@ -245,6 +246,27 @@ class VirtualMachine(models.Model):
             region=self.location,
             current=None if creating else self.patch_settings,
         )
+
+
+class FleetImport(models.Model):
+    """An uploaded fleet file, parsed and waiting for its uploader to confirm it (the page's preview).
+
+    The parsed entries are kept here, never re-posted by the browser; confirming plans them again
+    against the inventory as it is then. `imported_at` is set once, by a compare-and-swap.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="fleet_imports")
+    filename = models.CharField(max_length=200)
+    entries = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+    imported_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({len(self.entries)} VMs)"
 
 
 TRANSITIONAL_STATES = (RegistrationState.REGISTERING, RegistrationState.UNREGISTERING)
@@ -482,3 +504,23 @@ class ServicePrincipal(Credential):
             return None
         principal.touch(now)
         return principal
+
+
+class SandboxClock(models.Model):
+    """The installation's clock (one row, pk 1): real time, or a stored simulated "now" (sandbox mode).
+
+    Read through `vms.clock.now()`, which keeps it in the cache so pages pay no query for it. In
+    sandbox mode the simulated time stands still until an Owner advances it (patching.sandbox).
+    """
+
+    simulated_now = models.DateTimeField(null=True, blank=True, help_text="Empty: real time.")
+    # The advance in progress (real time when it began); the lock against a second advance.
+    advancing_since = models.DateTimeField(null=True, blank=True)
+    changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "vms_sandboxclock"  # vms.clock reads it by name (it cannot import the models)
+        constraints = [models.CheckConstraint(condition=Q(pk=1), name="one_sandbox_clock")]
+
+    def __str__(self) -> str:
+        return f"simulated {self.simulated_now:%Y-%m-%d %H:%M} UTC" if self.simulated_now else "real time"

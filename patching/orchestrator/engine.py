@@ -24,10 +24,9 @@ from functools import lru_cache
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Max, Q
-from django.utils import timezone
 
+from patching import faults, services
 from patching import guest as sim
-from patching import services
 from patching.guest import Selection
 from patching.models import (
     IN_FLIGHT,
@@ -40,6 +39,7 @@ from patching.models import (
     Update,
 )
 from patching.parameters import InstallParameters
+from vms import clock as world_clock
 from vms import images
 from vms.models import VirtualMachine
 
@@ -395,7 +395,7 @@ def resume_rollout(halt: RolloutHalt, *, user=None, now: datetime | None = None)
 
     Failures are counted afresh from now on, so the rollout does not halt again on the old ones.
     """
-    now = now or timezone.now()
+    now = now or world_clock.now()
     done = RolloutHalt.objects.filter(pk=halt.pk, resumed_at=None).update(resumed_at=now, resumed_by=user)
     if done:
         halt.refresh_from_db()
@@ -507,16 +507,18 @@ def patch_fleet(now: datetime | None = None, *, execute: bool = False, cache: Fl
     `execute=True` they run right away on that simulated clock. `cache` (the simulation's) keeps
     what the previous round read.
     """
-    clock = now or timezone.now()
+    clock = now or world_clock.now()
     rules = current_rules()
     with transaction.atomic():
         if not _exclusive():
             return Round(clock, skipped=True)
         catalogs = load_catalogs()
-        halts, opened = list(RolloutHalt.objects.all()), []
+        opened = faults.open_halts(clock)  # the sandbox's injected rollout halts
+        halts = list(RolloutHalt.objects.all())
         if cache is None or cache.installed_since_check:
-            opened = check_halts(clock, rules, catalogs, halts)
-            halts += opened
+            found = check_halts(clock, rules, catalogs, halts)
+            halts += found
+            opened += found
         snap = snapshot(clock, rules, catalogs, cache)
         result = planner.plan(snap.fleet, clock, rules, open_halts(halts), memo=cache.verdicts if cache else None)
         # The lock order (services.lock_vms): the VMs that start an installation, then guest states.
@@ -547,7 +549,7 @@ class Assessments:
 
 def assess_fleet(now: datetime | None = None, *, execute: bool = False) -> Assessments:
     """Periodic assessment: every running VM whose slot has come (24 h or every few days), staggered."""
-    clock = now or timezone.now()
+    clock = now or world_clock.now()
     rules = current_rules()
     rows = VirtualMachine.objects.filter(
         power_state=VirtualMachine.PowerState.RUNNING, guest__isnull=False

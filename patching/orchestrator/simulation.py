@@ -18,6 +18,7 @@ demo seeder runs it over the real database for the past 45 days.
 import calendar as calendar_module
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -26,7 +27,7 @@ from django.db.models import Count
 
 from patching import calendar, services
 from patching.models import InstalledUpdate, Operation, OperationKind, RebootStatus, RolloutHalt, StartedBy, Update
-from vms import images
+from vms import features, images
 from vms.models import ResourceGroup, Subscription, VirtualMachine
 
 from ..maintenance import services as maintenance
@@ -65,11 +66,18 @@ def throwaway_database():
 class Simulation:
     start: datetime
     end: datetime
-    fleet: fleets.Fleet
+    # The fleet it creates and its power changes; the sandbox runs the fleet already in the database.
+    fleet: fleets.Fleet = field(default_factory=lambda: fleets.Fleet([], []))
     assessments: bool = False
     # An operator resumes a halted rollout this long after it halted (None: nobody does).
     resume_after: timedelta | None = timedelta(hours=24)
+    # Periodic assessments run in batches at most this often (None: at each VM's own slot).
+    assessment_step: timedelta | None = None
+    # Each step also settles preview-feature registrations and fails stale operations (the beat's work).
+    housekeeping: bool = False
     rounds: int = 0
+    operations: int = 0
+    reached: datetime | None = None  # how far the clock got (the sandbox stores it, even after an error)
     seconds: float = 0.0
     vms: list[VirtualMachine] = field(default_factory=list)
     # What the engine read in the previous round; verify=True checks it against a fresh read each round.
@@ -121,8 +129,8 @@ class Simulation:
         self.cache.touch(chosen)
         return []
 
-    def run(self, until: datetime | None = None) -> None:
-        """Step the clock from start to `until` (default: end)."""
+    def run(self, until: datetime | None = None, on_round: Callable[[datetime], None] | None = None) -> None:
+        """Step the clock from start to `until` (default: end); `on_round(clock)` after each step (progress)."""
         began = time.perf_counter()
         until = until or self.end
         by_name = {vm.name: vm.pk for vm in self.vms}
@@ -139,6 +147,9 @@ class Simulation:
         next_maintenance = clock
         with services.fixed_catalog():
             while clock < until:
+                self.reached = clock
+                if self.housekeeping:
+                    self._housekeeping(clock)
                 while changes and changes[0].at <= clock:
                     change = changes.pop(0)
                     VirtualMachine.objects.filter(pk=by_name[change.vm]).update(power_state=change.power_state)
@@ -148,12 +159,17 @@ class Simulation:
                 if self._resume_halts(clock):
                     next_patch = clock
                 if next_assessment is not None and next_assessment <= clock:
-                    next_assessment = engine.assess_fleet(clock, execute=True).next_due or until
+                    assessed = engine.assess_fleet(clock, execute=True)
+                    self.operations += len(assessed.started)
+                    next_assessment = assessed.next_due or until
+                    if self.assessment_step:
+                        next_assessment = max(next_assessment, clock + self.assessment_step)
                 if next_maintenance <= clock:
                     next_maintenance = self._run_schedules(clock, cache) or until
                 if next_patch <= clock:
                     result = engine.patch_fleet(clock, execute=True, cache=cache)
                     self.rounds += 1
+                    self.operations += len(result.started)
                     releases = [r for r in releases if r > clock]
                     moments = [until, *releases[:1], *(m for m in (result.wake_at, self._next_resume()) if m)]
                     if result.hurry or result.busy:
@@ -163,16 +179,24 @@ class Simulation:
                 if next_assessment is not None:
                     moments.append(next_assessment)
                 clock = max(min(moments), clock + timedelta(minutes=1))
+                if on_round is not None:
+                    on_round(min(clock, until))
+        self.reached = until
         self.seconds += time.perf_counter() - began
 
-    @staticmethod
-    def _run_schedules(clock: datetime, cache) -> datetime | None:
+    def _run_schedules(self, clock: datetime, cache) -> datetime | None:
         """Maintenance configurations' step at `clock` (pre-events, windows opening and closing), their
         installations run at once; returns when the schedules next have something to do."""
         step = maintenance.run_due(clock, execute=True)
+        self.operations += len(step.operations)
         if step.operations:
             cache.touch(Operation.objects.filter(pk__in=step.operations).values_list("vm_id", flat=True))
         return maintenance.next_due(clock)
+
+    def _housekeeping(self, clock: datetime) -> None:
+        """What the beat does besides patching: registrations settle, runs nobody finishes fail."""
+        features.settle_due(clock)
+        services.fail_stale_operations(clock)
 
     def _resume_halts(self, clock: datetime) -> int:
         """The operator resumes the halts open for `resume_after` by `clock`; returns how many."""

@@ -6,10 +6,9 @@ import re
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from patching import services
-from vms import images, regions
+from vms import clock, images, regions
 from vms.models import RESOURCE_NAME_RE, Subscription, VirtualMachine
 from vms.patch_settings import Problem, defaults_for_image
 
@@ -59,13 +58,7 @@ def vm_to_arm(vm: VirtualMachine, instance_view: dict | None = None) -> dict:
         "vmId": str(vm.vm_id),
         "hardwareProfile": {"vmSize": vm.size},
         "storageProfile": {
-            "imageReference": {
-                "publisher": vm.image_publisher,
-                "offer": vm.image_offer,
-                "sku": vm.image_sku,
-                "version": vm.image_version,
-                "exactVersion": guest.build if guest and guest.build else vm.image_version,
-            },
+            "imageReference": image_reference(vm, guest),
             "osDisk": {
                 "osType": "Windows",
                 "name": f"{vm.name}_OsDisk",
@@ -110,6 +103,19 @@ def vm_to_arm(vm: VirtualMachine, instance_view: dict | None = None) -> dict:
     return body
 
 
+def image_reference(vm: VirtualMachine, guest) -> dict:
+    """A marketplace image's publisher/offer/sku, or a gallery or custom image's id (imported fleets)."""
+    if vm.image_id:
+        return {"id": vm.image_id, "exactVersion": vm.image_version}
+    return {
+        "publisher": vm.image_publisher,
+        "offer": vm.image_offer,
+        "sku": vm.image_sku,
+        "version": vm.image_version,
+        "exactVersion": guest.build if guest and guest.build else vm.image_version,
+    }
+
+
 def instance_view(vm: VirtualMachine, latest: dict) -> dict:
     """VirtualMachineInstanceView: power state in statuses, patchStatus (azure-api.md §2)."""
     guest = getattr(vm, "guest", None)
@@ -130,7 +136,7 @@ def instance_view(vm: VirtualMachine, latest: dict) -> dict:
                     "message": "GuestAgent is running and processing the extensions."
                     if vm.is_running
                     else "VM status blob is found but not yet populated.",
-                    "time": arm_time(timezone.now()),
+                    "time": arm_time(clock.now()),
                 }
             ],
         },
@@ -330,7 +336,7 @@ def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
     subscription = arm.subscription(subscriptionId, act=True)
     rg = arm.resource_group(subscription, resourceGroupName)
     body = Body(arm.json_object(required=True))
-    started = timezone.now()
+    started = clock.now()
     existing = vm_queryset().filter(resource_group=rg, name__iexact=vmName).first()
     if existing is not None:
         _check_if_none_match(arm, existing)
@@ -419,7 +425,7 @@ def patch_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmNam
     rg = arm.resource_group(subscription, resourceGroupName)
     vm = arm.virtual_machine(rg, vmName, vm_queryset())
     body = Body(arm.json_object(required=True))
-    return _update_vm(arm, subscription, vm, body, timezone.now())
+    return _update_vm(arm, subscription, vm, body, clock.now())
 
 
 def _update_vm(arm: ArmRequest, subscription, vm: VirtualMachine, body: Body, started: datetime):
@@ -485,7 +491,7 @@ def delete_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmNa
     vm = VirtualMachine.objects.filter(resource_group=rg, name__iexact=vmName).first()
     if vm is None:
         return empty(204)
-    started = timezone.now()
+    started = clock.now()
     arm_id, location = vm.arm_id, vm.location
     if not services.delete_virtual_machine(vm):
         return empty(204)  # another DELETE won
@@ -508,7 +514,7 @@ def power_action(action: str):
         subscription = arm.subscription(subscriptionId, act=True)
         rg = arm.resource_group(subscription, resourceGroupName)
         vm = arm.virtual_machine(rg, vmName)
-        started = timezone.now()
+        started = clock.now()
         with transaction.atomic():
             locked = services.lock_vm(vm.pk)  # the lock order: a DELETE either came first (404) or waits
             if locked is None:

@@ -25,9 +25,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
-from django.utils import timezone
 
-from vms import access
+from vms import access, clock
 from vms.models import ApiToken, ResourceGroup, Role, Subscription, VirtualMachine
 from vms.patch_settings import Problem
 
@@ -427,7 +426,7 @@ def completed_operation_name(subscription_id, kind: str, resource_id: str, start
         "k": kind,
         "r": resource_id,
         "t": arm_time(started),
-        "e": arm_time(timezone.now()),
+        "e": arm_time(clock.now()),
     }
     return signing.dumps(payload, salt=_SIGNING_SALT, compress=True)
 

@@ -39,15 +39,18 @@ def wire_status(operation: Operation) -> str:
 
 
 def api_error(operation: Operation, results=()) -> dict | None:
-    """ApiError: the run's error, with one detail per failed patch."""
-    if not operation.error_code:
+    """ApiError: the run's error, with one detail per failed patch, and one saying what a sandbox fault did."""
+    injected = [{"code": "InjectedFault", "message": operation.injected}] if operation.injected else []
+    if not operation.error_code and not injected:
         return None
+    if not operation.error_code:  # a fault that left no error of its own (a slow install) still says so
+        return {"code": "InjectedFault", "message": operation.injected, "details": injected}
     error = {"code": operation.error_code, "message": operation.error_message or operation.error_code}
     details = [
         {"code": "PatchInstallationFailed", "target": f"KB{r.update.kb}", "message": r.error or "Installation failed."}
         for r in results
         if r.state == "Failed"
-    ]
+    ] + injected
     if details:
         error["details"] = details
     return error

@@ -8,7 +8,7 @@ component parameter of the same name describes each `{name}` (schemas.PARAMETERS
 (400, 401, 403, 404, 405, 409, 413) and the api-version parameter are on every operation.
 """
 
-from . import compute, identity, maintenance, operations, patches, providers, resources
+from . import compute, identity, maintenance, operations, patches, providers, resources, sandbox
 from .core import Endpoint, Router
 from .schemas import ASYNC_HEADER, LRO_202, LRO_HEADERS, body, ref, request_body
 
@@ -34,6 +34,8 @@ PROVIDERS = ("Providers",)
 MAINTENANCE_CONFIGURATIONS = ("MaintenanceConfigurations",)
 ASSIGNMENTS = ("ConfigurationAssignments",)
 APPLY_UPDATES = ("ApplyUpdates",)
+SANDBOX = ("Sandbox",)
+SANDBOX_PATH = "/providers/Hotpatch.Sandbox"
 
 
 def power_action(action: str, operation_id: str, summary: str) -> Endpoint:
@@ -58,6 +60,66 @@ ENDPOINTS = (
         ("Metadata",),
         {"200": body("CloudMetadata")},
         authenticated=False,
+    ),
+    # --- The sandbox (not an Azure API): the clock and faults ---
+    Endpoint(
+        "GET",
+        SANDBOX_PATH + "/clock",
+        sandbox.get_clock,
+        "Sandbox_GetClock",
+        "The installation's clock: real time, or sandbox mode and the simulated now.",
+        SANDBOX,
+        {"200": body("SandboxClock")},
+    ),
+    Endpoint(
+        "POST",
+        SANDBOX_PATH + "/clock/advance",
+        sandbox.advance_clock,
+        "Sandbox_AdvanceClock",
+        "Advance the simulated clock by `days` or to `to`; everything due meanwhile happens before the "
+        "answer (the first advance switches to sandbox mode). A superuser or the Owner of every "
+        "subscription; 409 while another advance runs.",
+        SANDBOX,
+        {"200": body("SandboxClock")},
+        request=request_body("SandboxAdvance"),
+    ),
+    Endpoint(
+        "POST",
+        SANDBOX_PATH + "/clock/realtime",
+        sandbox.realtime,
+        "Sandbox_Realtime",
+        "Back to real time (a superuser or the Owner of every subscription).",
+        SANDBOX,
+        {"200": body("SandboxClock")},
+    ),
+    Endpoint(
+        "GET",
+        SANDBOX_PATH + "/faults",
+        sandbox.list_faults,
+        "Sandbox_ListFaults",
+        "The injected faults the caller may see.",
+        SANDBOX,
+        {"200": body("SandboxFaultListResult")},
+    ),
+    Endpoint(
+        "POST",
+        SANDBOX_PATH + "/faults",
+        sandbox.add_fault,
+        "Sandbox_AddFault",
+        "Inject a fault: on a VM or subscription (Contributor there), a region or the whole fleet "
+        "(a superuser or the Owner of every subscription).",
+        SANDBOX,
+        {"201": body("SandboxFault")},
+        request=request_body("SandboxFaultRequest"),
+    ),
+    Endpoint(
+        "DELETE",
+        SANDBOX_PATH + "/faults/{faultId}",
+        sandbox.remove_fault,
+        "Sandbox_RemoveFault",
+        "Remove a fault (200), or nothing to remove (204).",
+        SANDBOX,
+        {"200": {"description": "Removed."}, "204": {"description": "No such fault."}},
     ),
     Endpoint(
         "GET",

@@ -9,7 +9,7 @@ choices are generated from those choices. openapi.py puts these together with th
 """
 
 from patching.models import OperationStatus, RebootStatus
-from patching.vocabulary import Classification, PatchState, RebootBehavior
+from patching.vocabulary import Classification, FaultKind, PatchState, RebootBehavior
 from vms.regions import REGIONS
 from vms.vocabulary import AssessmentMode, PatchMode, RebootSetting, RegistrationState
 
@@ -107,7 +107,86 @@ ASSESSMENT_MODE = choices(AssessmentMode)
 PLATFORM_REBOOT_SETTING = choices(RebootSetting, unknown=True)
 INSTALL_REBOOT_SETTING = choices(RebootSetting)
 
+FAULT_KIND = choices(FaultKind)
+SANDBOX_FAULT_PROPERTIES = {
+    "kind": FAULT_KIND,
+    "vmId": {**STR, "description": "One VM's resource id (Contributor on its subscription)."},
+    "subscriptionId": {"type": "string", "format": "uuid", "description": "Every VM of one subscription."},
+    "location": {**REGION, "description": "Every VM of one region (required for rollout_halt)."},
+    "kb": {**KB, "description": "kb_fails: the KB that fails; absent: every KB fails."},
+    "probability": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
+    "nextOperations": {"type": "integer", "minimum": 1, "maximum": 1000000},
+}
+
 SCHEMAS = {
+    "SandboxClock": obj(
+        {
+            "id": STR,
+            "name": STR,
+            "type": STR,
+            "properties": obj(
+                {
+                    "mode": enum("realtime", "sandbox"),
+                    "now": TIME,
+                    "advancing": BOOL,
+                    "maxAdvanceDays": INT,
+                    "activeFaults": INT,
+                    "lastAdvance": obj(
+                        {
+                            "from": TIME,
+                            "to": TIME,
+                            "switchedToSandbox": BOOL,
+                            "rounds": INT,
+                            "operations": INT,
+                            "seconds": {"type": "number"},
+                            "message": STR,
+                        }
+                    ),
+                },
+                ["mode", "now", "advancing", "maxAdvanceDays"],
+            ),
+        },
+        ["id", "properties"],
+    ),
+    "SandboxAdvance": {
+        **tolerant(
+            {
+                "days": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "description": "Days to advance."},
+                "to": {**TIME, "description": "The moment to advance to (UTC if no offset)."},
+            }
+        ),
+        "description": "Either days or to.",
+    },
+    "SandboxFaultRequest": {
+        **tolerant(SANDBOX_FAULT_PROPERTIES, ["kind"]),
+        "description": "A scope (vmId, subscriptionId, location, or none: the whole fleet) and either "
+        "probability or nextOperations.",
+    },
+    "SandboxFault": obj(
+        {
+            "id": STR,
+            "name": STR,
+            "type": STR,
+            "properties": obj(
+                {
+                    "kind": FAULT_KIND,
+                    "vmId": nullable(STR),
+                    "subscriptionId": nullable(STR),
+                    "location": nullable(STR),
+                    "kb": nullable(STR),
+                    "probability": {"type": "number", "nullable": True},
+                    "nextOperations": {"type": "integer", "minimum": 0, "nullable": True},
+                    "fired": INT,
+                    "active": BOOL,
+                    "description": STR,
+                    "createdAt": TIME,
+                },
+                ["kind", "fired", "active"],
+            ),
+        },
+        ["id", "properties"],
+    ),
+    "SandboxFaultListResult": listing("SandboxFault"),
     "ErrorDetail": obj({"code": STR, "message": STR, "target": STR}, ["code", "message"]),
     "ErrorResponse": obj(
         {
@@ -616,6 +695,7 @@ PARAMETERS = {
         "applyUpdateName", "default (PUT: apply now), an installation's id, or a run's UTC start yyyyMMddHHmmss."
     ),
     "OperationId": path_param("operationId", "The operation's name, from the Azure-AsyncOperation URL."),
+    "FaultId": path_param("faultId", "A sandbox fault's number."),
     "Expand": {"name": "$expand", "in": "query", "schema": enum("instanceView", "userData")},
     "SkipToken": {
         "name": "$skiptoken",

@@ -6,7 +6,21 @@ Hotpatch blade, operations, the calendar).
 
 from django.urls import include, path
 
-from .views import api_tokens, azure_cli, fleet, hotpatch, maintenance, preferences, subscriptions, vm
+from .views import (
+    api_tokens,
+    azure_cli,
+    fleet,
+    fleet_import,
+    history,
+    hotpatch,
+    maintenance,
+    overview,
+    preferences,
+    sandbox,
+    subscriptions,
+    vm,
+    what_if,
+)
 
 vm_pages = [
     path("vms/", fleet.fleet, name="list"),
@@ -57,6 +71,24 @@ patching_pages = [
     path("vms/<int:pk>/hotpatch/install/", hotpatch.install, name="install"),
     path("operations/<int:pk>/status/", hotpatch.operation_status, name="operation-status"),
     path("calendar/", hotpatch.hotpatch_calendar, name="calendar"),
+    path("overview/", overview.overview, name="fleet-overview"),
+    path("updates/", overview.updates, name="updates"),
+    path("updates/<int:pk>/", overview.update_machines, name="update-machines"),
+    path("updates/<int:pk>/install/", overview.install_update, name="update-install"),
+    path("history/", history.history, name="history"),
+    path("history/export.csv", history.history_export, {"fmt": "csv"}, name="history-export-csv"),
+    path("history/export.json", history.history_export, {"fmt": "json"}, name="history-export-json"),
+]
+
+sandbox_pages = [
+    path("sandbox/", sandbox.sandbox_page, name="sandbox"),
+    path("sandbox/clock/advance/", sandbox.advance, name="sandbox-advance"),
+    path("sandbox/clock/realtime/", sandbox.realtime, name="sandbox-realtime"),
+    path("sandbox/faults/", sandbox.add_fault, name="sandbox-fault-add"),
+    path("sandbox/faults/<int:pk>/remove/", sandbox.remove_fault, name="sandbox-fault-remove"),
+    path("sandbox/snapshot.json", sandbox.export_snapshot, name="sandbox-export"),
+    path("sandbox/snapshot/load/", sandbox.import_snapshot, name="sandbox-load"),
+    path("sandbox/reset/", sandbox.reset, name="sandbox-reset"),
 ]
 
 maintenance_pages = [
@@ -81,6 +113,15 @@ urlpatterns = [
     path("", include((maintenance_pages, "maintenance"))),
     path("", include((vm_pages, "vms"))),
     path("", include((patching_pages, "patching"))),
+    path("", include(sandbox_pages)),
     path("account/api-tokens/", api_tokens.api_tokens, name="api-tokens"),
     path("account/api-tokens/<int:pk>/revoke/", api_tokens.revoke_api_token, name="api-token-revoke"),
+    # The sandbox: your own fleet imported, a what-if year over it.
+    path("sandbox/import/", fleet_import.upload, name="sandbox-import"),
+    path("sandbox/import/<int:pk>/", fleet_import.preview, name="sandbox-import-preview"),
+    path("sandbox/import/<int:pk>/confirm/", fleet_import.confirm, name="sandbox-import-confirm"),
+    path("sandbox/what-if/", what_if.what_if_page, name="sandbox-what-if"),
+    path("sandbox/what-if/start/", what_if.start, name="sandbox-what-if-start"),
+    path("sandbox/what-if/<int:pk>/", what_if.run_page, name="sandbox-what-if-run"),
+    path("sandbox/what-if/<int:pk>/what-if.<str:fmt>", what_if.download, name="sandbox-what-if-download"),
 ]

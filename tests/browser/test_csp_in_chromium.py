@@ -69,6 +69,7 @@ def test_the_main_pages_satisfy_the_content_security_policy(page: Page, live_ser
         "Azure CLI": "/azure-cli/",
         "subscriptions": "/subscriptions/",
         "preferences": "/preferences/",
+        "sandbox": "/sandbox/",
     }
     for name, path in pages.items():
         response = page.goto(live_server.url + path)

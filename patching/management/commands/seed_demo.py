@@ -4,7 +4,6 @@ from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
-from django.utils import timezone
 
 from patching import catalog, services
 from patching.guest import Selection
@@ -12,6 +11,7 @@ from patching.models import OperationKind, StartedBy
 from patching.orchestrator import fleets
 from patching.orchestrator.simulation import Simulation
 from patching.parameters import InstallParameters
+from vms import clock
 from vms.models import Subscription, VirtualMachine
 
 HISTORY_DAYS = 45
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=int, default=HISTORY_DAYS, help="Days of history to simulate.")
 
     def handle(self, *args, days: int, **options):
-        now = timezone.now()
+        now = clock.now()
         catalog.ensure_catalog(until=(now + timedelta(days=31)).date())
         if Subscription.objects.filter(pk=fleets.DEMO_SUBSCRIPTIONS[0][0]).exists():
             self.stdout.write("Demo fleet already there; nothing to do.")

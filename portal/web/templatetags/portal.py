@@ -9,6 +9,7 @@ from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from patching.vocabulary import HotpatchStatus, PatchState, RebootBehavior
+from vms import clock
 from vms.vocabulary import AssessmentMode, PatchMode, RebootSetting, RegistrationState, label
 
 register = template.Library()
@@ -106,7 +107,7 @@ def ago(value) -> str:
     if not value:
         return "Never"
     local = _local(value)
-    now = timezone.now()
+    now = clock.now()
     if value > now:
         text = f"in {timesince(now, value, depth=1)}"
     else:

@@ -4,11 +4,10 @@ import csv
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from django.core.paginator import Paginator
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
@@ -16,14 +15,14 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 from django_htmx.http import push_url
 
+from patching import fleet as figures
 from patching.models import (
     IN_FLIGHT,
     HotpatchStatus,
     Operation,
-    OperationKind,
     OperationStatus,
 )
-from vms import access, images, regions, vocabulary
+from vms import access, clock, images, regions, vocabulary
 from vms.models import (
     ResourceGroup,
     Role,
@@ -110,8 +109,11 @@ class Fleet:
         return [f for f in self.filters if f.value]
 
 
-def fleet_for(request: HttpRequest) -> Fleet:
-    """Apply the URL's filters to the user's VMs; unknown values are dropped, with a notice each."""
+def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Fleet:
+    """Apply the URL's filters to the user's VMs; unknown values are dropped, with a notice each.
+
+    `only` names the filters a page offers (the fleet pages' scope); the others, the name search and
+    the sort are then not read."""
     vms = access.vms_for(request.user)
     subscriptions = list(access.subscriptions_for(request.user).values_list("pk", "display_name"))
     # Distinct in the database: one row per name or region, not one per VM.
@@ -158,6 +160,8 @@ def fleet_for(request: HttpRequest) -> Fleet:
             lambda v: UPDATE_STATUS[v][1],
         ),
     ]
+    if only is not None:
+        filters = [f for f in filters if f.param in only]
     notices = []
     for f in filters:
         raw = request.GET.get(f.param, "").strip()
@@ -174,11 +178,11 @@ def fleet_for(request: HttpRequest) -> Fleet:
         f.value = value
         vms = vms.filter(f.lookup(value))
 
-    search = request.GET.get("q", "").strip()[:64]
+    search = request.GET.get("q", "").strip()[:64] if only is None else ""
     if search:
         vms = vms.filter(name__icontains=search)
 
-    sort = request.GET.get("sort", "name")
+    sort = request.GET.get("sort", "name") if only is None else "name"
     if sort.removeprefix("-") not in SORTS:
         notices.append(f"Ignored the sort order “{sort}”: sort by one of the column names.")
         sort = "name"
@@ -188,27 +192,48 @@ def fleet_for(request: HttpRequest) -> Fleet:
     return Fleet(vms=vms, filters=filters, search=search, sort=sort, notices=notices)
 
 
-def fleet_tiles(vms) -> dict:
-    """The summary tiles: two aggregate queries, whatever the fleet size."""
+def fleet_operations(user, found: Fleet) -> QuerySet[Operation]:
+    """The operations of the fleet's machines: of the VMs the user can see, within the filters.
+
+    An operation carries its VM's subscription, so visibility and a subscription filter are that
+    column (no pass over the VMs); only the VMs' own filters join them. Operations of deleted VMs
+    are no machine's any more and are left out.
+    """
+    operations = Operation.objects.filter(vm__isnull=False)
+    if not user.is_superuser:
+        operations = operations.filter(subscription__in=access.subscriptions_for(user).values("pk"))
+    active = {f.param: f.value for f in found.filters if f.value}
+    if "subscription" in active:
+        operations = operations.filter(subscription_id=active.pop("subscription"))
+    if active or found.search:
+        operations = operations.filter(vm__in=found.vms.order_by().values("pk"))
+    return operations
+
+
+def fleet_tiles(vms, operations=None, **more) -> dict:
+    """The summary tiles: two aggregate queries, whatever the fleet size. `more` aggregates are computed
+    in the same pass over the fleet; without `operations` (fleet_operations) there is no installations
+    tile and its query."""
     counts = vms.order_by().aggregate(
+        **more,
         total=Count("pk"),
         **{f"status_{key}": Count("pk", filter=q) for key, (_, q) in UPDATE_STATUS.items()},
         **{f"mode_{mode}": Count("pk", filter=Q(patch_mode=mode)) for mode in PatchMode.values},
         hotpatch_enabled=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ENABLED)),
         hotpatch_action=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ACTION_REQUIRED)),
     )
-    since = timezone.now() - timedelta(days=30)
-    installs = Operation.objects.filter(
-        kind=OperationKind.INSTALLATION, created_at__gte=since, vm__in=vms.order_by().values("pk")
-    ).aggregate(
-        runs=Count("pk"),
-        succeeded=Count("pk", filter=Q(status=OperationStatus.SUCCEEDED)),
-        warnings=Count("pk", filter=Q(status=OperationStatus.COMPLETED_WITH_WARNINGS)),
-        failed=Count("pk", filter=Q(status=OperationStatus.FAILED)),
-        running=Count("pk", filter=Q(status__in=IN_FLIGHT)),
-        patches_installed=Coalesce(Sum("installed_count"), 0),
-        patches_failed=Coalesce(Sum("failed_count"), 0),
-    )
+    installs = None
+    if operations is not None:
+        zone = timezone.get_current_timezone()
+        installs = figures.recent_installations(operations, clock.now(), zone).aggregate(
+            runs=Count("pk"),
+            succeeded=Count("pk", filter=Q(status=OperationStatus.SUCCEEDED)),
+            warnings=Count("pk", filter=Q(status=OperationStatus.COMPLETED_WITH_WARNINGS)),
+            failed=Count("pk", filter=Q(status=OperationStatus.FAILED)),
+            running=Count("pk", filter=Q(status__in=IN_FLIGHT)),
+            patches_installed=Coalesce(Sum("installed_count"), 0),
+            patches_failed=Coalesce(Sum("failed_count"), 0),
+        )
     total = counts["total"] or 1
     statuses, offset = [], 0.0
     for key, (label, _) in UPDATE_STATUS.items():
@@ -247,7 +272,7 @@ def fleet(request: HtmxHttpRequest) -> HttpResponse:
         "page": page,
         # 1 2 … 49 50 51 … 1999 2000: never a link per page of a 100,000-VM fleet.
         "page_range": page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
-        "tiles": fleet_tiles(found.vms),
+        "tiles": fleet_tiles(found.vms, fleet_operations(request.user, found)),
         "columns": [
             {
                 "label": label,

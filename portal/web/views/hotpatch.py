@@ -28,7 +28,7 @@ from patching.models import (
     PatchResult,
 )
 from portal.web.forms import InstallForm
-from vms import access, images
+from vms import access, clock, images
 from vms.models import VirtualMachine
 from vms.vocabulary import PatchMode
 
@@ -83,7 +83,7 @@ def next_reboot(vm: VirtualMachine, guest, now: datetime) -> dict:
 
 
 def summary_context(vm: VirtualMachine) -> dict:
-    now = timezone.now()
+    now = clock.now()
     guest = services.guest_state(vm)
     product = images.PRODUCTS.get(vm.product)
     return {
@@ -150,7 +150,7 @@ def history_context(request: HtmxHttpRequest, vm: VirtualMachine, notices: list[
     if kind and kind not in OperationKind.values:
         notices.append(f"Ignored the operation filter “{kind}”.")
         kind = ""
-    operations = vm.operations.since(timezone.now() - HISTORY_RANGES[range_key][1]).select_related(
+    operations = vm.operations.since(clock.now() - HISTORY_RANGES[range_key][1]).select_related(
         "user", "maintenance_result__run__configuration"
     )
     if status == "InProgress":
@@ -328,7 +328,7 @@ DEFAULT_CALENDAR_PRODUCT = "ws2022-azure"
 def hotpatch_calendar(request: HtmxHttpRequest) -> HttpResponse:
     """A year of Patch Tuesdays per product: baseline, hotpatch or unplanned baseline (the seed's schedule)."""
     notices = []
-    now = timezone.now()
+    now = clock.now()
     product_code = request.GET.get("product", DEFAULT_CALENDAR_PRODUCT)
     if product_code not in images.PRODUCTS:
         notices.append(

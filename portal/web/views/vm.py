@@ -7,12 +7,11 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
 from patching import services
 from portal.web.forms import TIME_ZONES, CreateVmForm, DeleteVmForm, PatchSettingsForm
-from vms import access, features, images, regions
+from vms import access, clock, features, images, regions
 from vms.models import (
     Role,
     VirtualMachine,
@@ -29,7 +28,7 @@ def overview(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     vm, can_act = get_vm(request, pk)
     context = vm_context(request, vm, can_act, "overview")
     try:
-        local_now = timezone.now().astimezone(ZoneInfo(vm.time_zone))
+        local_now = clock.now().astimezone(ZoneInfo(vm.time_zone))
     except (ZoneInfoNotFoundError, ValueError):
         local_now = None
     context.update(local_now=local_now, running=in_flight_operations(vm))
