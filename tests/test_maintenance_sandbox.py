@@ -58,3 +58,30 @@ def test_a_schedule_fires_on_the_sandbox_clock_and_patches_exactly_its_scope_in_
         vm.operations.filter(kind=OperationKind.INSTALLATION, started_by=StartedBy.PLATFORM).exists()
         for vm in (static, tagged, later, outside)
     )
+
+
+def test_a_snapshot_carries_the_schedules_and_loads_them_back(catalog, no_random_failures, settings):
+    settings.PORTAL_WEBHOOK_ALLOW_HTTP = False
+    rg = make_resource_group(make_subscription("Contoso"), "rg-web")
+    vm = scheduled_vm(rg, "web-a", now=START, tags={"env": "prod"})
+    sandbox._set_clock(START)
+    config, _, _ = services.save_configuration(rg, "nightly", body(startDateTime="2026-12-01 22:00"))
+    services.assign_vm(config, vm, "a")
+    services.assign_scope(config, rg.subscription, "prod", {"tagSettings": {"tags": {"env": ["prod"]}}})
+    services.add_webhook(config, "https://hooks.example.com/m")
+    sandbox.advance(to=WINDOW + timedelta(hours=4))
+    before = sandbox.dumps(sandbox.export_snapshot())
+
+    sandbox.import_snapshot(sandbox.loads(before))
+
+    assert sandbox.dumps(sandbox.export_snapshot()) == before
+    config = config.__class__.objects.get()
+    assert config.duration == timedelta(hours=3) and config.assignments.count() == 2 and config.webhooks.count() == 1
+    assert config.runs.get().machines.get().operation.vm_id == vm.pk
+    # A snapshot from before maintenance configurations (schema version 1) loads with none.
+    old = sandbox.loads(before)
+    old["schemaVersion"] = 1
+    for label in [m._meta.label_lower for m in sandbox.SCHEDULES]:
+        del old["tables"][label]
+    sandbox.import_snapshot(old)
+    assert not config.__class__.objects.exists()
