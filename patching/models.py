@@ -4,6 +4,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -228,6 +229,7 @@ class RebootStatus(models.TextChoices):
 class StartedBy(models.TextChoices):
     USER = "User"
     PLATFORM = "Platform"
+    SCHEDULE = "Schedule", "Maintenance configuration"  # a run of a maintenance configuration (patching.maintenance)
 
 
 class OperationQuerySet(models.QuerySet):
@@ -339,6 +341,18 @@ class Operation(models.Model):
     @property
     def started_by_user(self) -> bool:
         return self.started_by == StartedBy.USER
+
+    @property
+    def started_by_schedule(self) -> bool:
+        return self.started_by == StartedBy.SCHEDULE
+
+    @property
+    def schedule_name(self) -> str:
+        """The maintenance configuration whose run started this (select_related maintenance_result__run__configuration)."""
+        try:
+            return self.maintenance_result.run.configuration.name
+        except ObjectDoesNotExist:
+            return "(deleted)"
 
     @property
     def arm_status(self) -> str:

@@ -27,6 +27,7 @@ from django.core.management import call_command
 from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.duration import duration_string
 
 from vms import access, clock, regions
 from vms.models import (
@@ -41,6 +42,14 @@ from vms.models import (
 )
 
 from . import catalog
+from .maintenance.models import (
+    ConfigurationAssignment,
+    MaintenanceConfiguration,
+    MaintenanceRun,
+    RunMachine,
+    WebhookDelivery,
+    WebhookSubscription,
+)
 from .models import (
     ComplianceSnapshot,
     Fault,
@@ -332,7 +341,18 @@ def remove_fault(user, pk: int) -> bool:
 # --- Snapshots ------------------------------------------------------------------------------------------
 
 FORMAT = "hotpatch-portal-sandbox"
-SCHEMA_VERSION = 1
+# 2: with the maintenance configurations (SCHEDULES); a version-1 snapshot loads with none.
+SCHEMA_VERSION = 2
+# Maintenance configurations, their assignments (dynamic scopes' filters too), runs with each VM's
+# result, webhooks (with their signing secrets) and the delivery log.
+SCHEDULES: list[type[models.Model]] = [
+    MaintenanceConfiguration,
+    ConfigurationAssignment,
+    MaintenanceRun,
+    RunMachine,
+    WebhookSubscription,
+    WebhookDelivery,
+]
 User = get_user_model()
 
 # The world, in the order it is written (parents first) and deleted (children first). Users, passwords,
@@ -352,6 +372,7 @@ WORLD: list[type[models.Model]] = [
     ComplianceSnapshot,
     RolloutHalt,
     Fault,
+    *SCHEDULES,
 ]
 # Foreign keys to users are written as user names.
 USER_FIELDS = {"user", "resumed_by", "created_by"}
@@ -366,6 +387,8 @@ def _fields(model) -> list:
 
 
 def _dump(value):
+    if isinstance(value, timedelta):
+        return duration_string(value)
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat()
     if isinstance(value, date):
@@ -438,6 +461,9 @@ def _check(data) -> None:
     tables = data.get("tables")
     if not isinstance(tables, dict):
         raise SandboxError("Not a snapshot: 'tables' is missing.")
+    if version < 2:  # from before maintenance configurations: the world had none
+        for model in SCHEDULES:
+            tables.setdefault(_label(model), [])
     for model in WORLD:
         rows = tables.get(_label(model))
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):

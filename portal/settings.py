@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "axes",
     "vms",
     "patching",
+    "patching.maintenance",
     "portal.web",
 ]
 
@@ -286,8 +287,29 @@ CELERY_BEAT_SCHEDULE = {
         "task": "patching.tasks.assess_fleet",
         "schedule": timedelta(seconds=envint("PORTAL_ASSESSMENT_BEAT_SECONDS", "60")),
     },
+    # Maintenance configurations: pre-events, windows opening and closing (patching.maintenance.services.run_due).
+    "maintenance-run-due": {
+        "task": "patching.maintenance.tasks.run_due",
+        "schedule": timedelta(seconds=envint("PORTAL_MAINTENANCE_BEAT_SECONDS", "30")),
+    },
+    "maintenance-prune-runs": {
+        "task": "patching.maintenance.tasks.prune_runs",
+        "schedule": timedelta(hours=6),
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- Maintenance configurations (patching.maintenance) ---------------------------------------------
+# Azure Update Manager's limits (Learn, update-manager/scheduled-patching, "Service limits"): schedules per
+# subscription and region, resource associations per schedule, dynamic scopes per schedule.
+PORTAL_MAINTENANCE_MAX_CONFIGURATIONS = envint("PORTAL_MAINTENANCE_MAX_CONFIGURATIONS", "250")
+PORTAL_MAINTENANCE_MAX_MACHINES = envint("PORTAL_MAINTENANCE_MAX_MACHINES", "3000")
+PORTAL_MAINTENANCE_MAX_DYNAMIC_SCOPES = envint("PORTAL_MAINTENANCE_MAX_DYNAMIC_SCOPES", "200")
+# Webhooks: attempts in all, the first retry's delay (doubled each time), and plain http (debug, tests).
+PORTAL_WEBHOOK_MAX_ATTEMPTS = envint("PORTAL_WEBHOOK_MAX_ATTEMPTS", "5")
+PORTAL_WEBHOOK_RETRY_SECONDS = envfloat("PORTAL_WEBHOOK_RETRY_SECONDS", "10")
+PORTAL_WEBHOOK_TIMEOUT_SECONDS = envfloat("PORTAL_WEBHOOK_TIMEOUT_SECONDS", "10")
+PORTAL_WEBHOOK_ALLOW_HTTP = envbool("PORTAL_WEBHOOK_ALLOW_HTTP", "true" if DEBUG else "false")
 
 # --- The simulation -------------------------------------------------------------------------------
 # Simulated guest work is measured in simulated seconds; the worker sleeps that long divided by

@@ -96,6 +96,15 @@ def validate(
                 "bypassPlatformSafetyChecksOnUserSchedule applies only to patchMode AutomaticByPlatform.",
             )
         )
+    if new.enable_hotpatching and new.bypass_platform_safety_checks:
+        # Azure's answer (400 InvalidParameter), as reported in claranet/terraform-azurerm-windows-vm#4.
+        problems.append(
+            Problem(
+                f"{ps}.automaticByPlatformSettings.bypassPlatformSafetyChecksOnUserSchedule",
+                "Hotpatch updates require platform safety checks. The 'BypassPlatformSafetyChecksOnUserSchedule' "
+                "flag must be set to false to enable hotpatching.",
+            )
+        )
     if new.enable_hotpatching:
         if not is_hotpatch_capable(publisher, offer, sku):
             problems.append(

@@ -257,8 +257,8 @@ def _not_a_candidate(vm: FleetVM, halts: dict[tuple[str, str], str]) -> Verdict 
     if vm.user_schedule:
         return Verdict(
             D.USER_SCHEDULE,
-            "Customer-managed schedules (bypassPlatformSafetyChecksOnUserSchedule) and no schedule is attached: "
-            "the platform installs nothing.",
+            "Customer Managed Schedules (bypassPlatformSafetyChecksOnUserSchedule): the platform's rounds leave "
+            "this VM to its maintenance configuration; with no schedule attached, nothing patches it.",
         )
     if not vm.running:
         state = vm.power_state

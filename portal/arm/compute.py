@@ -395,9 +395,17 @@ def put_vm(arm: ArmRequest, subscriptionId: str, resourceGroupName: str, vmName:
         raise ArmError(409, "Conflict", f"The VM '{vmName}' was created by another request meanwhile.") from None
     if problems:
         raise_problems([_vm_name_target(p) for p in problems])
+    _store_tags(vm, body)
     vm = vm_queryset().get(pk=vm.pk)
     name = completed_operation_name(subscription.pk, "create", vm.arm_id, started)
     return ok(vm_to_arm(vm), status=201, headers={**_async_headers(arm, subscription, vm, name), "ETag": vm.etag})
+
+
+def _store_tags(vm: VirtualMachine, body: Body) -> None:
+    """Tags given replace the VM's (ARM's PUT/PATCH semantics); dynamic maintenance scopes filter on them."""
+    tags = body.get("tags", dict, None)
+    if tags is not None:
+        VirtualMachine.objects.filter(pk=vm.pk).update(tags=tags)
 
 
 def _vm_name_target(problem: Problem) -> Problem:
@@ -467,6 +475,7 @@ def _update_vm(arm: ArmRequest, subscription, vm: VirtualMachine, body: Body, st
             f"{arm.request.headers.get('If-Match')}. Read it again and retry."
         ) from None
     raise_problems(problems)
+    _store_tags(vm, body)
     updated = vm_queryset().filter(pk=vm.pk).first()
     if updated is None:  # deleted right after our update
         raise vm_not_found(vm.resource_group, vm.name)

@@ -205,7 +205,7 @@ def raise_problems(problems: list[Problem]):
 
 
 def check_tags(body: Body) -> None:
-    """Tags are not kept, but must be what ARM accepts: an object of strings."""
+    """Tags must be what ARM accepts: an object of strings."""
     tags = body.get("tags", dict, None)
     if tags is not None and not all(isinstance(v, str) for v in tags.values()):
         body.problems.append(Problem("tags", "Tag values must be strings."))

@@ -8,7 +8,7 @@ component parameter of the same name describes each `{name}` (schemas.PARAMETERS
 (400, 401, 403, 404, 405, 409, 413) and the api-version parameter are on every operation.
 """
 
-from . import compute, identity, operations, patches, providers, resources, sandbox
+from . import compute, identity, maintenance, operations, patches, providers, resources, sandbox
 from .core import Endpoint, Router
 from .schemas import ASYNC_HEADER, LRO_202, LRO_HEADERS, body, ref, request_body
 
@@ -17,6 +17,11 @@ RG = SUB + "/resourceGroups/{resourceGroupName}"
 VM = RG + "/providers/Microsoft.Compute/virtualMachines/{vmName}"
 FEATURES = SUB + "/providers/Microsoft.Features/providers/{providerNamespace}/features"
 PROVIDER = SUB + "/providers/{providerNamespace}"
+MAINTENANCE = "/providers/Microsoft.Maintenance"
+CONFIG = RG + MAINTENANCE + "/maintenanceConfigurations/{resourceName}"
+SCOPE_ASSIGNMENT = SUB + MAINTENANCE + "/configurationAssignments/{configurationAssignmentName}"
+VM_ASSIGNMENT = VM + MAINTENANCE + "/configurationAssignments/{configurationAssignmentName}"
+GROUP_ASSIGNMENT = RG + MAINTENANCE + "/configurationAssignments/{configurationAssignmentName}"
 
 LIST = ("SkipToken", "Top")  # paging: $skiptoken from nextLink, $top
 
@@ -26,6 +31,9 @@ VIRTUAL_MACHINES = ("VirtualMachines",)
 PATCHES = ("Patches",)
 FEATURE_TAGS = ("Features",)
 PROVIDERS = ("Providers",)
+MAINTENANCE_CONFIGURATIONS = ("MaintenanceConfigurations",)
+ASSIGNMENTS = ("ConfigurationAssignments",)
+APPLY_UPDATES = ("ApplyUpdates",)
 SANDBOX = ("Sandbox",)
 SANDBOX_PATH = "/providers/Hotpatch.Sandbox"
 
@@ -120,6 +128,15 @@ ENDPOINTS = (
         "Features_ListOperations",
         "Microsoft.Features operations.",
         FEATURE_TAGS,
+        {"200": body("OperationListResult")},
+    ),
+    Endpoint(
+        "GET",
+        MAINTENANCE + "/operations",
+        maintenance.list_operations,
+        "Operations_List",
+        "Microsoft.Maintenance operations.",
+        MAINTENANCE_CONFIGURATIONS,
         {"200": body("OperationListResult")},
     ),
     # --- Subscriptions, locations ---
@@ -245,6 +262,89 @@ ENDPOINTS = (
         "Unregister: Unregistering, then Unregistered.",
         FEATURE_TAGS,
         {"200": body("FeatureResult")},
+    ),
+    Endpoint(
+        "GET",
+        SUB + MAINTENANCE + "/applyUpdates",
+        maintenance.list_apply_updates,
+        "ApplyUpdates_List",
+        "Installations started by the subscription's maintenance configurations (the latest 1,000).",
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdateListResult")},
+    ),
+    Endpoint(
+        "GET",
+        SUB + MAINTENANCE + "/configurationAssignments",
+        maintenance.list_subscription_assignments,
+        "ConfigurationAssignmentsWithinSubscription_List",
+        "Every configuration assignment in the subscription: its VMs' and its dynamic scopes.",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignmentListResult")},
+    ),
+    Endpoint(
+        "GET",
+        SCOPE_ASSIGNMENT,
+        maintenance.get_subscription_assignment,
+        "ConfigurationAssignmentsForSubscriptions_Get",
+        "A dynamic scope.",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment")},
+    ),
+    Endpoint(
+        "PUT",
+        SCOPE_ASSIGNMENT,
+        maintenance.put_subscription_assignment,
+        "ConfigurationAssignmentsForSubscriptions_CreateOrUpdate",
+        "A dynamic scope: the subscription's VMs matching properties.filter, evaluated at each run (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "201": body("ConfigurationAssignment")},
+        request=request_body("ConfigurationAssignment"),
+    ),
+    Endpoint(
+        "PATCH",
+        SCOPE_ASSIGNMENT,
+        maintenance.patch_subscription_assignment,
+        "ConfigurationAssignmentsForSubscriptions_Update",
+        "Replace an existing dynamic scope's configuration and filter (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment")},
+        request=request_body("ConfigurationAssignment"),
+    ),
+    Endpoint(
+        "DELETE",
+        SCOPE_ASSIGNMENT,
+        maintenance.delete_subscription_assignment,
+        "ConfigurationAssignmentsForSubscriptions_Delete",
+        "Remove a dynamic scope: 200 with it, 204 if there was none (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "204": {"description": "No such assignment."}},
+    ),
+    Endpoint(
+        "GET",
+        SUB + MAINTENANCE + "/maintenanceConfigurations",
+        maintenance.list_configurations,
+        "MaintenanceConfigurations_List",
+        "The subscription's maintenance configurations.",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfigurationListResult")},
+    ),
+    Endpoint(
+        "GET",
+        SUB + MAINTENANCE + "/publicMaintenanceConfigurations",
+        maintenance.list_public_configurations,
+        "PublicMaintenanceConfigurations_List",
+        "Public (platform) maintenance configurations: none, this portal schedules guest patching only.",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfigurationListResult")},
+    ),
+    Endpoint(
+        "GET",
+        SUB + MAINTENANCE + "/publicMaintenanceConfigurations/{resourceName}",
+        maintenance.get_public_configuration,
+        "PublicMaintenanceConfigurations_Get",
+        "A public maintenance configuration (always 404 here).",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfiguration")},
     ),
     Endpoint(
         "GET",
@@ -395,8 +495,186 @@ ENDPOINTS = (
         {"200": body("VirtualMachineInstanceView")},
     ),
     power_action("powerOff", "VirtualMachines_PowerOff", "Stop the VM (it stays allocated)"),
+    Endpoint(
+        "GET",
+        VM + MAINTENANCE + "/applyUpdates/{applyUpdateName}",
+        maintenance.get_vm_apply_updates,
+        "ApplyUpdates_Get",
+        "An installation of the VM by id (default: the latest).",
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdate")},
+    ),
+    Endpoint(
+        "PUT",
+        VM + MAINTENANCE + "/applyUpdates/{applyUpdateName}",
+        maintenance.put_vm_apply_updates,
+        "ApplyUpdates_CreateOrUpdate",
+        "applyUpdates/default: install now with the parameters of the VM's maintenance configuration (Contributor).",
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdate"), "201": body("ApplyUpdate")},
+    ),
+    Endpoint(
+        "GET",
+        VM + MAINTENANCE + "/configurationAssignments",
+        maintenance.list_vm_assignments,
+        "ConfigurationAssignments_List",
+        "The VM's configuration assignments.",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignmentListResult")},
+    ),
+    Endpoint(
+        "GET",
+        VM_ASSIGNMENT,
+        maintenance.get_vm_assignment,
+        "ConfigurationAssignments_Get",
+        "A configuration assignment of the VM.",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment")},
+    ),
+    Endpoint(
+        "PUT",
+        VM_ASSIGNMENT,
+        maintenance.put_vm_assignment,
+        "ConfigurationAssignments_CreateOrUpdate",
+        "Assign a maintenance configuration of the VM's subscription to the VM (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "201": body("ConfigurationAssignment")},
+        request=request_body("ConfigurationAssignment"),
+    ),
+    Endpoint(
+        "DELETE",
+        VM_ASSIGNMENT,
+        maintenance.delete_vm_assignment,
+        "ConfigurationAssignments_Delete",
+        "Remove the assignment: 200 with it, 204 if there was none (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "204": {"description": "No such assignment."}},
+    ),
+    Endpoint(
+        "GET",
+        VM + MAINTENANCE + "/updates",
+        maintenance.list_vm_updates,
+        "Updates_List",
+        "The VM's pending scheduled maintenance (its next window), if a configuration patches it.",
+        APPLY_UPDATES,
+        {"200": body("MaintenanceUpdateListResult")},
+    ),
     power_action("restart", "VirtualMachines_Restart", "Restart a running VM (409 if it is not running)"),
     power_action("start", "VirtualMachines_Start", "Start the VM"),
+    # --- Maintenance configurations ---
+    Endpoint(
+        "GET",
+        RG + MAINTENANCE + "/applyUpdates",
+        maintenance.list_group_apply_updates,
+        "ApplyUpdateForResourceGroup_List",
+        "Installations started by maintenance configurations in the resource group (the latest 1,000).",
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdateListResult")},
+    ),
+    Endpoint(
+        "GET",
+        GROUP_ASSIGNMENT,
+        maintenance.get_group_assignment,
+        "ConfigurationAssignmentsForResourceGroup_Get",
+        "A dynamic scope at resource-group scope.",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment")},
+    ),
+    Endpoint(
+        "PUT",
+        GROUP_ASSIGNMENT,
+        maintenance.put_group_assignment,
+        "ConfigurationAssignmentsForResourceGroup_CreateOrUpdate",
+        "A dynamic scope: the resource group's VMs matching properties.filter (may be empty), at each run (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "201": body("ConfigurationAssignment")},
+        request=request_body("ConfigurationAssignment"),
+    ),
+    Endpoint(
+        "PATCH",
+        GROUP_ASSIGNMENT,
+        maintenance.patch_group_assignment,
+        "ConfigurationAssignmentsForResourceGroup_Update",
+        "Replace an existing resource-group scope's configuration and filter (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment")},
+        request=request_body("ConfigurationAssignment"),
+    ),
+    Endpoint(
+        "DELETE",
+        GROUP_ASSIGNMENT,
+        maintenance.delete_group_assignment,
+        "ConfigurationAssignmentsForResourceGroup_Delete",
+        "Remove a resource-group scope: 200 with it, 204 if there was none (Contributor).",
+        ASSIGNMENTS,
+        {"200": body("ConfigurationAssignment"), "204": {"description": "No such assignment."}},
+    ),
+    Endpoint(
+        "GET",
+        RG + MAINTENANCE + "/maintenanceConfigurations",
+        maintenance.list_group_configurations,
+        "MaintenanceConfigurationsForResourceGroup_List",
+        "The resource group's maintenance configurations.",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfigurationListResult")},
+    ),
+    Endpoint(
+        "GET",
+        CONFIG,
+        maintenance.get_configuration,
+        "MaintenanceConfigurations_Get",
+        "A maintenance configuration.",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfiguration")},
+    ),
+    Endpoint(
+        "PUT",
+        CONFIG,
+        maintenance.put_configuration,
+        "MaintenanceConfigurations_CreateOrUpdate",
+        "Create (201) or replace (200) a maintenance configuration, scope InGuestPatch (Contributor).",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfiguration"), "201": body("MaintenanceConfiguration")},
+        request=request_body("MaintenanceConfiguration"),
+    ),
+    Endpoint(
+        "PATCH",
+        CONFIG,
+        maintenance.patch_configuration,
+        "MaintenanceConfigurations_Update",
+        "Change some of a configuration's properties; the result is validated whole (Contributor).",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfiguration")},
+        request=request_body("MaintenanceConfiguration"),
+    ),
+    Endpoint(
+        "DELETE",
+        CONFIG,
+        maintenance.delete_configuration,
+        "MaintenanceConfigurations_Delete",
+        "Delete a configuration with its assignments and runs: 200 with it, 204 if there was none (Contributor).",
+        MAINTENANCE_CONFIGURATIONS,
+        {"200": body("MaintenanceConfiguration"), "204": {"description": "No such configuration."}},
+    ),
+    Endpoint(
+        "GET",
+        CONFIG + "/applyUpdates/{applyUpdateName}",
+        maintenance.get_configuration_run,
+        "MaintenanceConfigurationRuns_Get",
+        "A run of the configuration, by its UTC start (yyyyMMddHHmmss) or correlationId.",
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdate")},
+    ),
+    Endpoint(
+        "PUT",
+        CONFIG + "/applyUpdates/{applyUpdateName}",
+        maintenance.put_configuration_run,
+        "MaintenanceConfigurationRuns_Cancel",
+        'Cancel a scheduled run with {"properties": {"status": "Cancel"}}, until 10 minutes before it starts.',
+        APPLY_UPDATES,
+        {"200": body("ApplyUpdate")},
+        request=request_body("ApplyUpdate"),
+    ),
     # --- The tenant ---
     Endpoint(
         "GET",

@@ -538,6 +538,114 @@ SCHEMAS = {
         ["id", "namespace", "registrationState"],
     ),
     "ProviderListResult": listing("Provider"),
+    # Microsoft.Maintenance (Maintenance.json 2023-04-01)
+    "MaintenanceConfiguration": tolerant(
+        {
+            "id": STR,
+            "name": STR,
+            "type": STR,
+            "location": STR,
+            "tags": {"type": "object", "additionalProperties": STR},
+            "systemData": {"type": "object"},
+            "properties": obj(
+                {
+                    "namespace": STR,
+                    "extensionProperties": {"type": "object", "additionalProperties": STR},
+                    "maintenanceScope": enum("InGuestPatch"),
+                    "visibility": enum("Custom", "Public"),
+                    "maintenanceWindow": obj(
+                        {
+                            "startDateTime": {**STR, "description": "yyyy-MM-dd HH:mm, wall clock in timeZone."},
+                            "expirationDateTime": STR,
+                            "duration": {**STR, "description": "HH:mm, 01:30 to 03:55."},
+                            "timeZone": {**STR, "description": "A Windows time-zone name, e.g. Pacific Standard Time."},
+                            "recurEvery": {
+                                **STR,
+                                "description": "[n]Hour(s) | [n]Day(s) | [n]Week(s) [weekdays] | [n]Month(s) "
+                                "[day1,...] or First..Last <weekday> [Offset-6..6].",
+                            },
+                        }
+                    ),
+                    "installPatches": obj(
+                        {
+                            "rebootSetting": enum("IfRequired", "Never", "Always"),
+                            "windowsParameters": obj(
+                                {
+                                    "classificationsToInclude": array(STR),
+                                    "kbNumbersToInclude": array(STR),
+                                    "kbNumbersToExclude": array(STR),
+                                    "excludeKbsRequiringReboot": BOOL,
+                                }
+                            ),
+                            "linuxParameters": {"type": "object"},
+                        }
+                    ),
+                    "preEventMinutes": {"type": "integer", "minimum": 0, "maximum": 20},
+                }
+            ),
+        },
+        ["location"],
+    ),
+    "MaintenanceConfigurationListResult": listing("MaintenanceConfiguration"),
+    "ConfigurationAssignment": tolerant(
+        {
+            "id": STR,
+            "name": STR,
+            "type": STR,
+            "location": STR,
+            "systemData": {"type": "object"},
+            "properties": obj(
+                {
+                    "maintenanceConfigurationId": STR,
+                    "resourceId": STR,
+                    "filter": obj(
+                        {
+                            "resourceTypes": array(STR),
+                            "resourceGroups": array(STR),
+                            "osTypes": array(STR),
+                            "locations": array(STR),
+                            "tagSettings": obj(
+                                {
+                                    "tags": {"type": "object", "additionalProperties": array(STR)},
+                                    "filterOperator": enum("All", "Any"),
+                                }
+                            ),
+                        }
+                    ),
+                }
+            ),
+        },
+        ["properties"],
+    ),
+    "ConfigurationAssignmentListResult": listing("ConfigurationAssignment"),
+    "ApplyUpdate": obj(
+        {
+            "id": STR,
+            "name": STR,
+            "type": STR,
+            "properties": obj(
+                {
+                    "status": enum(
+                        "Pending", "InProgress", "Completed", "RetryNow", "RetryLater", "Cancel", "Cancelled"
+                    ),
+                    "resourceId": STR,
+                    "lastUpdateTime": TIME,
+                }
+            ),
+        }
+    ),
+    "ApplyUpdateListResult": listing("ApplyUpdate"),
+    "MaintenanceUpdateListResult": listing("MaintenanceUpdate"),
+    "MaintenanceUpdate": obj(
+        {
+            "maintenanceScope": STR,
+            "impactType": enum("None", "Freeze", "Restart", "Redeploy"),
+            "status": STR,
+            "impactDurationInSec": INT,
+            "notBefore": TIME,
+            "properties": obj({"resourceId": STR}),
+        }
+    ),
     "CloudMetadata": obj(
         {
             "name": STR,
@@ -581,6 +689,11 @@ PARAMETERS = {
         "featureName", "InGuestHotPatchVMPreview, InGuestAutoPatchVMPreview, InGuestPatchVMPreview."
     ),
     "Location": path_param("location", "The region of the operation, e.g. westeurope."),
+    "MaintenanceConfigurationName": path_param("resourceName", "A maintenance configuration's name."),
+    "ConfigurationAssignmentName": path_param("configurationAssignmentName", "A configuration assignment's name."),
+    "ApplyUpdateName": path_param(
+        "applyUpdateName", "default (PUT: apply now), an installation's id, or a run's UTC start yyyyMMddHHmmss."
+    ),
     "OperationId": path_param("operationId", "The operation's name, from the Azure-AsyncOperation URL."),
     "FaultId": path_param("faultId", "A sandbox fault's number."),
     "Expand": {"name": "$expand", "in": "query", "schema": enum("instanceView", "userData")},

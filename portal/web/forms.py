@@ -334,3 +334,184 @@ class InstallForm(forms.Form):
                     self.add_error(field, problem.message)
             return None
         return parameters if valid else None
+
+
+# --- Maintenance configurations (Basics · Dynamic scopes · Machines · Updates · Events) -----------------
+
+
+def _maintenance_choices():
+    from patching.maintenance.timezones import windows_names
+
+    return [(name, name) for name in windows_names()]
+
+
+DURATION_CHOICES = [(f"{m // 60:02d}:{m % 60:02d}", f"{m // 60} h {m % 60:02d} min") for m in range(90, 236, 5)]
+MAINTENANCE_REBOOT_CHOICES = [
+    ("IfRequired", "Reboot if required"),
+    ("Never", "Never reboot"),
+    ("Always", "Always reboot"),
+]
+RECUR_EXAMPLES = [
+    "Day",
+    "3Days",
+    "Week Saturday,Sunday",
+    "2Weeks Tuesday",
+    "Month day23,day24",
+    "Month Last Sunday",
+    "Month Second Tuesday Offset3",
+    "6Hours",
+]
+
+
+class MaintenanceConfigurationForm(forms.Form):
+    """A maintenance configuration as the portal's create/edit form has it; `arm_body()` is what the
+    API would receive, so both are validated by the same service (patching.maintenance.services)."""
+
+    resource_group = forms.ModelChoiceField(
+        queryset=ResourceGroup.objects.none(), label="Resource group", empty_label=None
+    )
+    name = forms.CharField(label="Configuration name", max_length=80)
+    location = forms.ChoiceField(label="Region", choices=regions.REGION_CHOICES)
+    start_date_time = forms.CharField(
+        label="Starts on", max_length=16, help_text="yyyy-MM-dd HH:mm, in the time zone below."
+    )
+    time_zone = forms.ChoiceField(label="Time zone", initial="UTC")
+    duration = forms.ChoiceField(label="Maintenance window", choices=DURATION_CHOICES, initial="03:55")
+    recur_every = forms.CharField(
+        label="Repeats",
+        max_length=120,
+        widget=forms.TextInput(attrs={"list": "recur-examples"}),
+        initial="Month Second Tuesday Offset3",
+        help_text="Azure's recurEvery, e.g. " + ", ".join(RECUR_EXAMPLES[:-1]) + ".",
+    )
+    expiration_date_time = forms.CharField(
+        label="Ends on", max_length=19, required=False, help_text="Optional, yyyy-MM-dd HH:mm. Empty: never."
+    )
+    # Dynamic scope: the configuration's subscription, filtered.
+    scope_resource_groups = forms.CharField(label="Resource groups", required=False, help_text="Comma separated.")
+    scope_locations = forms.MultipleChoiceField(
+        label="Regions", required=False, choices=regions.REGION_CHOICES, widget=forms.SelectMultiple(attrs={"size": 4})
+    )
+    scope_tags = forms.CharField(
+        label="Tags",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One name=value per line (name= alone: any value).",
+    )
+    scope_operator = forms.ChoiceField(
+        label="Match",
+        choices=[("Any", "Any of the tags"), ("All", "All of the tags")],
+        initial="Any",
+        widget=forms.RadioSelect,
+    )
+    machines = forms.CharField(
+        label="Machines",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="VM names in the configuration's subscription, separated by commas or new lines.",
+    )
+    reboot_setting = forms.ChoiceField(label="Reboot", choices=MAINTENANCE_REBOOT_CHOICES, initial="IfRequired")
+    classifications = forms.MultipleChoiceField(
+        label="Classifications",
+        choices=Classification.choices,
+        initial=[Classification.CRITICAL, Classification.SECURITY],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+    )
+    kbs_to_include = forms.CharField(label="Include KBs", required=False, max_length=2000)
+    kbs_to_exclude = forms.CharField(label="Exclude KBs", required=False, max_length=2000)
+    exclude_kbs_requiring_reboot = forms.BooleanField(label="Exclude updates that need a reboot", required=False)
+    webhook_url = forms.CharField(
+        label="Webhook", required=False, max_length=500, help_text="https URL receiving the pre- and post-events."
+    )
+    pre_event_minutes = forms.IntegerField(
+        label="Pre-event", min_value=0, max_value=20, initial=20, help_text="Minutes before the window (0 to 20)."
+    )
+
+    def __init__(self, *args, groups=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["resource_group"].queryset = groups if groups is not None else ResourceGroup.objects.none()
+        self.fields["time_zone"].choices = _maintenance_choices()
+
+    def arm_body(self) -> dict:
+        data = self.cleaned_data
+        return {
+            "location": data["location"],
+            "properties": {
+                "maintenanceScope": "InGuestPatch",
+                "visibility": "Custom",
+                "extensionProperties": {"InGuestPatchMode": "User"},
+                "maintenanceWindow": {
+                    "startDateTime": data["start_date_time"].strip(),
+                    "duration": data["duration"],
+                    "timeZone": data["time_zone"],
+                    "recurEvery": data["recur_every"].strip(),
+                    **(
+                        {"expirationDateTime": data["expiration_date_time"].strip()}
+                        if data["expiration_date_time"].strip()
+                        else {}
+                    ),
+                },
+                "installPatches": {
+                    "rebootSetting": data["reboot_setting"],
+                    "windowsParameters": {
+                        "classificationsToInclude": list(data["classifications"]),
+                        "kbNumbersToInclude": split_kbs(data["kbs_to_include"]),
+                        "kbNumbersToExclude": split_kbs(data["kbs_to_exclude"]),
+                        "excludeKbsRequiringReboot": data["exclude_kbs_requiring_reboot"],
+                    },
+                },
+                "preEventMinutes": data["pre_event_minutes"],
+            },
+        }
+
+    def scope_filter(self) -> dict | None:
+        """The dynamic scope's filter, or None when no criterion is given."""
+        data = self.cleaned_data
+        groups = [g.strip() for g in data["scope_resource_groups"].split(",") if g.strip()]
+        tags: dict[str, list[str]] = {}
+        for line in data["scope_tags"].splitlines():
+            if not line.strip():
+                continue
+            name, _, value = line.partition("=")
+            values = tags.setdefault(name.strip(), [])
+            if value.strip():
+                values.append(value.strip())
+        flt = {}
+        if groups:
+            flt["resourceGroups"] = groups
+        if data["scope_locations"]:
+            flt["locations"] = list(data["scope_locations"])
+        if tags:
+            flt["tagSettings"] = {"tags": tags, "filterOperator": data["scope_operator"]}
+        return flt or None
+
+    def machine_names(self) -> list[str]:
+        return [n for n in split_kbs(self.cleaned_data["machines"]) if n]
+
+    def add_problems(self, problems: list[Problem]) -> None:
+        add_problems(self, problems, MAINTENANCE_FIELDS)
+
+
+W = "properties.maintenanceWindow"
+IPW = "properties.installPatches.windowsParameters"
+MAINTENANCE_FIELDS = {
+    "name": "name",
+    "location": "location",
+    f"{W}.startDateTime": "start_date_time",
+    f"{W}.duration": "duration",
+    f"{W}.timeZone": "time_zone",
+    f"{W}.recurEvery": "recur_every",
+    f"{W}.expirationDateTime": "expiration_date_time",
+    "properties.installPatches.rebootSetting": "reboot_setting",
+    f"{IPW}.classificationsToInclude": "classifications",
+    f"{IPW}.kbNumbersToInclude": "kbs_to_include",
+    f"{IPW}.kbNumbersToExclude": "kbs_to_exclude",
+    "properties.preEventMinutes": "pre_event_minutes",
+    "properties.filter": "scope_resource_groups",
+    "properties.filter.resourceGroups": "scope_resource_groups",
+    "properties.filter.locations": "scope_locations",
+    "properties.filter.tagSettings.tags": "scope_tags",
+    "url": "webhook_url",
+    "machines": "machines",
+}

@@ -13,6 +13,7 @@ from .views import (
     fleet_import,
     history,
     hotpatch,
+    maintenance,
     overview,
     preferences,
     sandbox,
@@ -90,7 +91,26 @@ sandbox_pages = [
     path("sandbox/reset/", sandbox.reset, name="sandbox-reset"),
 ]
 
+maintenance_pages = [
+    path("maintenance/", maintenance.configuration_list, name="list"),
+    path("maintenance/new/", maintenance.configuration_form, name="create"),
+    path("maintenance/preview/", maintenance.preview, name="preview"),
+    path("maintenance/<int:pk>/", maintenance.configuration_detail, name="detail"),
+    path("maintenance/<int:pk>/edit/", maintenance.configuration_form, name="edit"),
+    path("maintenance/<int:pk>/delete/", maintenance.delete, name="delete"),
+    path("maintenance/<int:pk>/cancel/", maintenance.cancel, name="cancel"),
+    path(
+        "maintenance/<int:pk>/assignments/<int:assignment>/remove/",
+        maintenance.remove_assignment,
+        name="remove-assignment",
+    ),
+    path("maintenance/<int:pk>/webhooks/<int:webhook>/remove/", maintenance.remove_webhook, name="remove-webhook"),
+    path("maintenance/runs/<int:pk>/", maintenance.run_detail, name="run"),
+    path("vms/<int:pk>/maintenance/", maintenance.vm_assignment, name="vm-assignment"),
+]
+
 urlpatterns = [
+    path("", include((maintenance_pages, "maintenance"))),
     path("", include((vm_pages, "vms"))),
     path("", include((patching_pages, "patching"))),
     path("", include(sandbox_pages)),

@@ -39,8 +39,9 @@ def client_kwargs(token: str, base_url: str) -> dict:
 
 
 def clients(token: str, base_url: str, subscription_id: str):
-    """compute, features, resources and subscriptions clients for one subscription."""
+    """compute, features, maintenance, resources and subscriptions clients for one subscription."""
     from azure.mgmt.compute import ComputeManagementClient
+    from azure.mgmt.maintenance import MaintenanceManagementClient
     from azure.mgmt.resource.features import FeatureClient
     from azure.mgmt.resource.resources import ResourceManagementClient
     from azure.mgmt.resource.subscriptions import SubscriptionClient
@@ -50,6 +51,7 @@ def clients(token: str, base_url: str, subscription_id: str):
     return {
         "compute": ComputeManagementClient(credential, subscription_id, polling_interval=0, **kw),
         "features": FeatureClient(credential, subscription_id, polling_interval=0, **kw),
+        "maintenance": MaintenanceManagementClient(credential, subscription_id, **kw),
         "resources": ResourceManagementClient(credential, subscription_id, polling_interval=0, **kw),
         "subscriptions": SubscriptionClient(credential, **kw),
     }

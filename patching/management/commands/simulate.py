@@ -41,8 +41,33 @@ class Command(BaseCommand):
             help="An operator resumes a halted rollout after this many hours (default 24; 0: never).",
         )
         parser.add_argument("--failure-rate", type=float, help="Per-(VM, KB, day) installation failure rate.")
+        parser.add_argument(
+            "--scheduled",
+            type=float,
+            default=0,
+            help="Share (0 to 1) of the Azure-orchestrated VMs put on a customer-managed schedule instead.",
+        )
+        parser.add_argument(
+            "--recur",
+            default="Month Second Tuesday Offset3",
+            help="The schedule's recurEvery, e.g. 'Month Second Tuesday Offset3' (window 22:00 UTC, 3 h 55 min).",
+        )
 
-    def handle(self, *args, start, end, vms, json: bool, seed, assessments, resume_after_hours, failure_rate, **kw):
+    def handle(
+        self,
+        *args,
+        start,
+        end,
+        vms,
+        json: bool,
+        seed,
+        assessments,
+        resume_after_hours,
+        failure_rate,
+        scheduled,
+        recur,
+        **kw,
+    ):
         first, last = parse_day(start), parse_day(end)
         if first >= last:
             raise CommandError("--end must be after --start.")
@@ -56,6 +81,8 @@ class Command(BaseCommand):
             raise CommandError("--failure-rate must be between 0 and 1.")
         if resume_after_hours < 0:
             raise CommandError("--resume-after-hours must be 0 (never) or more.")
+        if not 0 <= scheduled <= 1:
+            raise CommandError("--scheduled must be between 0 and 1.")
         began, ended = (datetime(d.year, d.month, d.day, tzinfo=UTC) for d in (first, last))
         if vms:
             fleet = fleets.generated(vms, began, ended, seed=seed)
@@ -72,6 +99,10 @@ class Command(BaseCommand):
                 resume_after=timedelta(hours=resume_after_hours) if resume_after_hours else None,
             )
             simulation.create_fleet()
+            if scheduled:
+                problems = simulation.schedule(scheduled, recur)
+                if problems:
+                    raise CommandError("; ".join(f"--recur: {p.message}" for p in problems))
             simulation.run()
             report = simulation.report()
         if json:
@@ -100,12 +131,25 @@ def text_report(report: dict) -> str:
         f"  hotpatch enrolled:   {hp['reboots_per_vm_year']} over {hp['vms']} VMs",
         f"  not enrolled:        {other['reboots_per_vm_year']} over {other['vms']} VMs",
         f"  reboots saved:       {summary['reboots_saved_per_vm_year']} per VM-year",
+        *(
+            [f"  customer schedule:   {sc['reboots_per_vm_year']} over {sc['vms']} VMs (maintenance configuration)"]
+            if (sc := summary["customer_schedule"])["vms"]
+            else []
+        ),
         "",
         "Critical/Security updates outstanding (days at 23:59 UTC; out of compliance = more than 30 days)",
         f"  hotpatch enrolled:   {hp['days_outstanding_per_vm']} days outstanding per VM, "
         f"{hp['days_out_of_compliance']} VM-days out of compliance",
         f"  not enrolled:        {other['days_outstanding_per_vm']} days outstanding per VM, "
         f"{other['days_out_of_compliance']} VM-days out of compliance",
+        *(
+            [
+                f"  customer schedule:   {sc['days_outstanding_per_vm']} days outstanding per VM, "
+                f"{sc['days_out_of_compliance']} VM-days out of compliance"
+            ]
+            if sc["vms"]
+            else []
+        ),
         f"  whole fleet:         {summary['all_vms']['days_out_of_compliance']} VM-days out of compliance, by reason: "
         + (", ".join(f"{k} {v}" for k, v in sorted(summary["out_of_compliance_days_by_reason"].items())) or "none"),
         "",

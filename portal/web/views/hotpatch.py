@@ -33,6 +33,7 @@ from vms.models import VirtualMachine
 from vms.vocabulary import PatchMode
 
 from .common import HtmxHttpRequest, get_vm, in_flight_operations, partial_for, portal_view, vm_context
+from .maintenance import vm_maintenance_context
 
 BLADE = "patching/hotpatch.html"
 INSTALL_PAGE = "patching/install.html"
@@ -89,6 +90,7 @@ def summary_context(vm: VirtualMachine) -> dict:
         "next_baseline": calendar.next_baseline_date(vm.product, now) if product and product.has_hotpatch else None,
         "next_reboot": next_reboot(vm, guest, now),
         "enrolled": vm.enable_hotpatching and vm.hotpatch_capable,
+        **vm_maintenance_context(vm),
     }
 
 
@@ -148,7 +150,9 @@ def history_context(request: HtmxHttpRequest, vm: VirtualMachine, notices: list[
     if kind and kind not in OperationKind.values:
         notices.append(f"Ignored the operation filter “{kind}”.")
         kind = ""
-    operations = vm.operations.since(clock.now() - HISTORY_RANGES[range_key][1]).select_related("user")
+    operations = vm.operations.since(clock.now() - HISTORY_RANGES[range_key][1]).select_related(
+        "user", "maintenance_result__run__configuration"
+    )
     if status == "InProgress":
         operations = operations.filter(status__in=IN_FLIGHT)
     elif status:
@@ -162,7 +166,7 @@ def history_context(request: HtmxHttpRequest, vm: VirtualMachine, notices: list[
     raw = request.GET.get("operation", "")
     if raw:
         opened = (
-            vm.operations.select_related("user")
+            vm.operations.select_related("user", "maintenance_result__run__configuration")
             .filter(pk=int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None)
             .first()
         )

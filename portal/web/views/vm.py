@@ -19,6 +19,7 @@ from vms.models import (
 from vms.patch_settings import Problem, defaults_for_image
 
 from .common import HtmxHttpRequest, get_vm, in_flight_operations, partial_for, portal_view, vm_context
+from .maintenance import vm_maintenance_context
 
 
 @require_GET
@@ -84,6 +85,7 @@ def guest_updates(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     prerequisites, gate = hotpatch_prerequisites(vm)
     context = vm_context(request, vm, can_act, "guest-updates")
     context.update(form=form, prerequisites=prerequisites, preview_gate=gate)
+    context.update(vm_maintenance_context(vm))
     return render(request, "vms/guest_updates.html", context)
 
 
