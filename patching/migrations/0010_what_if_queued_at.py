@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('patching', '0008_sandbox'),
+        ('patching', '0009_alter_operation_started_by'),
     ]
 
     operations = [
