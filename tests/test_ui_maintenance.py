@@ -206,7 +206,10 @@ def test_the_configuration_and_run_pages_run_a_constant_number_of_queries(client
             assert client.get(url).status_code == 200
         return len(captured)
 
-    detail, run = reverse("maintenance:detail", args=[config.pk]), reverse("maintenance:run", args=[config.runs.get().pk])
+    detail, run = (
+        reverse("maintenance:detail", args=[config.pk]),
+        reverse("maintenance:run", args=[config.runs.get().pk]),
+    )
     few = queries(detail), queries(run)
     for i in range(4):
         vm = scheduled_vm(world["rg"], f"more-{i}")

@@ -287,7 +287,9 @@ def configuration_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     ]
     cancelled = set(config.runs.filter(status="Cancelled").values_list("scheduled_start", flat=True))
     assignments = list(
-        config.assignments.select_related("vm__resource_group", "subscription", "resource_group").order_by("vm__name", "name")
+        config.assignments.select_related("vm__resource_group", "subscription", "resource_group").order_by(
+            "vm__name", "name"
+        )
     )
     context = {
         "nav": "maintenance",
