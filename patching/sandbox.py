@@ -193,7 +193,13 @@ def advance(*, to: datetime | None = None, days: float | None = None) -> Advance
         queued = list(Operation.objects.in_flight().order_by("pk").values_list("pk", flat=True))
         engine.run_now(queued, start)
         world = Simulation(
-            start, end, assessments=True, resume_after=None, assessment_step=ASSESSMENT_STEP, housekeeping=True
+            start,
+            end,
+            assessments=True,
+            resume_after=None,
+            assessment_step=ASSESSMENT_STEP,
+            housekeeping=True,
+            daily_compliance=True,
         )
         try:
             world.run()

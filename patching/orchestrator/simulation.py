@@ -76,7 +76,9 @@ class Simulation:
     assessment_step: timedelta | None = None
     # Each step also settles preview-feature registrations and fails stale operations (the beat's work).
     housekeeping: bool = False
-    snapshot_day: date | None = None  # the last day whose compliance figure is recorded (housekeeping)
+    # Each simulated day that ends leaves its compliance figure (the overview's trend), as the beat does.
+    daily_compliance: bool = False
+    snapshot_day: date | None = None  # the day whose figure is recorded next
     rounds: int = 0
     operations: int = 0
     reached: datetime | None = None  # how far the clock got (the sandbox stores it, even after an error)
@@ -152,6 +154,8 @@ class Simulation:
                 self.reached = clock
                 if self.housekeeping:
                     self._housekeeping(clock)
+                if self.daily_compliance:
+                    self._record_days_before(clock)
                 while changes and changes[0].at <= clock:
                     change = changes.pop(0)
                     VirtualMachine.objects.filter(pk=by_name[change.vm]).update(power_state=change.power_state)
@@ -184,7 +188,7 @@ class Simulation:
                 if on_round is not None:
                     on_round(min(clock, until))
         self.reached = until
-        if self.housekeeping:
+        if self.daily_compliance:
             self._record_days_before(until)
             figures.record_compliance_snapshots(until)
         self.seconds += time.perf_counter() - began
@@ -199,11 +203,9 @@ class Simulation:
         return maintenance.next_due(clock)
 
     def _housekeeping(self, clock: datetime) -> None:
-        """What the beat does besides patching: registrations settle, runs nobody finishes fail, and each
-        simulated day that ends leaves its compliance figure (the overview's trend)."""
+        """What the beat does besides patching: registrations settle, runs nobody finishes fail."""
         features.settle_due(clock)
         services.fail_stale_operations(clock)
-        self._record_days_before(clock)
 
     def _record_days_before(self, clock: datetime) -> None:
         """The compliance figure of every day that ended before `clock`, idle ones too (the 30-day rule ages)."""

@@ -35,7 +35,7 @@ class Command(BaseCommand):
         start = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
         # The demo's character: the "-06" VMs come back behind the baseline, legacy-03 is stopped,
         # build-03 deallocated; the enrolled VMs rebooted for October's baseline and not since.
-        history = Simulation(start, now, fleets.demo(start, now), assessments=True, housekeeping=True)
+        history = Simulation(start, now, fleets.demo(start, now), assessments=True, daily_compliance=True)
         vms = history.create_fleet()
         self.stdout.write(f"Created {len(vms)} VMs; running the platform over {days} days of history…")
         history.run()
