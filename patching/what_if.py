@@ -303,7 +303,9 @@ def scenario_fleet(machines: list[Machine], scenario: str, start: datetime) -> f
     )
 
 
-def compare(machines: list[Machine], first_day: date, days: int, *, schedule: dict | None = None, progress=None) -> dict:
+def compare(
+    machines: list[Machine], first_day: date, days: int, *, schedule: dict | None = None, progress=None
+) -> dict:
     """The scenarios over the same machines (a third on `schedule`, a schedule_window, when given);
     the JSON the page draws and the downloads hold.
 

@@ -279,9 +279,10 @@ def test_choosing_a_schedule_stores_its_window_and_scales_the_estimate(
     run = WhatIfRun.objects.get()
     assert run.schedule == what_if.schedule_window(mine) and run.schedule["name"] == "bimonthly"
     assert run.estimate_seconds == what_if.estimate_seconds(6, scenarios=3) > what_if.estimate_seconds(6)
-    assert "Compared with the schedule of <strong>bimonthly</strong>" in client.get(
-        reverse("sandbox-what-if-run", args=[run.pk])
-    ).text
+    assert (
+        "Compared with the schedule of <strong>bimonthly</strong>"
+        in client.get(reverse("sandbox-what-if-run", args=[run.pk])).text
+    )
 
 
 def test_a_finished_scheduled_run_draws_and_downloads_three_scenarios(client, olivias_fleet, schedules):
