@@ -452,6 +452,8 @@ class WhatIfRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     result = models.JSONField(default=dict, blank=True)
     error = models.CharField(max_length=500, blank=True)
+    # The maintenance schedule compared as a third scenario (patching.what_if.schedule_window), or {}.
+    schedule = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,14 +1,18 @@
-"""A what-if year over a user's own fleet: "as it is" against "every capable machine enrolled in hotpatch".
+"""A what-if year over a user's own fleet: "as it is" against "every capable machine enrolled in hotpatch",
+and, when the user picks one of their maintenance configurations, against that schedule.
 
 The fleet simulation (orchestrator.simulation: the real engine on a jumping clock, in a throwaway
 in-memory database) runs twice over a copy of the VMs the user sees, from the world's today for a
 year. Each copy starts fully patched (fleets.bring_up_to_date), so the year's reboots are its own.
+The scheduled scenario is the fleet as it is with every Azure-orchestrated machine on the chosen
+configuration's window (hotpatch off: Azure requires it for Customer Managed Schedules); the window is
+copied onto the run when it is asked for, so later edits to the configuration do not change it.
 The comparison keeps, per scenario: reboots per machine-year, days out of compliance, and the
 machines that need a maintenance window (reboot) each month.
 
 `start_run` records the run and hands it to Celery on commit (`RUN_WHAT_IF_TASK`, by name);
 `execute_run` claims it (Queued -> Running, compare-and-swap: a redelivered task finds nothing to
-do), runs the two scenarios side by side in processes of their own (`run_scenario`, each in its
+do), runs the two or three scenarios side by side in processes of their own (`run_scenario`, each in its
 throwaway database), writes their progress to the run, and stores the result. A run still Queued is
 sent again when its user asks again (the broker may have been down); a run whose worker died
 (Running for longer than the task time limit) is claimed again by the next delivery.
@@ -36,6 +40,8 @@ from vms import access, clock, images, regions
 from vms.models import VirtualMachine
 from vms.patch_settings import PatchSettings
 
+from .maintenance import recurrence
+from .maintenance.models import MaintenanceConfiguration
 from .models import WhatIfRun, WhatIfStatus
 from .orchestrator import fleets
 from .orchestrator.simulation import Simulation, throwaway_database
@@ -54,6 +60,42 @@ SCENARIOS = {
     "as_is": "As it is",
     "all_enrolled": "Every capable machine enrolled in hotpatch",
 }
+SCHEDULED = "scheduled"  # the third scenario, when the run has a schedule
+
+
+def scenario_keys(schedule: dict) -> list[str]:
+    return [*SCENARIOS, SCHEDULED] if schedule else list(SCENARIOS)
+
+
+def scenario_label(key: str, schedule: dict) -> str:
+    return SCENARIOS.get(key) or f"On {schedule['name']}'s schedule"
+
+
+def schedule_choices(user):
+    """The maintenance configurations (all InGuestPatch) the user can see, to compare against."""
+    return (
+        MaintenanceConfiguration.objects.filter(resource_group__subscription__in=access.subscriptions_for(user))
+        .select_related("resource_group")
+        .order_by("name", "pk")
+    )
+
+
+def schedule_window(config: MaintenanceConfiguration) -> dict:
+    """What the simulation needs of a configuration: its window and what it installs (ARM spelling)."""
+    return {
+        "configuration": config.arm_id,
+        "name": config.name,
+        "describe": config.describe,
+        "start_time": config.start_date_time[-5:],  # "HH:mm": the simulated year starts its own first day
+        "duration": recurrence.format_duration(config.duration),
+        "time_zone": config.time_zone,
+        "recur_every": config.recur_every,
+        "install_patches": {
+            "rebootSetting": config.reboot_setting,
+            "windowsParameters": config.windows_parameters,
+            "linuxParameters": config.linux_parameters,
+        },
+    }
 
 
 # --- Asking for a run ---------------------------------------------------------------------------------
@@ -63,15 +105,16 @@ def seconds_per_vm_day() -> float:
     """From the last runs that finished here (their own runtime), else the benchmark's figure."""
     recent = WhatIfRun.objects.filter(status=WhatIfStatus.SUCCEEDED, vms__gte=100).order_by("-finished_at")[:5]
     samples = [
-        (run.runtime_seconds - FIXED_SECONDS) / (run.vms * run.days * len(SCENARIOS))
+        (run.runtime_seconds - FIXED_SECONDS) / (run.vms * run.days * len(run.result.get("scenarios") or SCENARIOS))
         for run in recent
         if run.runtime_seconds and run.runtime_seconds > FIXED_SECONDS
     ]
     return sum(samples) / len(samples) if samples else MEASURED_SECONDS_PER_VM_DAY
 
 
-def estimate_seconds(vms: int, days: int = DAYS) -> float:
-    return round(FIXED_SECONDS + vms * days * len(SCENARIOS) * seconds_per_vm_day(), 1)
+def estimate_seconds(vms: int, days: int = DAYS, scenarios: int = len(SCENARIOS)) -> float:
+    """Wall seconds: the scenarios share the machine's cores, so the time grows with their number."""
+    return round(FIXED_SECONDS + vms * days * scenarios * seconds_per_vm_day(), 1)
 
 
 def in_flight(user) -> WhatIfRun | None:
@@ -82,8 +125,16 @@ class CannotRun(Exception):
     """The user's fleet is empty or too large for a what-if year; the message says which."""
 
 
-def start_run(user) -> tuple[WhatIfRun, bool]:
-    """The user's run in flight, or a new one queued (sent to Celery once the transaction commits)."""
+def start_run(user, schedule_id: int | str | None = None) -> tuple[WhatIfRun, bool]:
+    """The user's run in flight, or a new one queued (sent to Celery once the transaction commits),
+    compared with the maintenance configuration `schedule_id` too when given (one the user sees)."""
+    schedule = {}
+    if schedule_id not in (None, ""):
+        pk = str(schedule_id)
+        config = schedule_choices(user).filter(pk=int(pk)).first() if pk.isdigit() and len(pk) < 19 else None
+        if config is None:
+            raise CannotRun("That maintenance configuration does not exist or is not in a subscription you see.")
+        schedule = schedule_window(config)
     running = in_flight(user)
     if running:
         if running.status == WhatIfStatus.QUEUED or (running.started_at and running.started_at < _stale()):
@@ -99,7 +150,12 @@ def start_run(user) -> tuple[WhatIfRun, bool]:
     try:
         with transaction.atomic():
             run = WhatIfRun.objects.create(
-                user=user, vms=count, days=DAYS, start=clock.now().date(), estimate_seconds=estimate_seconds(count)
+                user=user,
+                vms=count,
+                days=DAYS,
+                start=clock.now().date(),
+                estimate_seconds=estimate_seconds(count, scenarios=len(scenario_keys(schedule))),
+                schedule=schedule,
             )
             transaction.on_commit(lambda: send(run.pk))
     except IntegrityError:  # a concurrent request queued one first: that is the run
@@ -137,7 +193,7 @@ def execute_run(run_id: int) -> bool:
         return False
     try:
         specs = fleet_of(run.user)
-        result = compare(specs, run.start, run.days, progress=_progress_writer(run.pk))
+        result = compare(specs, run.start, run.days, schedule=run.schedule, progress=_progress_writer(run.pk))
     except Exception as error:
         log.exception("What-if run %s failed", run_id)
         WhatIfRun.objects.filter(pk=run_id, status=WhatIfStatus.RUNNING).update(
@@ -247,17 +303,29 @@ def scenario_fleet(machines: list[Machine], scenario: str, start: datetime) -> f
     )
 
 
-def compare(machines: list[Machine], first_day: date, days: int, *, progress=None) -> dict:
-    """Both scenarios over the same machines; the JSON the page draws and the downloads hold.
+def compare(
+    machines: list[Machine], first_day: date, days: int, *, schedule: dict | None = None, progress=None
+) -> dict:
+    """The scenarios over the same machines (a third on `schedule`, a schedule_window, when given);
+    the JSON the page draws and the downloads hold.
 
     Each scenario runs in a process of its own (`manage.py what_if_scenario`, reading the machines on
-    stdin, printing its progress and then its summary on stdout), both at once: the two simulations
-    share nothing, and on two cores the year takes half the time.
+    stdin, printing its progress and then its summary on stdout), all at once: the simulations share
+    nothing, and on two cores the year takes half the time.
     """
+    schedule = schedule or {}
+    keys = scenario_keys(schedule)
     start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
     end = start + timedelta(days=days)
     began = time.perf_counter()
-    payload = json.dumps({"start": start.date().isoformat(), "days": days, "machines": [m.to_json() for m in machines]})
+    payload = json.dumps(
+        {
+            "start": start.date().isoformat(),
+            "days": days,
+            "schedule": schedule,
+            "machines": [m.to_json() for m in machines],
+        }
+    )
     manage = str(Path(settings.BASE_DIR) / "manage.py")
     processes = {
         scenario: subprocess.Popen(
@@ -267,13 +335,13 @@ def compare(machines: list[Machine], first_day: date, days: int, *, progress=Non
             text=True,
             cwd=settings.BASE_DIR,
         )
-        for scenario in SCENARIOS
+        for scenario in keys
     }
     try:
         for process in processes.values():
             process.stdin.write(payload)
             process.stdin.close()
-        scenarios = _collect(processes, progress)
+        scenarios = _collect(processes, progress, schedule)
     finally:
         for process in processes.values():
             if process.poll() is None:
@@ -287,12 +355,13 @@ def compare(machines: list[Machine], first_day: date, days: int, *, progress=Non
         "enrolled_now": sum(1 for m in machines if m.settings.enable_hotpatching),
         "runtime_seconds": round(time.perf_counter() - began, 1),
         "months": month_labels(start, end),
-        "scenarios": {key: {"label": SCENARIOS[key], **scenarios[key]} for key in SCENARIOS},
+        "schedule": schedule,
+        "scenarios": {key: {"label": scenario_label(key, schedule), **scenarios[key]} for key in keys},
     }
 
 
-def _collect(processes: dict[str, subprocess.Popen], progress) -> dict[str, dict]:
-    """Read both processes' lines ("progress 0.42", then "result {...}") as they come."""
+def _collect(processes: dict[str, subprocess.Popen], progress, schedule: dict) -> dict[str, dict]:
+    """Read the processes' lines ("progress 0.42", then "result {...}") as they come."""
     done: dict[str, float] = dict.fromkeys(processes, 0.0)
     results: dict[str, dict] = {}
     with selectors.DefaultSelector() as selector:
@@ -311,11 +380,14 @@ def _collect(processes: dict[str, subprocess.Popen], progress) -> dict[str, dict
                     results[scenario] = json.loads(line[len("result ") :])
     for scenario, process in processes.items():
         if process.wait() != 0 or scenario not in results:
-            raise RuntimeError(f"The '{SCENARIOS[scenario]}' simulation stopped (exit code {process.returncode}).")
+            label = scenario_label(scenario, schedule)
+            raise RuntimeError(f"The '{label}' simulation stopped (exit code {process.returncode}).")
     return results
 
 
-def run_scenario(machines: list[Machine], scenario: str, first_day: date, days: int, progress) -> dict:
+def run_scenario(
+    machines: list[Machine], scenario: str, first_day: date, days: int, progress, schedule: dict | None = None
+) -> dict:
     """One scenario in a throwaway in-memory database: the fleet simulation, summarised."""
     from .catalog import ensure_catalog
 
@@ -325,6 +397,17 @@ def run_scenario(machines: list[Machine], scenario: str, first_day: date, days: 
         ensure_catalog(until=end.date() + timedelta(days=31))
         simulation = Simulation(start, end, scenario_fleet(machines, scenario, start))
         simulation.create_fleet()
+        if scenario == SCHEDULED:  # every Azure-orchestrated machine on the schedule's window
+            problems = simulation.schedule(
+                1.0,
+                schedule["recur_every"],
+                time_zone=schedule["time_zone"],
+                duration=schedule["duration"],
+                start_time=schedule["start_time"],
+                install_patches=schedule["install_patches"],
+            )
+            if problems:
+                raise RuntimeError(f"The schedule of {schedule['name']} cannot be simulated: {problems}")
         simulation.run(on_round=lambda moment: progress((moment - start) / (end - start)))
         return summarize_scenario(simulation.report(), start, end)
 

@@ -91,10 +91,20 @@ class Simulation:
         self.vms = fleets.create(self.fleet, self.start)
         return self.vms
 
-    def schedule(self, share: float, recur_every: str, *, time_zone: str = "UTC", duration: str = "03:55"):
+    def schedule(
+        self,
+        share: float,
+        recur_every: str,
+        *,
+        time_zone: str = "UTC",
+        duration: str = "03:55",
+        start_time: str = "22:00",
+        install_patches: dict | None = None,
+    ):
         """Put `share` of the Azure-orchestrated VMs (every k-th by name, hotpatch off) on Customer Managed
-        Schedules under one maintenance configuration whose dynamic scopes pick them by tag. Returns it,
-        or the problems with the schedule."""
+        Schedules under one maintenance configuration whose dynamic scopes pick them by tag, its window
+        starting at `start_time` on the first simulated day and installing `install_patches` (ARM shape;
+        default: what the rules ask for, reboot if required). Returns the problems with the schedule."""
         candidates = list(
             VirtualMachine.objects.filter(patch_mode="AutomaticByPlatform")
             .order_by("name")
@@ -111,12 +121,12 @@ class Simulation:
             "properties": {
                 "maintenanceScope": "InGuestPatch",
                 "maintenanceWindow": {
-                    "startDateTime": f"{self.start:%Y-%m-%d} 22:00",
+                    "startDateTime": f"{self.start:%Y-%m-%d} {start_time}",
                     "duration": duration,
                     "timeZone": time_zone,
                     "recurEvery": recur_every,
                 },
-                "installPatches": {"rebootSetting": "IfRequired"},
+                "installPatches": install_patches or {"rebootSetting": "IfRequired"},
             },
         }
         config, _, problems = maintenance.save_configuration(rg, "simulated-schedule", body)

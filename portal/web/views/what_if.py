@@ -2,7 +2,8 @@
 
 The page shows the estimate before it starts, a progress bar polled with htmx while the job runs (the
 poll is in the partial only while the run is unfinished, so it stops by itself), then the comparison
-as server-drawn SVG charts, each with its figures in a table, and the CSV and JSON downloads.
+as server-drawn SVG charts, each with its figures in a table, and the CSV and JSON downloads. A
+maintenance configuration the user sees may be picked to compare as a third scenario.
 """
 
 import csv
@@ -21,37 +22,45 @@ from vms import access
 from .common import partial_for, portal_view
 
 CHART_WIDTH, CHART_HEIGHT, BAR_AREA = 640, 220, 160
-SERIES = ("as_is", "all_enrolled")
+SCHEDULES_LISTED = 500
+SHORT_LABELS = {"as_is": "As it is", "all_enrolled": "All enrolled", what_if.SCHEDULED: "On schedule"}
 
 
-def _bars(values: dict[str, float]) -> list[dict]:
-    """Two horizontal bars scaled to the larger value."""
+def _series(result: dict) -> list[str]:
+    """The run's scenarios in the order drawn (the stored JSON does not keep key order)."""
+    return what_if.scenario_keys(result.get("schedule") or {})
+
+
+def _bars(values: dict[str, float]) -> dict:
+    """One horizontal bar per scenario, scaled to the largest value."""
     top = max(values.values(), default=0) or 1
-    return [
-        {"key": key, "value": value, "width": round(440 * value / top, 1), "y": 20 + 50 * i}
+    bars = [
+        {"key": key, "label": SHORT_LABELS[key], "value": value, "width": round(440 * value / top, 1), "y": 20 + 50 * i}
         for i, (key, value) in enumerate(values.items())
     ]
+    return {"bars": bars, "height": 20 + 50 * len(bars)}
 
 
 def _months(result: dict) -> dict:
     """Grouped columns: per month, the machines needing a window in each scenario."""
     months = result["months"]
     scenarios = result["scenarios"]
-    top = max((scenarios[s]["machines_needing_a_window"][m] for s in SERIES for m in months), default=0) or 1
+    series = _series(result)
+    top = max((scenarios[s]["machines_needing_a_window"][m] for s in series for m in months), default=0) or 1
     step = (CHART_WIDTH - 60) / max(len(months), 1)
     groups = []
     for i, month in enumerate(months):
         x = 50 + i * step
         columns = []
-        for j, key in enumerate(SERIES):
+        for j, key in enumerate(series):
             value = scenarios[key]["machines_needing_a_window"][month]
             height = round(BAR_AREA * value / top, 1)
             columns.append(
                 {
                     "key": key,
                     "value": value,
-                    "x": round(x + 4 + j * (step - 8) / 2, 1),
-                    "width": round((step - 8) / 2 - 1, 1),
+                    "x": round(x + 4 + j * (step - 8) / len(series), 1),
+                    "width": round((step - 8) / len(series) - 1, 1),
                     "y": round(20 + BAR_AREA - height, 1),
                     "height": height,
                 }
@@ -61,10 +70,10 @@ def _months(result: dict) -> dict:
 
 
 def charts(result: dict) -> dict:
-    scenarios = result["scenarios"]
+    scenarios, series = result["scenarios"], _series(result)
     return {
-        "reboots": _bars({key: scenarios[key]["reboots_per_machine_year"] for key in SERIES}),
-        "compliance": _bars({key: scenarios[key]["days_out_of_compliance"] for key in SERIES}),
+        "reboots": _bars({key: scenarios[key]["reboots_per_machine_year"] for key in series}),
+        "compliance": _bars({key: scenarios[key]["days_out_of_compliance"] for key in series}),
         "windows": _months(result),
     }
 
@@ -73,7 +82,7 @@ def _run_context(run: WhatIfRun | None) -> dict:
     context = {"run": run}
     if run is not None and run.is_succeeded:
         context["charts"] = charts(run.result)
-        context["scenarios"] = [run.result["scenarios"][key] | {"key": key} for key in SERIES]
+        context["scenarios"] = [run.result["scenarios"][key] | {"key": key} for key in _series(run.result)]
     return context
 
 
@@ -87,6 +96,8 @@ def _page(request: HttpRequest, run: WhatIfRun | None) -> HttpResponse:
         "vms": vms,
         "max_vms": what_if.MAX_VMS,
         "estimate": what_if.estimate_seconds(vms),
+        "estimate_with_schedule": what_if.estimate_seconds(vms, scenarios=len(what_if.SCENARIOS) + 1),
+        "schedule_choices": what_if.schedule_choices(request.user)[:SCHEDULES_LISTED],
         "per_vm_day_ms": round(what_if.seconds_per_vm_day() * 1000, 3),
         "scenario_labels": what_if.SCENARIOS,
     } | _run_context(run)
@@ -104,7 +115,7 @@ def what_if_page(request: HttpRequest) -> HttpResponse:
 @portal_view
 def start(request: HttpRequest) -> HttpResponse:
     try:
-        run, _created = what_if.start_run(request.user)
+        run, _created = what_if.start_run(request.user, request.POST.get("schedule"))
     except what_if.CannotRun as refused:
         messages.error(request, str(refused))
         return redirect("sandbox-what-if")
@@ -131,7 +142,7 @@ def download(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["scenario", "metric", "month", "value"])
-        for key in SERIES:
+        for key in _series(run.result):
             scenario = run.result["scenarios"][key]
             for metric in (
                 "enrolled",
