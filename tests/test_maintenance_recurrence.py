@@ -184,3 +184,13 @@ def test_azures_default_expiration_means_never():
     found, problems = window("2025-01-01 22:00", "02:00", "Pacific Standard Time", "Day", "9999-12-31 23:59:59")
     assert not problems and found.expires_at is None
     assert len(found.next(datetime(2030, 1, 1, tzinfo=UTC), 3)) == 3
+
+
+def test_an_anchor_before_the_first_starts_month_is_not_the_schedules():
+    """Hypothesis found the oracle and the generator disagreeing here: the last Monday of December 2024 is
+    the 30th, + 2 days is 1 January 2025, the first start's own day. Months count from the first start's,
+    so December's anchor is not the schedule's: the first window is January's (27th + 2)."""
+    rule, zone_info = parse("Month Last Monday Offset2"), zone("Pacific Standard Time")
+    found = list(occurrences(rule, datetime(2025, 1, 1), zone_info, until=datetime(2025, 3, 31, tzinfo=UTC)))
+    assert [m.astimezone(zone_info).date() for m in found] == [date(2025, 1, 29), date(2025, 2, 26)]
+    assert not matches(rule, date(2025, 1, 1), date(2025, 1, 1))

@@ -259,7 +259,13 @@ def matches(rule: Rule, first: date, day: date) -> bool:
     if rule.week_of_month:
         base = day - timedelta(days=rule.offset)
         months = base.year * 12 + base.month - (first.year * 12 + first.month)
-        return months % rule.every == 0 and base == nth_weekday(base.year, base.month, rule.week_of_month, rule.weekday)
+        # Months count from the first start's: an anchor in the month before it is not the schedule's, even
+        # when its offset lands after the first start (Last Sunday of December + 6 = 4 January).
+        return (
+            months >= 0
+            and months % rule.every == 0
+            and base == nth_weekday(base.year, base.month, rule.week_of_month, rule.weekday)
+        )
     months = day.year * 12 + day.month - (first.year * 12 + first.month)
     return months % rule.every == 0 and day.day in (rule.month_days or (first.day,))
 
