@@ -268,7 +268,7 @@ def test_choosing_a_schedule_stores_its_window_and_scales_the_estimate(
     assert "bobs-weekly" not in page and f'value="{bobs.pk}"' not in page  # only configurations she sees
     assert "hotpatch off" in page
 
-    for foreign in (bobs.pk, 10**30, "nightly", -1):
+    for foreign in (bobs.pk, 10**30, "nightly", -1, "²"):
         refused = client.post(reverse("sandbox-what-if-start"), {"schedule": foreign}, follow=True)
         assert refused.status_code == 200
         assert "does not exist or is not in a subscription you see" in refused.text
