@@ -6,7 +6,6 @@ Real PostgreSQL and Redis (the clock's cache); the engine that advances the cloc
 import threading
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import pytest
 from django.db import connection
 from django.utils import timezone
@@ -112,36 +111,6 @@ def test_advance_past_patch_tuesday_hotpatches_enrolled_vms_without_a_reboot(wor
     assert assessed >= 9  # daily, AutomaticByPlatform assessment
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the round's advisory lock is PostgreSQL's")
-def test_a_beat_round_holding_the_lock_does_not_make_an_advance_skip_patch_tuesday(world):
-    """A beat round (another process) holds the patching lock when the advance's round comes: the
-    advance waits for it instead of stepping past Patch Tuesday with nothing patched."""
-    hot = world["hot"]
-    holding, release = threading.Event(), threading.Event()
-
-    def beat_round():
-        with psycopg.connect(_url_of(connection), autocommit=True) as other:
-            other.execute("SELECT pg_advisory_lock(%s)", [engine.LOCK_KEY])
-            holding.set()
-            release.wait(10)
-            other.execute("SELECT pg_advisory_unlock(%s)", [engine.LOCK_KEY])
-
-    beat = threading.Thread(target=beat_round)
-    beat.start()
-    assert holding.wait(10)
-    threading.Timer(1.0, release.set).start()
-    sandbox.advance(to=datetime(2026, 12, 10, 12, tzinfo=UTC))
-    beat.join()
-    hotpatch = Update.objects.get(product="ws2022-azure", release_month="2026-12", kind="hotpatch")
-    assert InstalledUpdate.objects.filter(guest_id=hot.pk, update=hotpatch).exists()
-
-
-def _url_of(conn) -> str:
-    """The test database, for a connection of its own (a beat process)."""
-    s = conn.settings_dict
-    return f"postgresql://{s['USER']}@{s['HOST'] or 'localhost'}:{s['PORT'] or 5432}/{s['NAME']}"
-
-
 def test_an_advance_leaves_each_days_compliance_figure(world):
     sandbox.advance(days=5)
     days = sorted(ComplianceSnapshot.objects.filter(subscription=world["subscription"]).values_list("day", flat=True))
@@ -226,7 +195,6 @@ def test_two_advances_at_once_one_wins(catalog):
     barrier = threading.Barrier(2)
 
     def advance():
-        from django.db import connection
 
         barrier.wait()
         try:
