@@ -11,10 +11,13 @@ from django.db.models.functions import Coalesce, TruncDate
 
 from vms import clock
 from vms.models import VirtualMachine
+from vms.vocabulary import PatchMode
 
 from .models import (
+    IN_FLIGHT,
     ComplianceSnapshot,
     GuestState,
+    HotpatchStatus,
     InstalledUpdate,
     MissingUpdate,
     Operation,
@@ -23,6 +26,33 @@ from .models import (
     Update,
 )
 from .vocabulary import Classification
+
+# Update status as the fleet tiles, the overview and the fleet filter count it: one state per VM (on
+# VirtualMachine, through its guest), the first that applies. UPDATE_STATUS_SQL is the same rule over a
+# guest row `g` (all NULL for a VM without a guest) for the rollup triggers (patching.rollup); the
+# rollup consistency test holds the two to each other.
+UPDATE_STATUS: dict[str, tuple[str, Q]] = {
+    "reboot": ("Reboot required", Q(guest__reboot_pending=True)),
+    "available": (
+        "Updates available",
+        Q(guest__reboot_pending=False, guest__assessed_at__isnull=False)
+        & (Q(guest__critical_security_count__gt=0) | Q(guest__other_count__gt=0)),
+    ),
+    "none": (
+        "No updates",
+        Q(
+            guest__reboot_pending=False,
+            guest__assessed_at__isnull=False,
+            guest__critical_security_count=0,
+            guest__other_count=0,
+        ),
+    ),
+    "nodata": ("No assessment yet", Q(guest__assessed_at__isnull=True) & ~Q(guest__reboot_pending=True)),
+}
+UPDATE_STATUS_SQL = (
+    "CASE WHEN g.reboot_pending THEN 'reboot' WHEN g.assessed_at IS NULL THEN 'nodata' "
+    "WHEN g.critical_security_count > 0 OR g.other_count > 0 THEN 'available' ELSE 'none' END"
+)
 
 # Compliant: assessed, and no Critical or Security update outstanding for longer than this.
 COMPLIANCE_GRACE = timedelta(days=30)
@@ -45,17 +75,56 @@ def recent_installations(operations: QuerySet[Operation], now: datetime, zone: t
     return operations.filter(kind=OperationKind.INSTALLATION, created_at__gte=installations_since(now, zone))
 
 
-def installations_per_day(operations: QuerySet[Operation], now: datetime, zone: tzinfo) -> dict[tuple, int]:
-    """Finished recent installations per (local day, status): one grouped query."""
+def installations_per_day(counts: dict[tuple, dict]) -> dict[tuple, int]:
+    """Finished recent installations per (local day, status), from installation_counts."""
+    return {key: figures["runs"] for key, figures in counts.items() if key[1] in FINISHED_INSTALLATION}
+
+
+def fleet_counts(vms: QuerySet[VirtualMachine], now: datetime, *, guest: bool = False) -> dict:
+    """The fleet tiles' counts (total, status_<key>, mode_<mode>, hotpatch_enabled, hotpatch_action)
+    and with `guest` the overview's (guest_aggregates' names), aggregated over `vms`: one query.
+    (patching.rollup.fleet_counts reads the same from its rollups.)"""
+    return vms.order_by().aggregate(
+        **(guest_aggregates(now) if guest else {}),
+        total=Count("pk"),
+        **{f"status_{key}": Count("pk", filter=q) for key, (_, q) in UPDATE_STATUS.items()},
+        **{f"mode_{mode}": Count("pk", filter=Q(patch_mode=mode)) for mode in PatchMode.values},
+        hotpatch_enabled=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ENABLED)),
+        hotpatch_action=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ACTION_REQUIRED)),
+    )
+
+
+def installation_counts(operations: QuerySet[Operation], now: datetime, zone: tzinfo) -> dict[tuple, dict]:
+    """Recent installations (since installations_since) per (local day, status): {"runs", "installed",
+    "failed"} (runs, and patches installed and failed), grouped over `operations`: one query."""
     rows = (
         recent_installations(operations, now, zone)
-        .filter(status__in=FINISHED_INSTALLATION)
         .annotate(day=TruncDate("created_at", tzinfo=zone))
         .order_by()
         .values("day", "status")
-        .annotate(n=Count("pk"))
+        .annotate(
+            runs=Count("pk"), installed=Coalesce(Sum("installed_count"), 0), failed=Coalesce(Sum("failed_count"), 0)
+        )
     )
-    return {(row["day"], row["status"]): row["n"] for row in rows}
+    return {
+        (r["day"], r["status"]): {"runs": r["runs"], "installed": r["installed"], "failed": r["failed"]} for r in rows
+    }
+
+
+def installations_tile(counts: dict[tuple, dict]) -> dict:
+    """The fleet list's 30-day installations tile, from installation_counts."""
+    runs = {}
+    for (_, status), figures in counts.items():
+        runs[status] = runs.get(status, 0) + figures["runs"]
+    return {
+        "runs": sum(runs.values()),
+        "succeeded": runs.get(OperationStatus.SUCCEEDED, 0),
+        "warnings": runs.get(OperationStatus.COMPLETED_WITH_WARNINGS, 0),
+        "failed": runs.get(OperationStatus.FAILED, 0),
+        "running": sum(runs.get(status, 0) for status in IN_FLIGHT),
+        "patches_installed": sum(f["installed"] for f in counts.values()),
+        "patches_failed": sum(f["failed"] for f in counts.values()),
+    }
 
 
 def compliant(now: datetime, prefix: str = "") -> Q:
@@ -175,3 +244,26 @@ def updates_missing_or_failed(vms: QuerySet[VirtualMachine]) -> list[UpdateRow]:
 def machines_missing(vms: QuerySet[VirtualMachine], update: Update) -> QuerySet[VirtualMachine]:
     """The VMs of `vms` that miss the update (including those that failed it), annotated `failed`."""
     return vms.filter(guest__missing_updates__update=update).annotate(failed=F("guest__missing_updates__failed"))
+
+
+def missing_per_subscription(machines: QuerySet[VirtualMachine]) -> dict:
+    """How many of `machines` (machines_missing's queryset) each subscription has: one grouped query."""
+    return dict(
+        machines.order_by()
+        .values("resource_group__subscription_id")
+        .annotate(n=Count("pk"))
+        .values_list("resource_group__subscription_id", "n")
+    )
+
+
+def machines_page(machines: QuerySet[VirtualMachine], *, after: int | None, before: int | None, size: int):
+    """One page of machines_missing in VM id order, keyset-paged (MissingUpdate's (update, guest)
+    index walks it): (the page's VMs, whether there are more before, after)."""
+    if before is not None:
+        rows = list(machines.filter(pk__lt=before).order_by("-pk")[: size + 1])
+        more_before, rows = len(rows) > size, rows[:size][::-1]
+        return rows, more_before, True
+    if after is not None:
+        machines = machines.filter(pk__gt=after)
+    rows = list(machines.order_by("pk")[: size + 1])
+    return rows[:size], after is not None, len(rows) > size

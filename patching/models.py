@@ -553,3 +553,136 @@ class Fault(models.Model):
     @property
     def is_active(self) -> bool:
         return self.remaining is None or self.remaining > 0
+
+
+# --- Rollups (patching.rollup) --------------------------------------------------------------------
+# Fleet figures kept current by PostgreSQL statement triggers: each writing statement appends its net
+# change per key to a *Delta table (insert-only: concurrent recorders never wait on one another); the
+# fold moves deltas into the base table. Readers sum base + deltas in one statement. Models (not raw
+# tables) so that migrations create them and test flushes truncate them with the rest.
+
+
+class _ScopeKey(models.Model):
+    """The fleet filters a rollup row is counted under: the VM's subscription, resource group name
+    (lowered, as the filter matches it), location, OS product and patch orchestration."""
+
+    subscription_id = models.UUIDField()
+    resource_group = models.CharField(max_length=90)
+    location = models.CharField(max_length=40)
+    product = models.CharField(max_length=20)
+    patch_mode = models.CharField(max_length=20)
+
+    class Meta:
+        abstract = True
+
+
+class _FleetFigures(_ScopeKey):
+    """Machines per scope, hotpatch status, update status bucket (patching.fleet.UPDATE_STATUS) and
+    counted year, with their per-VM summaries summed."""
+
+    hotpatch_status = models.CharField(max_length=20)  # "" for a VM without a guest yet
+    update_status = models.CharField(max_length=10)
+    counted_year = models.PositiveSmallIntegerField()  # 0: never counted
+    machines = models.IntegerField(default=0)
+    # Machines missing at least one update of each classification (one column per Classification).
+    for _c in Classification:
+        locals()[f"missing_{_c.value.lower()}"] = models.IntegerField(default=0)
+    del _c
+    installs_without_reboot = models.BigIntegerField(default=0)
+    reboots_avoided = models.BigIntegerField(default=0)
+
+    KEYS = ("subscription_id", "resource_group", "location", "product", "patch_mode", "hotpatch_status",
+            "update_status", "counted_year")  # fmt: skip
+
+    class Meta:
+        abstract = True
+
+
+class FleetRollup(_FleetFigures):  # noqa: DJ008 (a figure)
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=_FleetFigures.KEYS, name="fleet_rollup_key")]
+
+
+class FleetRollupDelta(_FleetFigures):  # noqa: DJ008 (a figure)
+    pass
+
+
+class _UpdateFigures(_ScopeKey):
+    """Per update and scope: machines missing it, of which failed it last, and machines with it installed."""
+
+    update_id = models.IntegerField()
+    missing = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    installed = models.IntegerField(default=0)
+
+    KEYS = ("update_id", "subscription_id", "resource_group", "location", "product", "patch_mode")
+
+    class Meta:
+        abstract = True
+
+
+class UpdateRollup(_UpdateFigures):  # noqa: DJ008 (a figure)
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=_UpdateFigures.KEYS, name="update_rollup_key")]
+
+
+class UpdateRollupDelta(_UpdateFigures):  # noqa: DJ008 (a figure)
+    pass
+
+
+class _InstallFigures(models.Model):
+    """Installations (of existing VMs) created in one UTC hour, per status: runs and patches. Hour
+    buckets, so a local day is a sum of whole buckets in any whole-hour time zone."""
+
+    hour = models.DateTimeField()
+    status = models.CharField(max_length=24)
+    subscription_id = models.UUIDField()
+    runs = models.IntegerField(default=0)
+    installed = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)
+
+    KEYS = ("hour", "status", "subscription_id")
+
+    class Meta:
+        abstract = True
+
+
+class InstallRollup(_InstallFigures):  # noqa: DJ008 (a figure)
+    """Per subscription only: the unfiltered (and subscription-filtered) pages read this small one."""
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=_InstallFigures.KEYS, name="install_rollup_key")]
+
+
+class InstallRollupDelta(_InstallFigures):  # noqa: DJ008 (a figure)
+    pass
+
+
+class _ScopedInstallFigures(_InstallFigures):
+    resource_group = models.CharField(max_length=90)
+    location = models.CharField(max_length=40)
+    product = models.CharField(max_length=20)
+    patch_mode = models.CharField(max_length=20)
+
+    KEYS = ("hour", "status", "subscription_id", "resource_group", "location", "product", "patch_mode")
+
+    class Meta:
+        abstract = True
+
+
+class ScopedInstallRollup(_ScopedInstallFigures):  # noqa: DJ008 (a figure)
+    """Per full scope, for pages filtered by resource group, location, OS or orchestration."""
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=_ScopedInstallFigures.KEYS, name="scoped_install_rollup_key")]
+
+
+class ScopedInstallRollupDelta(_ScopedInstallFigures):  # noqa: DJ008 (a figure)
+    pass
+
+
+class RollupWindow(models.Model):  # noqa: DJ008 (one row)
+    """The oldest installation hour the installation rollups keep (set by the fold from the portal's
+    clock): a VM's move between scopes re-counts only its installations since then."""
+
+    since = models.DateTimeField()

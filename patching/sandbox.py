@@ -41,7 +41,7 @@ from vms.models import (
     VirtualMachine,
 )
 
-from . import catalog
+from . import catalog, rollup
 from .maintenance.models import (
     ConfigurationAssignment,
     MaintenanceConfiguration,
@@ -221,6 +221,7 @@ def realtime() -> str:
         raise SandboxBusy("An advance is running; switch to real time when it has finished.")
     was = clock.simulated_now()
     _set_clock(None)
+    rollup.rebuild()  # the installation rollups' window follows the clock, which may have gone back
     if was is None:
         return "The clock was already real time."
     return f"Back to real time (the simulated clock stood at {was:%Y-%m-%d %H:%M} UTC)."
@@ -565,6 +566,7 @@ def import_snapshot(data: dict) -> dict:
             _reset_sequences()
             state = data["clock"]
             _set_clock(_parse_clock(state) if state["mode"] == "sandbox" else None)
+            rollup.rebuild()  # a new world, and a clock that may have gone back
     except SandboxError:
         raise
     except Exception as exc:  # an integrity error: rows that do not fit together
@@ -601,6 +603,7 @@ def reset(*, demo: bool) -> str:
         _wipe()
         if demo:
             call_command("seed_demo", stdout=io.StringIO())
+        rollup.rebuild()
     if not demo:
         return "The fleet is empty: no subscriptions, VMs, operations or faults. The clock did not move."
     return f"The demo fleet is back: {VirtualMachine.objects.count()} VMs with their history up to {clock.now():%Y-%m-%d %H:%M} UTC."

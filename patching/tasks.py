@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from . import fleet, sandbox, services, what_if
+from . import fleet, rollup, sandbox, services, what_if
 from .orchestrator import engine
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,12 @@ def assess_fleet() -> int:
 def record_compliance_snapshots() -> int:
     """Beat: today's compliance per subscription, for the overview's trend (re-recorded until the day ends)."""
     return fleet.record_compliance_snapshots()
+
+
+@shared_task
+def fold_rollups() -> bool:
+    """Beat: move the fleet figures' deltas into their base tables (patching.rollup)."""
+    return rollup.fold()
 
 
 @shared_task(name=what_if.RUN_WHAT_IF_TASK, acks_late=True)

@@ -278,6 +278,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "patching.tasks.record_compliance_snapshots",
         "schedule": timedelta(hours=1),
     },
+    # The fleet figures' rollups: deltas appended by the recording statements' triggers, folded often so
+    # that readers sum few of them (patching.rollup).
+    "fold-rollups": {
+        "task": "patching.tasks.fold_rollups",
+        "schedule": timedelta(seconds=envint("PORTAL_ROLLUP_FOLD_SECONDS", "5")),
+    },
     # Automatic VM guest patching (SPEC §3.5): cheap rounds, so a window opening is caught within minutes.
     "patch-fleet": {
         "task": "patching.tasks.patch_fleet",

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from django.core.paginator import Paginator
-from django.db.models import Count, F, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import F, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -16,11 +15,10 @@ from django.views.decorators.http import require_GET
 from django_htmx.http import push_url
 
 from patching import fleet as figures
+from patching import rollup
 from patching.models import (
-    IN_FLIGHT,
     HotpatchStatus,
     Operation,
-    OperationStatus,
 )
 from vms import access, clock, images, regions, vocabulary
 from vms.models import (
@@ -34,26 +32,6 @@ from vms.vocabulary import PatchMode
 from .common import HtmxHttpRequest, active_halts, partial_for, portal_view
 
 # --- The fleet ------------------------------------------------------------------------------------
-
-# Update status as the fleet tiles and filter count it: one state per VM, the first that applies.
-UPDATE_STATUS: dict[str, tuple[str, Q]] = {
-    "reboot": ("Reboot required", Q(guest__reboot_pending=True)),
-    "available": (
-        "Updates available",
-        Q(guest__reboot_pending=False, guest__assessed_at__isnull=False)
-        & (Q(guest__critical_security_count__gt=0) | Q(guest__other_count__gt=0)),
-    ),
-    "none": (
-        "No updates",
-        Q(
-            guest__reboot_pending=False,
-            guest__assessed_at__isnull=False,
-            guest__critical_security_count=0,
-            guest__other_count=0,
-        ),
-    ),
-    "nodata": ("No assessment yet", Q(guest__assessed_at__isnull=True) & ~Q(guest__reboot_pending=True)),
-}
 
 # sort parameter -> the column it orders by; "-name" sorts descending.
 SORTS = {
@@ -156,8 +134,8 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
         FleetFilter(
             "update_status",
             "Update status",
-            [(key, label) for key, (label, _) in UPDATE_STATUS.items()],
-            lambda v: UPDATE_STATUS[v][1],
+            [(key, label) for key, (label, _) in figures.UPDATE_STATUS.items()],
+            lambda v: figures.UPDATE_STATUS[v][1],
         ),
     ]
     if only is not None:
@@ -210,40 +188,51 @@ def fleet_operations(user, found: Fleet) -> QuerySet[Operation]:
     return operations
 
 
-def fleet_tiles(vms, operations=None, **more) -> dict:
-    """The summary tiles: two aggregate queries, whatever the fleet size. `more` aggregates are computed
-    in the same pass over the fleet; without `operations` (fleet_operations) there is no installations
-    tile and its query."""
-    counts = vms.order_by().aggregate(
-        **more,
-        total=Count("pk"),
-        **{f"status_{key}": Count("pk", filter=q) for key, (_, q) in UPDATE_STATUS.items()},
-        **{f"mode_{mode}": Count("pk", filter=Q(patch_mode=mode)) for mode in PatchMode.values},
-        hotpatch_enabled=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ENABLED)),
-        hotpatch_action=Count("pk", filter=Q(guest__hotpatch_status=HotpatchStatus.ACTION_REQUIRED)),
-    )
-    installs = None
-    if operations is not None:
+# Fleet filter parameter -> the rollup scope's name for it.
+SCOPE_NAMES = {
+    "subscription": "subscription",
+    "resource_group": "resource_group",
+    "location": "location",
+    "os": "product",
+    "orchestration": "patch_mode",
+    "hotpatch": "hotpatch",
+    "update_status": "update_status",
+}
+
+
+def rollup_scope(user, found: Fleet) -> rollup.Scope | None:
+    """The fleet's filters and the user's visibility as a rollup scope; None for a name search (the
+    rollups do not key names: the figures are then aggregated directly)."""
+    if found.search:
+        return None
+    visible = None
+    if not user.is_superuser:
+        choices = next(f.choices for f in found.filters if f.param == "subscription")
+        visible = tuple(value for value, _ in choices)
+    return rollup.Scope(visible=visible, **{SCOPE_NAMES[f.param]: f.value for f in found.filters if f.value})
+
+
+def fleet_tiles(user, found: Fleet, *, installs: bool = True, guest: bool = False) -> dict:
+    """The summary tiles: one query from the rollups (two with the 30-day installations tile), whatever
+    the fleet size. With `guest`, the overview's per-VM figures come in the same query (guest_aggregates'
+    names); without `installs` there is no installations tile and its query."""
+    now, scope = clock.now(), rollup_scope(user, found)
+    counts = rollup.fleet_counts(found.vms, scope, now, guest=guest)
+    tile = None
+    if installs:
         zone = timezone.get_current_timezone()
-        installs = figures.recent_installations(operations, clock.now(), zone).aggregate(
-            runs=Count("pk"),
-            succeeded=Count("pk", filter=Q(status=OperationStatus.SUCCEEDED)),
-            warnings=Count("pk", filter=Q(status=OperationStatus.COMPLETED_WITH_WARNINGS)),
-            failed=Count("pk", filter=Q(status=OperationStatus.FAILED)),
-            running=Count("pk", filter=Q(status__in=IN_FLIGHT)),
-            patches_installed=Coalesce(Sum("installed_count"), 0),
-            patches_failed=Coalesce(Sum("failed_count"), 0),
-        )
+        recent = rollup.installation_counts(fleet_operations(user, found), scope, now, zone)
+        tile = figures.installations_tile(recent)
     total = counts["total"] or 1
     statuses, offset = [], 0.0
-    for key, (label, _) in UPDATE_STATUS.items():
+    for key, (label, _) in figures.UPDATE_STATUS.items():
         share = 100 * counts[f"status_{key}"] / total
         statuses.append(
             {"key": key, "label": label, "count": counts[f"status_{key}"], "share": share, "offset": offset}
         )
         offset += share
     modes = [{"key": mode, "label": mode.label, "count": counts[f"mode_{mode}"]} for mode in PatchMode]
-    return {"total": counts["total"], "statuses": statuses, "modes": modes, "installs": installs, **counts}
+    return {"total": counts["total"], "statuses": statuses, "modes": modes, "installs": tile, **counts}
 
 
 def can_create_anywhere(user) -> bool:
@@ -272,7 +261,7 @@ def fleet(request: HtmxHttpRequest) -> HttpResponse:
         "page": page,
         # 1 2 … 49 50 51 … 1999 2000: never a link per page of a 100,000-VM fleet.
         "page_range": page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
-        "tiles": fleet_tiles(found.vms, fleet_operations(request.user, found)),
+        "tiles": fleet_tiles(request.user, found),
         "columns": [
             {
                 "label": label,

@@ -9,8 +9,6 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
-from django.db.models import Count
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -19,7 +17,7 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_POST
 
 from patching import fleet as figures
-from patching import services
+from patching import rollup, services
 from patching.models import (
     OperationKind,
     OperationStatus,
@@ -33,7 +31,7 @@ from vms import clock
 from vms.models import Role, RoleAssignment, Subscription
 
 from .common import HtmxHttpRequest, partial_for, portal_view
-from .fleet import Fleet, fleet_for, fleet_operations, fleet_tiles
+from .fleet import Fleet, fleet_for, fleet_operations, fleet_tiles, rollup_scope
 
 # The filters the fleet pages are scoped by (the fleet list's own, by the same names).
 SCOPE = ("subscription", "resource_group", "location", "os", "orchestration")
@@ -64,7 +62,7 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
     now, zone = clock.now(), timezone.get_current_timezone()
     # The fleet list's tiles (the same definitions, one query), with the overview's own per-VM figures
     # in the same pass; the installations are drawn per day below instead of the tile's totals.
-    tiles = fleet_tiles(found.vms, **figures.guest_aggregates(now))
+    tiles = fleet_tiles(request.user, found, installs=False, guest=True)
     operations = fleet_operations(request.user, found)
 
     # The fleet list's own tiles (the same definitions), each row one click from its machines.
@@ -82,7 +80,8 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
 
     today = now.astimezone(zone).date()
     days = [today - timedelta(days=n) for n in range(figures.INSTALLATION_DAYS - 1, -1, -1)]
-    per_day = figures.installations_per_day(operations, now, zone)
+    scope = rollup_scope(request.user, found)
+    per_day = figures.installations_per_day(rollup.installation_counts(operations, scope, now, zone))
     bars, bars_top = charts.stacked_bars(days, INSTALL_SERIES, per_day)
     for bar in bars:
         for segment in bar.segments:
@@ -187,7 +186,7 @@ UPDATE_COLUMNS = [
 def updates(request: HtmxHttpRequest) -> HttpResponse:
     """Every update the machines in scope miss or failed, with machine counts; filter and sort."""
     found = fleet_for(request, only=SCOPE)
-    rows = figures.updates_missing_or_failed(found.vms)
+    rows = rollup.updates_missing_or_failed(found.vms, rollup_scope(request.user, found))
     notices = list(found.notices)
 
     classification = request.GET.get("classification", "").strip()
@@ -252,32 +251,53 @@ def _update_or_404(pk: int) -> Update:
     return get_object_or_404(Update, pk=pk)
 
 
+class MachinesPage:
+    """One keyset page of an update's machines, with the names the template and tests read."""
+
+    def __init__(self, request, rows, count: int, more_before: bool, more_after: bool):
+        self.object_list, self.count = rows, count
+        self.paginator = self  # page.paginator.count, as a Django Page has it
+        self.has_previous, self.has_next = more_before and bool(rows), more_after
+        self.has_other_pages = self.has_previous or self.has_next
+        query = request.GET.copy()
+        query.pop("after", None)
+        query.pop("before", None)
+        self.previous_url = self.next_url = None
+        if self.has_previous:
+            query["before"] = rows[0].pk
+            self.previous_url = f"?{query.urlencode()}"
+            query.pop("before")
+        if self.has_next:
+            query["after"] = rows[-1].pk
+            self.next_url = f"?{query.urlencode()}"
+
+
+def _cursor(request, name: str) -> int | None:
+    try:
+        return max(0, int(request.GET.get(name, "")))
+    except ValueError:
+        return None
+
+
 def _machines_context(request, found: Fleet, update: Update, form: InstallForm) -> dict:
     machines = figures.machines_missing(found.vms, update)
-    per_subscription = _per_subscription(machines)
-    paginator = Paginator(
-        machines.select_related("resource_group__subscription", "guest").order_by("name", "pk"), MACHINES_PAGE_SIZE
+    per_subscription = rollup.missing_per_subscription(machines, update, rollup_scope(request.user, found))
+    rows, more_before, more_after = figures.machines_page(
+        machines.select_related("resource_group__subscription", "guest"),
+        after=_cursor(request, "after"),
+        before=_cursor(request, "before"),
+        size=MACHINES_PAGE_SIZE,
     )
-    paginator.count = sum(per_subscription.values())  # counted above, with the subscriptions: no second scan
     return {
         "fleet": found,
         "update": update,
-        "page": paginator.get_page(request.GET.get("page")),
+        # Counted above, with the subscriptions: no second scan.
+        "page": MachinesPage(request, rows, sum(per_subscription.values()), more_before, more_after),
         "form": form,
         "blocked": _not_actable(request.user, per_subscription),
         "scope": scope_query(found),
         "nav": "updates",
     }
-
-
-def _per_subscription(machines) -> dict:
-    """How many of these machines each subscription has (one grouped query)."""
-    return dict(
-        machines.order_by()
-        .values("resource_group__subscription_id")
-        .annotate(n=Count("pk"))
-        .values_list("resource_group__subscription_id", "n")
-    )
 
 
 def _not_actable(user, subscription_ids) -> list[Subscription]:
@@ -327,7 +347,7 @@ def install_update(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     targets = list(machines.select_related("resource_group").order_by("pk"))
     if chosen and len(targets) != len(ids):
         raise Http404("One of these machines is not yours to see or does not miss this update.")
-    blocked = _not_actable(request.user, _per_subscription(machines))
+    blocked = _not_actable(request.user, figures.missing_per_subscription(machines))
     if blocked:
         names = ", ".join(s.display_name for s in blocked)
         raise PermissionDenied(f"Your role on {names} is Reader: you can't install updates there.")
