@@ -384,10 +384,13 @@ def _read_installs(scope: Scope, since: datetime, zone_name: str) -> dict[tuple,
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT (hour AT TIME ZONE %s)::date, status, sum(runs), sum(installed), sum(failed) FROM {source} "
-            "GROUP BY 1, 2",
+            "GROUP BY 1, 2 HAVING sum(runs) <> 0",
             [zone_name, *params],
         )
-        return {(day, status): {"runs": r, "installed": i, "failed": f} for day, status, r, i, f in cursor.fetchall()}
+        return {
+            (day, status): {"runs": int(r), "installed": int(i), "failed": int(f)}
+            for day, status, r, i, f in cursor.fetchall()
+        }
 
 
 def _read_updates(scope: Scope, update_id: int | None = None, by_subscription: bool = False) -> list[tuple]:
@@ -444,8 +447,9 @@ def installation_counts(operations, scope: Scope | None, now: datetime, zone: tz
 
 
 def updates_missing_or_failed(vms, scope: Scope | None) -> list:
-    """patching.fleet.updates_missing_or_failed: two queries from the rollups."""
-    if not _readable(scope):
+    """patching.fleet.updates_missing_or_failed: two queries from the rollups (which do not key hotpatch
+    or update status: the by-update view's scope has neither)."""
+    if not (_readable(scope) and scope.by_vm_scope_only):
         return fleet.updates_missing_or_failed(vms)
     counts = {pk: (missing, failed, installed) for pk, missing, failed, installed in _read_updates(scope)}
     return [
@@ -456,6 +460,6 @@ def updates_missing_or_failed(vms, scope: Scope | None) -> list:
 
 def missing_per_subscription(machines, update, scope: Scope | None) -> dict:
     """patching.fleet.missing_per_subscription of machines_missing(vms, update): one query."""
-    if not _readable(scope):
+    if not (_readable(scope) and scope.by_vm_scope_only):
         return fleet.missing_per_subscription(machines)
     return {sub: int(n) for sub, n, _, _ in _read_updates(scope, update.pk, by_subscription=True)}
