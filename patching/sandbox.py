@@ -205,6 +205,7 @@ def advance(*, to: datetime | None = None, days: float | None = None) -> Advance
             world.run()
         finally:
             _set_clock(world.reached or start)
+            rollup.fold()  # a simulated month leaves many deltas; the pages read fewer after this
     finally:
         _release_lock()
     return Advanced(start, end, switched, world.rounds, world.operations + len(queued), world.seconds)
