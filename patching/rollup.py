@@ -206,7 +206,10 @@ def _trigger_function(table: str) -> str:
     )
     return (
         f"CREATE OR REPLACE FUNCTION {table}_rollup() RETURNS trigger LANGUAGE plpgsql AS $$\n"
-        f"BEGIN\n  {body}END IF;\n  RETURN NULL;\nEND $$;\n"
+        # Every recording transaction takes the first delta table's lock first, whichever it writes:
+        # rebuild's LOCK TABLE (same order) then waits for them all without holding any other.
+        f"BEGIN\n  LOCK TABLE {FLEET.delta._meta.db_table} IN ROW EXCLUSIVE MODE;\n  {body}END IF;\n"
+        "  RETURN NULL;\nEND $$;\n"
     )
 
 
