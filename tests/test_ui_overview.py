@@ -407,3 +407,25 @@ def test_a_failed_installation_shows_as_failed_until_the_update_is_installed(cli
     settings.PORTAL_PATCH_FAILURE_RATE = 0.0
     run_now(vm, OperationKind.INSTALLATION, parameters=only_it, minutes_ago=4)
     assert not MissingUpdate.objects.filter(guest_id=vm.pk, update=update).exists()
+
+
+def test_an_updates_machines_are_keyset_paged_with_the_count_from_the_rollups(client, contoso):
+    vms = make_fleet(60, make_resource_group(contoso, "rg-many", "westeurope"), history=False)
+    update = load_catalog_update()
+    MissingUpdate.objects.bulk_create(MissingUpdate(guest_id=vm.pk, update=update) for vm in vms)
+    url = reverse("patching:update-machines", args=[update.pk])
+    first = client.get(url).context["page"]
+    assert first.paginator.count == 60
+    assert [vm.pk for vm in first.object_list] == sorted(vm.pk for vm in vms)[:50]
+    assert first.has_next and not first.has_previous
+    second = client.get(url + first.next_url).context["page"]
+    assert [vm.pk for vm in second.object_list] == sorted(vm.pk for vm in vms)[50:]
+    assert second.has_previous and not second.has_next
+    back = client.get(url + second.previous_url).context["page"]
+    assert [vm.pk for vm in back.object_list] == [vm.pk for vm in first.object_list]
+
+
+def load_catalog_update():
+    from patching.models import Update
+
+    return Update.objects.filter(product="ws2022-azure").order_by("-published_at").first()
