@@ -659,19 +659,25 @@ class InstallRollupDelta(_InstallFigures):  # noqa: DJ008 (a figure)
 
 
 class _ScopedInstallFigures(_InstallFigures):
+    """Keyed by the VM's scope and its current hotpatch and update status too (a run that changes them
+    moves the VM's recent installations to its new cell)."""
+
     resource_group = models.CharField(max_length=90)
     location = models.CharField(max_length=40)
     product = models.CharField(max_length=20)
     patch_mode = models.CharField(max_length=20)
+    hotpatch_status = models.CharField(max_length=20)
+    update_status = models.CharField(max_length=10)
 
-    KEYS = ("hour", "status", "subscription_id", "resource_group", "location", "product", "patch_mode")
+    KEYS = ("hour", "status", "subscription_id", "resource_group", "location", "product", "patch_mode",
+            "hotpatch_status", "update_status")  # fmt: skip
 
     class Meta:
         abstract = True
 
 
 class ScopedInstallRollup(_ScopedInstallFigures):  # noqa: DJ008 (a figure)
-    """Per full scope, for pages filtered by resource group, location, OS or orchestration."""
+    """Per full scope, for pages filtered by more than the subscription."""
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=_ScopedInstallFigures.KEYS, name="scoped_install_rollup_key")]

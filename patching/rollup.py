@@ -93,6 +93,12 @@ def _fleet_cols(s: str) -> str:
 VM_JOIN = f"JOIN {RG} r ON r.id = v.resource_group_id"
 INSTALL_KEY = "date_trunc('hour', o.created_at, 'UTC'), o.status, o.subscription_id"
 INSTALL_MEASURES = "{s}, {s} * o.installed_count, {s} * o.failed_count"
+SCOPED_INSTALL_KEY = (
+    f"{INSTALL_KEY}, lower(r.name), v.location, v.product, v.patch_mode, coalesce(g.hotpatch_status, ''), "
+    f"{UPDATE_STATUS_SQL}"
+)
+# A VM's installations the rollups keep (index: patching_operation (vm_id, created_at)).
+RECENT_INSTALLS = f"JOIN patching_operation o ON o.vm_id = v.id AND o.kind = 'installation' AND o.created_at >= {SINCE}"
 
 
 def _fragments(table: str, src: str, s: str) -> dict[Spec, list[str]]:
@@ -108,8 +114,8 @@ def _fragments(table: str, src: str, s: str) -> dict[Spec, list[str]]:
                 f"JOIN patching_installedupdate iu ON iu.guest_id = v.id",
             ],
             SCOPED_INSTALLS: [
-                f"SELECT {INSTALL_KEY}, lower(r.name), v.location, v.product, v.patch_mode, {m} FROM {src} v {VM_JOIN} "
-                f"JOIN patching_operation o ON o.vm_id = v.id AND o.kind = 'installation' AND o.created_at >= {SINCE}"
+                f"SELECT {SCOPED_INSTALL_KEY}, {m} FROM {src} v {VM_JOIN} {RECENT_INSTALLS} "
+                f"LEFT JOIN {GUEST} g ON g.vm_id = v.id"
             ],
         }
     if table == GUEST:
@@ -119,7 +125,13 @@ def _fragments(table: str, src: str, s: str) -> dict[Spec, list[str]]:
                 f"SELECT {_fleet_cols(s)} FROM {src} g JOIN {VM} v ON v.id = g.vm_id {VM_JOIN}",
                 f"SELECT {_fleet_cols(f'-{s}')} FROM {src} t JOIN {VM} v ON v.id = t.vm_id {VM_JOIN} "
                 f"LEFT JOIN {GUEST} g ON false",
-            ]
+            ],
+            # The VM's recent installations move with its hotpatch and update status.
+            SCOPED_INSTALLS: [
+                f"SELECT {SCOPED_INSTALL_KEY}, {m} FROM {src} g JOIN {VM} v ON v.id = g.vm_id {VM_JOIN} {RECENT_INSTALLS}",
+                f"SELECT {SCOPED_INSTALL_KEY}, {INSTALL_MEASURES.format(s=f'-{s}')} FROM {src} t "
+                f"JOIN {VM} v ON v.id = t.vm_id {VM_JOIN} {RECENT_INSTALLS} LEFT JOIN {GUEST} g ON false",
+            ],
         }
     if table == "patching_missingupdate":
         return {
@@ -138,8 +150,8 @@ def _fragments(table: str, src: str, s: str) -> dict[Spec, list[str]]:
         return {
             INSTALLS: [f"SELECT {INSTALL_KEY}, {m} FROM {src} o WHERE o.kind = 'installation' AND o.vm_id IS NOT NULL"],
             SCOPED_INSTALLS: [
-                f"SELECT {INSTALL_KEY}, lower(r.name), v.location, v.product, v.patch_mode, {m} FROM {src} o "
-                f"JOIN {VM} v ON v.id = o.vm_id {VM_JOIN} WHERE o.kind = 'installation'"
+                f"SELECT {SCOPED_INSTALL_KEY}, {m} FROM {src} o JOIN {VM} v ON v.id = o.vm_id {VM_JOIN} "
+                f"LEFT JOIN {GUEST} g ON g.vm_id = v.id WHERE o.kind = 'installation'"
             ],
         }
     raise ValueError(table)
@@ -336,6 +348,7 @@ class Scope:
 
     @property
     def by_vm_scope_only(self) -> bool:
+        """No hotpatch or update status filter (the per-update rollup does not key them)."""
         return not (self.hotpatch or self.update_status)
 
     def where(self, columns: tuple[str, ...]) -> tuple[str, list]:
@@ -442,9 +455,8 @@ def fleet_counts(vms, scope: Scope | None, now: datetime, *, guest: bool = False
 
 def installation_counts(operations, scope: Scope | None, now: datetime, zone: tzinfo) -> dict[tuple, dict]:
     """patching.fleet.installation_counts for the installations of `operations`, which `scope`
-    describes: from the rollups unless the scope filters by hotpatch or update status (those change
-    with every run, so the installations are not keyed by them) or the zone has no IANA name."""
-    if _readable(scope) and scope.by_vm_scope_only and getattr(zone, "key", None):
+    describes: from the rollups (unless the zone has no IANA name)."""
+    if _readable(scope) and getattr(zone, "key", None):
         return _read_installs(scope, fleet.installations_since(now, zone), zone.key)
     return fleet.installation_counts(operations, now, zone)
 
