@@ -1,0 +1,263 @@
+"""Benchmark: the fleet page (default, every sort, filters, the next page) and the ARM list-all over HTTP,
+at 100 and 100,000 VMs side by side, as the independent check measures them.
+
+Each fleet is built as a user would: `manage.py generate_fleet_file --vms N` and `manage.py import_fleet
+FILE --owner bench` into a fresh PostgreSQL database of its own; with `--assess` (the default) the
+fleet is then assessed once, set-based (queue_operations + execute_operations with a simulated `now`),
+so the guest columns (critical, other, reboot, last assessed) hold values, as they do in a live fleet.
+Then a real server (gunicorn, the Procfile's web command) per fleet answers, and each URL is timed
+over HTTP, alternating between the fleets so both see the same machine load; medians and the ratio to
+the smallest fleet are printed. The user signs in with the portal's form; the API uses a bearer token
+(ApiToken, as `az rest` would).
+
+    .venv/bin/python bench/fleet_pages.py [--sizes 100,100000] [--repeat 7] [--reuse] [--no-assess]
+
+`--reuse` keeps a fleet database already built by an earlier run (hp_pages_bench_<N>).
+Environment: BENCH_DATABASE_PREFIX (default postgres://postgres@127.0.0.1:5432/hp_pages_bench).
+bench/scale.py can call `build_fleet(size)` and `measure_pages([sizes])`.
+"""
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = os.environ.get("BENCH_DATABASE_PREFIX", "postgres://postgres@127.0.0.1:5432/hp_pages_bench")
+PASSWORD = "bench-password-not-secret"
+API_VERSION = "2024-07-01"
+
+# name -> fleet page query string; {after} is the default page's own "next" link.
+PAGES = {
+    "default": "",
+    **{f"sort={s}": f"sort={s}" for s in ("name", "-name", "resource_group", "location", "image")},
+    **{f"sort={s}": f"sort={s}" for s in ("power_state", "orchestration", "hotpatch", "-critical", "critical")},
+    **{f"sort={s}": f"sort={s}" for s in ("other", "-reboot", "assessed", "-assessed")},
+    "location=westeurope": "location=westeurope",
+    "os+sort=-critical": "os=ws2022-azure&sort=-critical",
+    "update_status=available": "update_status=available",
+    "hotpatch=Enabled+sort=name": "hotpatch=Enabled",
+    "q=web": "q=web",
+    "next page": "{next}",
+    "next page sort=-critical": "{next_critical}",
+}
+
+
+def database_url(size: int) -> str:
+    return f"{PREFIX}_{size}"
+
+
+def manage(url: str, *args: str) -> str:
+    env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode:
+        raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+ASSESS = """
+from patching import services
+from patching.models import OperationKind
+from vms import clock
+from vms.models import VirtualMachine
+now = clock.now()
+ids = services.queue_operations(VirtualMachine.objects.order_by("pk"), OperationKind.ASSESSMENT, enqueue=False, now=now)
+for i in range(0, len(ids), 2000):
+    services.execute_operations(ids[i:i + 2000], now=now, sleep=lambda s: None)
+print(len(ids))
+"""
+
+SETUP = f"""
+from datetime import timedelta
+from django.contrib.auth.models import User
+from patching import catalog
+from vms import clock
+User.objects.create_user("bench", password={PASSWORD!r})
+catalog.ensure_catalog(until=clock.now() + timedelta(days=31))
+"""
+
+
+def build_fleet(size: int, *, assess: bool = True, reuse: bool = False) -> str:
+    """A fresh database holding an imported fleet of `size` VMs (assessed once): its URL."""
+    import psycopg
+
+    url = database_url(size)
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if reuse and exists:
+            manage(url, "migrate", "-v0")  # a database built by an earlier branch gets this one's indexes
+            return url
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    began = time.perf_counter()
+    manage(url, "migrate", "-v0")
+    manage(url, "shell", "-c", SETUP)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"fleet-{size}.json"
+        manage(url, "generate_fleet_file", "--vms", str(size), "--out", str(path))
+        manage(url, "import_fleet", str(path), "--owner", "bench")
+    if assess:
+        manage(url, "shell", "-c", ASSESS)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    print(f"built {size} VMs in {time.perf_counter() - began:.0f} s ({name})", file=sys.stderr, flush=True)
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(url: str):
+    """gunicorn as the Procfile's web runs it, on the fleet's database: its base URL."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/5")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "portal.wsgi:application", "--workers", "2", "--threads", "4"]
+        + ["--graceful-timeout", "5", "--no-control-socket", "--bind", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                requests.get(base + "/accounts/login/", timeout=5)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def signed_in(base: str) -> requests.Session:
+    session = requests.Session()
+    session.get(base + "/accounts/login/")
+    response = session.post(
+        base + "/accounts/login/",
+        {"username": "bench", "password": PASSWORD, "csrfmiddlewaretoken": session.cookies["csrftoken"]},
+        headers={"Referer": base + "/accounts/login/"},
+    )
+    response.raise_for_status()
+    return session
+
+
+def api_token(url: str) -> tuple[str, str]:
+    out = manage(
+        url,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; from vms.models import ApiToken, Subscription; "
+        "u = User.objects.get(username='bench'); print(ApiToken.issue(u, 'bench')[1]); "
+        "print(Subscription.objects.order_by('pk').first().pk)",
+    )
+    token, subscription = out.split()
+    return token, subscription
+
+
+def next_link(html: str, label: str = "Next page") -> str:
+    found = re.search(r'href="\?([^"]*)"[^>]*aria-label="' + label, html)
+    if not found:
+        raise SystemExit(f"no '{label}' link on the page")
+    return found.group(1).replace("&amp;", "&")
+
+
+def list_all(base: str, token: str, subscription: str) -> tuple[float, int, float, float]:
+    """Follow every nextLink: total seconds, VMs, the first page's and the last page's seconds."""
+    url = (
+        f"{base}/arm/subscriptions/{subscription}/providers/Microsoft.Compute/virtualMachines?api-version={API_VERSION}"
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    began, count, times = time.perf_counter(), 0, []
+    while url:
+        start = time.perf_counter()
+        response = requests.get(url, headers=headers, timeout=120)
+        times.append(time.perf_counter() - start)
+        response.raise_for_status()
+        body = response.json()
+        count += len(body["value"])
+        url = body.get("nextLink")
+    return time.perf_counter() - began, count, times[0], times[-1]
+
+
+def measure_pages(urls: dict[int, str], repeat: int = 7, list_all_too: bool = True) -> dict:
+    """Median seconds of each fleet page (and the ARM list-all) per fleet size, timed alternately."""
+    results: dict[str, dict[int, float]] = {name: {} for name in PAGES}
+    with ExitStack() as stack:
+        bases = {size: stack.enter_context(server(url)) for size, url in urls.items()}
+        sessions = {size: signed_in(base) for size, base in bases.items()}
+        queries = {}
+        for size, base in bases.items():
+            first = sessions[size].get(base + "/vms/").text
+            crit = sessions[size].get(base + "/vms/?sort=-critical").text
+            queries[size] = {"next": next_link(first), "next_critical": next_link(crit)}
+        samples = {name: {size: [] for size in urls} for name in PAGES}
+        for _ in range(repeat):
+            for name, query in PAGES.items():
+                for size, base in bases.items():
+                    q = query.format(**queries[size])
+                    start = time.perf_counter()
+                    response = sessions[size].get(f"{base}/vms/{'?' + q if q else ''}")
+                    samples[name][size].append(time.perf_counter() - start)
+                    assert response.status_code == 200, (name, response.status_code)
+        for name in PAGES:
+            results[name] = {size: statistics.median(samples[name][size]) for size in urls}
+        if list_all_too:
+            results["ARM list-all"] = {}
+            results["ARM first page"] = {}
+            results["ARM last page"] = {}
+            for size, url in urls.items():
+                token, subscription = api_token(url)
+                total, count, first, last = list_all(bases[size], token, subscription)
+                results["ARM list-all"][size] = total
+                results["ARM first page"][size] = first
+                results["ARM last page"][size] = last
+                print(f"ARM list-all at {size}: {count} VMs in {total:.1f} s", file=sys.stderr)
+    return results
+
+
+def report(results: dict, sizes: list[int]) -> None:
+    smallest = sizes[0]
+    print(f"{'page':<28}" + "".join(f"{size:>12,} VMs" for size in sizes) + "   ratio to " + f"{smallest:,}")
+    for name, by_size in results.items():
+        cells = "".join(f"{by_size[size] * 1000:>13.1f}ms" for size in sizes)
+        ratios = " ".join(f"{by_size[size] / by_size[smallest]:5.2f}x" for size in sizes[1:])
+        print(f"{name:<28}{cells}   {ratios}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,100000")
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--reuse", action="store_true", help="keep fleet databases built by an earlier run")
+    parser.add_argument("--no-assess", action="store_true", help="leave the imported fleet unassessed")
+    parser.add_argument("--no-list-all", action="store_true")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    urls = {size: build_fleet(size, assess=not args.no_assess, reuse=args.reuse) for size in sizes}
+    results = measure_pages(urls, repeat=args.repeat, list_all_too=not args.no_list_all)
+    report(results, sizes)
+
+
+if __name__ == "__main__":
+    main()
