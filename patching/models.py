@@ -156,6 +156,7 @@ class GuestState(models.Model):
             *("hotpatch_status", "critical_security_count", "other_count", "reboot_pending", "assessed_at"),
             name="vm_name",
             pk="vm_id",
+            nullable=["assessed_at"],
         )
 
     def __str__(self) -> str:

@@ -33,7 +33,10 @@ class Order:
     def by(self, *, forward: bool = True) -> list:
         """ORDER BY for reading forwards (the page order) or backwards (its exact reverse)."""
         up = (not self.descending) == forward  # the column's values grow as the walk goes on
-        column = F(self.column).asc(nulls_first=True) if up else F(self.column).desc(nulls_last=True)
+        # Spelled as the indexes are (vms.models.sort_indexes): NULLS FIRST/LAST only where NULLs can be.
+        nulls = {"nulls_first": True} if up else {"nulls_last": True}
+        column = F(self.column).asc if up else F(self.column).desc
+        column = column(**nulls) if self.nullable else column()
         ties = [F(self.name).asc(), F("pk").asc()] if forward else [F(self.name).desc(), F("pk").desc()]
         return [column, *ties]
 
