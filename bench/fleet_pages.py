@@ -36,7 +36,7 @@ PREFIX = os.environ.get("BENCH_DATABASE_PREFIX", "postgres://postgres@127.0.0.1:
 PASSWORD = "bench-password-not-secret"
 API_VERSION = "2024-07-01"
 
-# name -> fleet page query string; {after} is the default page's own "next" link.
+# name -> fleet page query string; {next} is the default page's own "Next page" link.
 PAGES = {
     "default": "",
     **{f"sort={s}": f"sort={s}" for s in ("name", "-name", "resource_group", "location", "image")},
@@ -45,10 +45,19 @@ PAGES = {
     "location=westeurope": "location=westeurope",
     "os+sort=-critical": "os=ws2022-azure&sort=-critical",
     "update_status=available": "update_status=available",
-    "hotpatch=Enabled+sort=name": "hotpatch=Enabled",
+    "hotpatch=Enabled": "hotpatch=Enabled",
     "q=web": "q=web",
     "next page": "{next}",
     "next page sort=-critical": "{next_critical}",
+    "last page": "page=last",
+}
+# The fleet history (/history/): name -> query string; {history_next} is its default page's next link.
+HISTORY = {
+    "history": "",
+    "history kind=assessment": "kind=assessment",
+    "history status=Failed": "status=Failed",
+    "history started_by=user": "started_by=user",
+    "history next page": "{history_next}",
 }
 
 
@@ -168,10 +177,10 @@ def api_token(url: str) -> tuple[str, str]:
         "shell",
         "-c",
         "from django.contrib.auth.models import User; from vms.models import ApiToken, Subscription; "
-        "u = User.objects.get(username='bench'); print(ApiToken.issue(u, 'bench')[1]); "
-        "print(Subscription.objects.order_by('pk').first().pk)",
+        "u = User.objects.get(username='bench'); "
+        "print('TOKEN', ApiToken.issue(u, 'bench')[1], Subscription.objects.order_by('pk').first().pk)",
     )
-    token, subscription = out.split()
+    token, subscription = out.split("TOKEN", 1)[1].split()[:2]
     return token, subscription
 
 
@@ -180,6 +189,11 @@ def next_link(html: str, label: str = "Next page") -> str:
     if not found:
         raise SystemExit(f"no '{label}' link on the page")
     return found.group(1).replace("&amp;", "&")
+
+
+def history_next(html: str) -> str:
+    found = re.search(r'href="[^"?]*\?([^"]*after=[^"]*)"', html)
+    return found.group(1).replace("&amp;", "&") if found else ""
 
 
 def list_all(base: str, token: str, subscription: str) -> tuple[float, int, float, float]:
@@ -202,7 +216,8 @@ def list_all(base: str, token: str, subscription: str) -> tuple[float, int, floa
 
 def measure_pages(urls: dict[int, str], repeat: int = 7, list_all_too: bool = True) -> dict:
     """Median seconds of each fleet page (and the ARM list-all) per fleet size, timed alternately."""
-    results: dict[str, dict[int, float]] = {name: {} for name in PAGES}
+    urls_of = {**{name: ("/vms/", q) for name, q in PAGES.items()}, **{n: ("/history/", q) for n, q in HISTORY.items()}}
+    results: dict[str, dict[int, float]] = {}
     with ExitStack() as stack:
         bases = {size: stack.enter_context(server(url)) for size, url in urls.items()}
         sessions = {size: signed_in(base) for size, base in bases.items()}
@@ -210,17 +225,22 @@ def measure_pages(urls: dict[int, str], repeat: int = 7, list_all_too: bool = Tr
         for size, base in bases.items():
             first = sessions[size].get(base + "/vms/").text
             crit = sessions[size].get(base + "/vms/?sort=-critical").text
-            queries[size] = {"next": next_link(first), "next_critical": next_link(crit)}
-        samples = {name: {size: [] for size in urls} for name in PAGES}
+            history = sessions[size].get(base + "/history/").text
+            queries[size] = {
+                "next": next_link(first),
+                "next_critical": next_link(crit),
+                "history_next": history_next(history),
+            }
+        samples = {name: {size: [] for size in urls} for name in urls_of}
         for _ in range(repeat):
-            for name, query in PAGES.items():
+            for name, (path, query) in urls_of.items():
                 for size, base in bases.items():
                     q = query.format(**queries[size])
                     start = time.perf_counter()
-                    response = sessions[size].get(f"{base}/vms/{'?' + q if q else ''}")
+                    response = sessions[size].get(f"{base}{path}{'?' + q if q else ''}")
                     samples[name][size].append(time.perf_counter() - start)
                     assert response.status_code == 200, (name, response.status_code)
-        for name in PAGES:
+        for name in urls_of:
             results[name] = {size: statistics.median(samples[name][size]) for size in urls}
         if list_all_too:
             results["ARM list-all"] = {}
@@ -234,6 +254,42 @@ def measure_pages(urls: dict[int, str], repeat: int = 7, list_all_too: bool = Tr
                 results["ARM last page"][size] = last
                 print(f"ARM list-all at {size}: {count} VMs in {total:.1f} s", file=sys.stderr)
     return results
+
+
+PROFILE = """
+import json, time
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+client = Client()
+client.force_login(User.objects.get(username="bench"))
+out = {}
+for path in PATHS:
+    client.get(path)
+    best = None
+    for _ in range(3):
+        with CaptureQueriesContext(connection) as captured:
+            began = time.perf_counter()
+            client.get(path)
+            wall = time.perf_counter() - began
+        times = [(float(q["time"]), q["sql"]) for q in captured.captured_queries]
+        # The tiles' aggregates (COUNT/SUM over the fleet and its operations) apart from the rest.
+        tiles = sum(t for t, sql in times if "COUNT(" in sql.upper() or "SUM(" in sql.upper())
+        row = [wall, sum(t for t, _ in times), tiles, len(times)]
+        best = row if best is None or row[0] < best[0] else best
+    out[path] = best
+print("PROFILE" + json.dumps(out))
+"""
+
+
+def profile_queries(url: str, paths: list[str]) -> dict[str, list[float]]:
+    """In-process (Django's test client): per path, wall seconds, SQL seconds, the tiles' aggregate SQL
+    seconds and the number of queries, best of 3."""
+    import json
+
+    out = manage(url, "shell", "-c", f"PATHS = {paths!r}\n" + PROFILE)
+    return json.loads(out.split("PROFILE", 1)[1])
 
 
 def report(results: dict, sizes: list[int]) -> None:
@@ -257,6 +313,11 @@ def main() -> None:
     urls = {size: build_fleet(size, assess=not args.no_assess, reuse=args.reuse) for size in sizes}
     results = measure_pages(urls, repeat=args.repeat, list_all_too=not args.no_list_all)
     report(results, sizes)
+    paths = ["/vms/", "/vms/?sort=-critical", "/vms/?sort=resource_group", "/vms/?location=westeurope", "/history/"]
+    print("\nIn-process profile: wall ms / SQL ms / of which tiles' aggregates ms / queries")
+    for size, url in urls.items():
+        for path, (wall, sql, tiles, count) in profile_queries(url, paths).items():
+            print(f"{size:>8,} VMs {path:<32} {wall * 1000:8.1f} {sql * 1000:8.1f} {tiles * 1000:8.1f} {count:4}")
 
 
 if __name__ == "__main__":
