@@ -171,17 +171,16 @@ def signed_in(base: str) -> requests.Session:
     return session
 
 
-def api_token(url: str) -> tuple[str, str]:
+def api_token(url: str) -> str:
     out = manage(
         url,
         "shell",
         "-c",
-        "from django.contrib.auth.models import User; from vms.models import ApiToken, Subscription; "
+        "from django.contrib.auth.models import User; from vms.models import ApiToken; "
         "u = User.objects.get(username='bench'); "
-        "print('TOKEN', ApiToken.issue(u, 'bench')[1], Subscription.objects.order_by('pk').first().pk)",
+        "print('TOKEN', ApiToken.issue(u, 'bench')[1])",
     )
-    token, subscription = out.split("TOKEN", 1)[1].split()[:2]
-    return token, subscription
+    return out.split("TOKEN", 1)[1].split()[0]
 
 
 def next_link(html: str, label: str = "Next page") -> str:
@@ -196,22 +195,33 @@ def history_next(html: str) -> str:
     return found.group(1).replace("&amp;", "&") if found else ""
 
 
-def list_all(base: str, token: str, subscription: str) -> tuple[float, int, float, float]:
-    """Follow every nextLink: total seconds, VMs, the first page's and the last page's seconds."""
-    url = (
-        f"{base}/arm/subscriptions/{subscription}/providers/Microsoft.Compute/virtualMachines?api-version={API_VERSION}"
-    )
+def list_all(base: str, token: str) -> tuple[float, int, float, float]:
+    """Every subscription's VMs, following every nextLink: total seconds, VMs, and the median seconds
+    of the first pages and of the last pages (of the subscriptions with more than one page)."""
     headers = {"Authorization": f"Bearer {token}"}
-    began, count, times = time.perf_counter(), 0, []
-    while url:
-        start = time.perf_counter()
-        response = requests.get(url, headers=headers, timeout=120)
-        times.append(time.perf_counter() - start)
-        response.raise_for_status()
-        body = response.json()
-        count += len(body["value"])
-        url = body.get("nextLink")
-    return time.perf_counter() - began, count, times[0], times[-1]
+    subscriptions = requests.get(f"{base}/arm/subscriptions?api-version=2022-12-01", headers=headers, timeout=60)
+    subscriptions.raise_for_status()
+    began, count, firsts, lasts = time.perf_counter(), 0, [], []
+    for subscription in subscriptions.json()["value"]:
+        url = (
+            f"{base}/arm/subscriptions/{subscription['subscriptionId']}"
+            f"/providers/Microsoft.Compute/virtualMachines?api-version={API_VERSION}"
+        )
+        times = []
+        while url:
+            start = time.perf_counter()
+            response = requests.get(url, headers=headers, timeout=120)
+            times.append(time.perf_counter() - start)
+            response.raise_for_status()
+            body = response.json()
+            count += len(body["value"])
+            url = body.get("nextLink")
+        if len(times) > 1:
+            firsts.append(times[0])
+            lasts.append(times[-1])
+    first = statistics.median(firsts) if firsts else 0.0
+    last = statistics.median(lasts) if lasts else 0.0
+    return time.perf_counter() - began, count, first, last
 
 
 def measure_pages(urls: dict[int, str], repeat: int = 7, list_all_too: bool = True) -> dict:
@@ -247,8 +257,8 @@ def measure_pages(urls: dict[int, str], repeat: int = 7, list_all_too: bool = Tr
             results["ARM first page"] = {}
             results["ARM last page"] = {}
             for size, url in urls.items():
-                token, subscription = api_token(url)
-                total, count, first, last = list_all(bases[size], token, subscription)
+                token = api_token(url)
+                total, count, first, last = list_all(bases[size], token)
                 results["ARM list-all"][size] = total
                 results["ARM first page"][size] = first
                 results["ARM last page"][size] = last
@@ -262,11 +272,11 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-client = Client()
+client = Client(HTTP_HOST="127.0.0.1")
 client.force_login(User.objects.get(username="bench"))
 out = {}
 for path in PATHS:
-    client.get(path)
+    assert client.get(path).status_code == 200, path
     best = None
     for _ in range(3):
         with CaptureQueriesContext(connection) as captured:
@@ -276,7 +286,8 @@ for path in PATHS:
         times = [(float(q["time"]), q["sql"]) for q in captured.captured_queries]
         # The tiles' aggregates (COUNT/SUM over the fleet and its operations) apart from the rest.
         tiles = sum(t for t, sql in times if "COUNT(" in sql.upper() or "SUM(" in sql.upper())
-        row = [wall, sum(t for t, _ in times), tiles, len(times)]
+        slowest = [f"{t * 1000:.0f}ms {sql[:90]}" for t, sql in sorted(times, reverse=True)[:4]]
+        row = [wall, sum(t for t, _ in times), tiles, len(times), slowest]
         best = row if best is None or row[0] < best[0] else best
     out[path] = best
 print("PROFILE" + json.dumps(out))
@@ -284,8 +295,9 @@ print("PROFILE" + json.dumps(out))
 
 
 def profile_queries(url: str, paths: list[str]) -> dict[str, list[float]]:
-    """In-process (Django's test client): per path, wall seconds, SQL seconds, the tiles' aggregate SQL
-    seconds and the number of queries, best of 3."""
+    """In-process (Django's test client): per path, wall seconds, SQL seconds, the seconds of queries
+    that COUNT or SUM (the tiles' aggregates, and a paginator's count), the number of queries and the
+    slowest four, best of 3."""
     import json
 
     out = manage(url, "shell", "-c", f"PATHS = {paths!r}\n" + PROFILE)
@@ -314,10 +326,12 @@ def main() -> None:
     results = measure_pages(urls, repeat=args.repeat, list_all_too=not args.no_list_all)
     report(results, sizes)
     paths = ["/vms/", "/vms/?sort=-critical", "/vms/?sort=resource_group", "/vms/?location=westeurope", "/history/"]
-    print("\nIn-process profile: wall ms / SQL ms / of which tiles' aggregates ms / queries")
+    print("\nIn-process profile: wall ms / SQL ms / of which COUNT or SUM queries ms / queries; slowest queries")
     for size, url in urls.items():
-        for path, (wall, sql, tiles, count) in profile_queries(url, paths).items():
+        for path, (wall, sql, tiles, count, slowest) in profile_queries(url, paths).items():
             print(f"{size:>8,} VMs {path:<32} {wall * 1000:8.1f} {sql * 1000:8.1f} {tiles * 1000:8.1f} {count:4}")
+            for line in slowest:
+                print(f"{'':<20}{line}")
 
 
 if __name__ == "__main__":

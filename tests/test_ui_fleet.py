@@ -231,3 +231,19 @@ def test_fleet_query_count_is_the_same_for_10_and_500_vms(client, django_assert_
         with django_assert_max_num_queries(counts[490] + 2):
             assert client.get(FLEET + link).status_code == 200
     print(f"fleet page queries (10 VMs, 500 VMs): {counts[10]}, {counts[490]}")
+
+
+def test_many_resource_groups_are_typed_not_listed(client, contoso, monkeypatch):
+    """A list of every resource group grows with the fleet: past a few hundred it is a text field,
+    matched case-insensitively like the list's values, and a name that is none is a notice."""
+    monkeypatch.setattr("portal.web.views.fleet.GROUP_CHOICES_MAX", 3)
+    for n in range(4):
+        make_vm(resource_group=make_resource_group(contoso, f"rg-{n}"), name=f"vm-{n}")
+    response = client.get(FLEET)
+    assert '<input type="search" name="resource_group"' in response.text and '<option value="rg-2"' not in response.text
+    response = client.get(FLEET, {"resource_group": "RG-2"})
+    assert names(response) == ["vm-2"] and "Resource group: <b>rg-2</b>" in response.text
+    response = client.get(FLEET, {"resource_group": "rg-nope"})
+    assert response.status_code == 200 and "“rg-nope”" in response.text and len(names(response)) == 4
+    monkeypatch.setattr("portal.web.views.fleet.GROUP_CHOICES_MAX", 300)
+    assert '<option value="rg-2">' in client.get(FLEET).text

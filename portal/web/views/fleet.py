@@ -99,6 +99,7 @@ COLUMNS = [
     ("assessed", "Last assessed"),
 ]
 PAGE_SIZE = 50
+GROUP_CHOICES_MAX = 300
 GUEST_SORTS = {key for key, (column, _) in SORTS.items() if column.startswith("guest__")}
 
 
@@ -109,6 +110,13 @@ class FleetFilter:
     choices: list[tuple[str, str]]
     lookup: Callable[[str], Q]
     value: str = ""
+    # Too many choices for a list (resource groups of a large fleet): a text field, and this finds the
+    # canonical value of what was typed (None: there is none).
+    find: Callable[[str], str | None] | None = None
+
+    @property
+    def typed(self) -> bool:
+        return self.find is not None
 
 
 @dataclass
@@ -145,16 +153,22 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
     the sort are then not read."""
     vms = access.vms_for(request.user)
     subscriptions = list(access.subscriptions_for(request.user).values_list("pk", "display_name"))
-    # Distinct in the database: one row per name or region, not one per VM.
-    groups = sorted(
-        set(
-            ResourceGroup.objects.filter(subscription__in=[pk for pk, _ in subscriptions])
-            .order_by()
-            .values_list("name", flat=True)
-            .distinct()
-        ),
-        key=str.lower,
+    # Distinct in the database: one row per name or region, not one per VM. Past GROUP_CHOICES_MAX
+    # names the resource group is typed, not picked from a list that grows with the fleet.
+    group_names = (
+        ResourceGroup.objects.filter(subscription__in=[pk for pk, _ in subscriptions])
+        .order_by("name")
+        .values_list("name", flat=True)
+        .distinct()
     )
+    groups = sorted(set(group_names[: GROUP_CHOICES_MAX + 1]), key=str.lower)
+    find_group = None
+    if len(groups) > GROUP_CHOICES_MAX:
+        groups = []
+
+        def find_group(raw: str) -> str | None:
+            return group_names.filter(name__iexact=raw).first()
+
     locations = fleet_locations(request.user)
     filters = [
         FleetFilter(
@@ -164,7 +178,11 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
             lambda v: Q(resource_group__subscription_id=v),
         ),
         FleetFilter(
-            "resource_group", "Resource group", [(g, g) for g in groups], lambda v: Q(resource_group__name__iexact=v)
+            "resource_group",
+            "Resource group",
+            [(g, g) for g in groups],
+            lambda v: Q(resource_group__name__iexact=v),
+            find=find_group,
         ),
         FleetFilter(
             "location", "Location", [(r, regions.REGIONS.get(r, r)) for r in locations], lambda v: Q(location=v)
@@ -200,11 +218,13 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
         known = {value.lower(): value for value, _ in f.choices}
         if f.param == "location":
             raw = regions.normalize_region(raw) or raw
-        value = known.get(raw.lower())
+        value = known.get(raw.lower()) if f.find is None else f.find(raw[:90])
         if value is None:
             notices.append(f"Ignored the {f.label.lower()} filter: “{raw}” is not one of the choices.")
             continue
         f.value = value
+        if f.find is not None:
+            f.choices = [(value, value)]  # for the active filter's pill
         vms = vms.filter(f.lookup(value))
 
     search = request.GET.get("q", "").strip()[:64] if only is None else ""
