@@ -310,7 +310,9 @@ def report(results: dict, sizes: list[int]) -> None:
     print(f"{'page':<28}" + "".join(f"{size:>12,} VMs" for size in sizes) + "   ratio to " + f"{smallest:,}")
     for name, by_size in results.items():
         cells = "".join(f"{by_size[size] * 1000:>13.1f}ms" for size in sizes)
-        ratios = " ".join(f"{by_size[size] / by_size[smallest]:5.2f}x" for size in sizes[1:])
+        ratios = " ".join(
+            f"{by_size[size] / by_size[smallest]:5.2f}x" if by_size[smallest] else "    -" for size in sizes[1:]
+        )
         print(f"{name:<28}{cells}   {ratios}")
 
 
