@@ -108,6 +108,8 @@ def build_fleet(size: int, *, assess: bool = True, reuse: bool = False) -> str:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
         if reuse and exists:
             manage(url, "migrate", "-v0")  # a database built by an earlier branch gets this one's indexes
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("ANALYZE")  # the statistics of new expression indexes
             return url
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
