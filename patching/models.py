@@ -10,6 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from vms.images import PRODUCT_CHOICES
+from vms.models import sort_indexes
 
 from .vocabulary import (
     BASELINE_KINDS,
@@ -118,6 +119,9 @@ class GuestState(models.Model):
     """What runs inside one VM, and what its last assessment and installation found (1:1 with the VM)."""
 
     vm = models.OneToOneField("vms.VirtualMachine", models.CASCADE, primary_key=True, related_name="guest")
+    # The VM's name, copied (it never changes): the fleet list sorts by a guest column, then name and
+    # id, with one index of this table per order (see Meta.indexes).
+    vm_name = models.CharField(max_length=64, editable=False, default="")
     build = models.CharField(max_length=20)
     baseline = models.ForeignKey(Update, models.PROTECT, null=True, blank=True, related_name="+")
     reboot_pending = models.BooleanField(default=False)
@@ -126,12 +130,10 @@ class GuestState(models.Model):
     # The compliance summary, copied from the last finished assessment/installation for list pages.
     last_assessment = models.ForeignKey("Operation", models.SET_NULL, null=True, blank=True, related_name="+")
     last_installation = models.ForeignKey("Operation", models.SET_NULL, null=True, blank=True, related_name="+")
-    assessed_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    assessed_at = models.DateTimeField(null=True, blank=True)
     critical_security_count = models.PositiveIntegerField(default=0)
     other_count = models.PositiveIntegerField(default=0)
-    hotpatch_status = models.CharField(
-        max_length=20, choices=HotpatchStatus.choices, default=HotpatchStatus.UNKNOWN, db_index=True
-    )
+    hotpatch_status = models.CharField(max_length=20, choices=HotpatchStatus.choices, default=HotpatchStatus.UNKNOWN)
     hotpatch_status_reason = models.CharField(max_length=300, blank=True)
     # The platform's latest decision about automatic patching of this VM ("why wasn't it patched?").
     patch_decision = models.CharField(max_length=24, choices=PatchDecision.choices, blank=True)
@@ -146,6 +148,17 @@ class GuestState(models.Model):
     counted_year = models.PositiveSmallIntegerField(null=True, blank=True)
     installs_without_reboot = models.PositiveIntegerField(default=0)
     reboots_avoided = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        # The fleet list's sorts by a guest column (they also serve filters and ranges on the column);
+        # assessed_at's pair, NULLS FIRST/LAST (which SQLite's indexes cannot spell), is made by
+        # migration 0012 on PostgreSQL only.
+        indexes = sort_indexes(
+            "guest",
+            *("hotpatch_status", "critical_security_count", "other_count", "reboot_pending"),
+            name="vm_name",
+            pk="vm_id",
+        )
 
     def __str__(self) -> str:
         return f"{self.vm} guest ({self.build})"
@@ -304,6 +317,10 @@ class Operation(models.Model):
             models.Index(fields=["subscription", "-created_at", "-id"], name="op_subscription_newest"),
             # The overview's and the fleet tiles' installations of the last 30 days, counted by status.
             models.Index(fields=["kind", "created_at", "status"], name="op_kind_created"),
+            # The fleet history's filters, each in the keyset's order (newest first, then id).
+            models.Index(fields=["kind", "-created_at", "-id"], name="op_kind_newest"),
+            models.Index(fields=["status", "-created_at", "-id"], name="op_status_newest"),
+            models.Index(fields=["started_by", "-created_at", "-id"], name="op_started_by_newest"),
         ]
 
     def __str__(self) -> str:

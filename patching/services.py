@@ -363,6 +363,7 @@ def provision_guests(vms: list[VirtualMachine], now: datetime, *, behind_by_mont
         image = images[key]
         state = GuestState(
             vm=vm,
+            vm_name=vm.name,
             build=image.build if image else "",
             baseline_id=image.id if image and image.kind in sim.BASELINE_KINDS else None,
             last_boot_at=now,

@@ -347,6 +347,32 @@ def test_history_pages_by_keyset_and_exports_everything_streamed(client, contoso
     assert json.loads(b"".join(empty.streaming_content)) == []
 
 
+def test_history_pages_through_a_round_created_at_one_moment(client, contoso, django_assert_max_num_queries):
+    """A platform round creates its operations at one created_at: the keyset still pages through them
+    (by id within the moment) without repeating or skipping one, filtered or not, in a flat query count."""
+    vms = make_fleet(70, make_resource_group(contoso), history=False)
+    moment = timezone.now() - timedelta(hours=1)
+    services.queue_operations(vms, OperationKind.ASSESSMENT, enqueue=False, now=moment)
+    services.queue_operations(vms[:55], OperationKind.INSTALLATION, enqueue=False, now=moment)
+    services.queue_operations(vms[:3], OperationKind.ASSESSMENT, enqueue=False, now=moment - timedelta(days=1))
+    for params in ({}, {"kind": "assessment"}, {"status": "NotStarted", "started_by": "platform"}):
+        expected = Operation.objects.order_by("-created_at", "-pk")
+        if "kind" in params:
+            expected = expected.filter(kind=params["kind"])
+        expected = list(expected.values_list("pk", flat=True))
+        seen, query, counts = [], dict(params), []
+        while True:
+            with django_assert_max_num_queries(20) as captured:
+                response = client.get(HISTORY, query)
+            counts.append(len(captured.captured_queries))
+            seen += [op.pk for op in response.context["rows"]]
+            if not response.context["next_query"]:
+                break
+            query = dict(pair.split("=", 1) for pair in response.context["next_query"].split("&"))
+        assert seen == expected, params
+        assert max(counts) <= min(counts) + 1, counts  # a page after a cursor reads at most one range more
+
+
 def test_pruning_is_set_based_in_batches_and_keeps_operations_in_flight(contoso, settings):
     settings.PORTAL_HISTORY_RETENTION_DAYS = 1
     rg = make_resource_group(contoso)

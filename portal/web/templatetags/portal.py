@@ -157,9 +157,9 @@ def query_with(context, **changes) -> str:
 
 @register.simple_tag(takes_context=True)
 def query_drop(context, *names: str) -> str:
-    """The current query string without these parameters (and without the page number)."""
+    """The current query string without these parameters (and without the page's number or position)."""
     query = _chosen(context["request"].GET)
-    for name in (*names, "page"):
+    for name in (*names, "page", "after", "before"):
         query.pop(name, None)
     encoded = query.urlencode()
     return f"?{encoded}" if encoded else "?"

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from django.core.paginator import Paginator
-from django.db.models import F, Q, QuerySet
+from django.db import connection
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -29,24 +29,40 @@ from vms.models import (
 )
 from vms.vocabulary import PatchMode
 
+from . import keyset
 from .common import HtmxHttpRequest, active_halts, partial_for, portal_view
 
 # --- The fleet ------------------------------------------------------------------------------------
 
-# sort parameter -> the column it orders by; "-name" sorts descending.
+# sort parameter -> its order; "-name" sorts descending (`col DESC NULLS LAST, name, pk`). Each order
+# has its two indexes (vms.models.sort_indexes): the VM's columns on the VM, the guest's on GuestState
+# next to a copy of the VM's name, so a page is one index range whatever the fleet's size.
 SORTS = {
-    "name": "name",
-    "resource_group": "resource_group__name",
-    "location": "location",
-    "image": "image_sku",
-    "power_state": "power_state",
-    "orchestration": "patch_mode",
-    "hotpatch": "guest__hotpatch_status",
-    "critical": "guest__critical_security_count",
-    "other": "guest__other_count",
-    "reboot": "guest__reboot_pending",
-    "assessed": "guest__assessed_at",
+    "name": ("name", "name"),
+    "resource_group": ("resource_group_name", "name"),
+    "location": ("location", "name"),
+    "image": ("image_sku", "name"),
+    "power_state": ("power_state", "name"),
+    "orchestration": ("patch_mode", "name"),
+    "hotpatch": ("guest__hotpatch_status", "guest__vm_name"),
+    "critical": ("guest__critical_security_count", "guest__vm_name"),
+    "other": ("guest__other_count", "guest__vm_name"),
+    "reboot": ("guest__reboot_pending", "guest__vm_name"),
+    "assessed": ("guest__assessed_at", "guest__vm_name"),
 }
+
+
+def sort_order(sort: str) -> keyset.Order:
+    column, name = SORTS[sort.removeprefix("-")]
+    return keyset.Order(
+        column,
+        name,
+        descending=sort.startswith("-"),
+        nullable=column == "guest__assessed_at",
+        datetime=column == "guest__assessed_at",
+    )
+
+
 COLUMNS = [
     ("name", "Name"),
     ("resource_group", "Resource group"),
@@ -61,6 +77,8 @@ COLUMNS = [
     ("assessed", "Last assessed"),
 ]
 PAGE_SIZE = 50
+GROUP_CHOICES_MAX = 300
+GUEST_SORTS = {key for key, (column, _) in SORTS.items() if column.startswith("guest__")}
 
 
 @dataclass
@@ -70,6 +88,13 @@ class FleetFilter:
     choices: list[tuple[str, str]]
     lookup: Callable[[str], Q]
     value: str = ""
+    # Too many choices for a list (resource groups of a large fleet): a text field, and this finds the
+    # canonical value of what was typed (None: there is none).
+    find: Callable[[str], str | None] | None = None
+
+    @property
+    def typed(self) -> bool:
+        return self.find is not None
 
 
 @dataclass
@@ -83,6 +108,18 @@ class Fleet:
     notices: list[str]
 
     @property
+    def order(self) -> keyset.Order:
+        return sort_order(self.sort)
+
+    @property
+    def table(self) -> "QuerySet[VirtualMachine]":  # noqa: F821
+        """The rows of the table. Sorted by a guest column, the guest's index leads: an inner join (every
+        VM has its guest from its creation on, provision_guests)."""
+        if self.sort.removeprefix("-") in GUEST_SORTS:
+            return self.vms.filter(guest__isnull=False)
+        return self.vms
+
+    @property
     def active(self) -> list[FleetFilter]:
         return [f for f in self.filters if f.value]
 
@@ -94,17 +131,23 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
     the sort are then not read."""
     vms = access.vms_for(request.user)
     subscriptions = list(access.subscriptions_for(request.user).values_list("pk", "display_name"))
-    # Distinct in the database: one row per name or region, not one per VM.
-    groups = sorted(
-        set(
-            ResourceGroup.objects.filter(subscription__in=[pk for pk, _ in subscriptions])
-            .order_by()
-            .values_list("name", flat=True)
-            .distinct()
-        ),
-        key=str.lower,
+    # Distinct in the database: one row per name or region, not one per VM. Past GROUP_CHOICES_MAX
+    # names the resource group is typed, not picked from a list that grows with the fleet.
+    group_names = (
+        ResourceGroup.objects.filter(subscription__in=[pk for pk, _ in subscriptions])
+        .order_by("name")
+        .values_list("name", flat=True)
+        .distinct()
     )
-    locations = sorted(vms.order_by().values_list("location", flat=True).distinct())
+    groups = sorted(set(group_names[: GROUP_CHOICES_MAX + 1]), key=str.lower)
+    find_group = None
+    if len(groups) > GROUP_CHOICES_MAX:
+        groups = []
+
+        def find_group(raw: str) -> str | None:
+            return group_names.filter(name__iexact=raw).first()
+
+    locations = fleet_locations(request.user)
     filters = [
         FleetFilter(
             "subscription",
@@ -113,7 +156,11 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
             lambda v: Q(resource_group__subscription_id=v),
         ),
         FleetFilter(
-            "resource_group", "Resource group", [(g, g) for g in groups], lambda v: Q(resource_group__name__iexact=v)
+            "resource_group",
+            "Resource group",
+            [(g, g) for g in groups],
+            lambda v: Q(resource_group__name__iexact=v),
+            find=find_group,
         ),
         FleetFilter(
             "location", "Location", [(r, regions.REGIONS.get(r, r)) for r in locations], lambda v: Q(location=v)
@@ -149,11 +196,13 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
         known = {value.lower(): value for value, _ in f.choices}
         if f.param == "location":
             raw = regions.normalize_region(raw) or raw
-        value = known.get(raw.lower())
+        value = known.get(raw.lower()) if f.find is None else f.find(raw[:90])
         if value is None:
             notices.append(f"Ignored the {f.label.lower()} filter: “{raw}” is not one of the choices.")
             continue
         f.value = value
+        if f.find is not None:
+            f.choices = [(value, value)]  # for the active filter's pill
         vms = vms.filter(f.lookup(value))
 
     search = request.GET.get("q", "").strip()[:64] if only is None else ""
@@ -164,10 +213,36 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
     if sort.removeprefix("-") not in SORTS:
         notices.append(f"Ignored the sort order “{sort}”: sort by one of the column names.")
         sort = "name"
-    column = F(SORTS[sort.removeprefix("-")])
-    order = column.desc(nulls_last=True) if sort.startswith("-") else column.asc(nulls_first=True)
-    vms = vms.order_by(order, "name", "pk")
+    vms = vms.order_by(*sort_order(sort).by())
     return Fleet(vms=vms, filters=filters, search=search, sort=sort, notices=notices)
+
+
+def fleet_locations(user) -> list[str]:
+    """The regions of the user's VMs, for the location filter: on PostgreSQL a loose index scan (one
+    probe of the location index per region found), not a DISTINCT over every VM."""
+    if connection.vendor != "postgresql":
+        return sorted(access.vms_for(user).order_by().values_list("location", flat=True).distinct())
+    visible, params = "", []
+    if not user.is_superuser:
+        groups = ResourceGroup.objects.filter(subscription__role_assignments__user=user).values("pk")
+        sql, params = groups.query.sql_with_params()
+        visible, params = f"AND v.resource_group_id IN ({sql})", list(params)
+    table = VirtualMachine._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH RECURSIVE found(location) AS (
+                (SELECT v.location FROM {table} v WHERE TRUE {visible} ORDER BY v.location LIMIT 1)
+                UNION ALL
+                SELECT (SELECT v.location FROM {table} v WHERE v.location > found.location {visible}
+                        ORDER BY v.location LIMIT 1)
+                FROM found WHERE found.location IS NOT NULL
+            )
+            SELECT location FROM found WHERE location IS NOT NULL
+            """,
+            params * 2,
+        )
+        return sorted(location for (location,) in cursor.fetchall())
 
 
 def fleet_operations(user, found: Fleet) -> QuerySet[Operation]:
@@ -241,10 +316,105 @@ def can_create_anywhere(user) -> bool:
     return RoleAssignment.objects.filter(user=user, role__in=[Role.CONTRIBUTOR, Role.OWNER]).exists()
 
 
+@dataclass
+class Page:
+    """One keyset page of the fleet table: its rows, where they stand, and the links around it."""
+
+    object_list: list
+    start: int  # 0-based position of the first row (exact from the first page on, approximate under inserts)
+    count: int
+    links: dict[str, str]
+
+    @property
+    def start_index(self) -> int:
+        return self.start + 1 if self.object_list else 0
+
+    @property
+    def end_index(self) -> int:
+        return self.start + len(self.object_list)
+
+
+CURSOR_CONTEXT = "fleet"
+NAVIGATION = ("after", "before", "page")
+
+
+def fleet_page(request: HttpRequest, found: Fleet, rows: QuerySet, count: int) -> Page:
+    """The page the URL asks for: the first, the last (page=last), or the one after/before a cursor.
+
+    At most three index ranges a page (keyset.read), whatever the fleet's size or the page's depth."""
+    order, size = found.order, PAGE_SIZE
+    key_of = _key_of(found.sort)
+    base = request.GET.copy()
+    for name in [k for k, v in request.GET.items() if not v.strip() or k in NAVIGATION]:
+        del base[name]
+
+    def link(**params) -> str:
+        query = base.copy()
+        for name, value in params.items():
+            query[name] = value
+        encoded = query.urlencode()
+        return f"?{encoded}" if encoded else "?"
+
+    direction = next((d for d in ("after", "before") if request.GET.get(d, "").strip()), None)
+    cursor = None
+    if direction:
+        cursor = keyset.load(request.GET[direction].strip(), CURSOR_CONTEXT, found.sort, order)
+        if cursor is None:
+            found.notices.append(
+                "Ignored the page position: it is not one this list made for this sort order. Showing the first page."
+            )
+    rows_found, start, before_more, after_more = [], 0, False, False
+    if cursor and direction == "after":
+        key, position = cursor
+        rows_found = keyset.read(rows, order, key, size + 1)
+        after_more, before_more, start = len(rows_found) > size, True, position + 1
+    elif cursor and direction == "before":
+        key, position = cursor
+        back = keyset.read(rows, order, key, size + 1, forward=False)
+        if len(back) > size:  # a full page before it, and more: otherwise it is the first page
+            rows_found, before_more, after_more = back[:size][::-1], True, True
+            start = max(position - size, 0)
+        else:
+            cursor = None
+    last = request.GET.get("page", "").strip() == "last"
+    if cursor and direction == "after" and not rows_found:  # nothing after it any more: the last page
+        last = True
+    if last and not rows_found:
+        back = keyset.read(rows, order, None, size + 1, forward=False)
+        rows_found, before_more = back[:size][::-1], len(back) > size
+        start = max(count - len(rows_found), 0)
+    if not rows_found:
+        rows_found = keyset.read(rows, order, None, size + 1)
+        after_more, before_more, start = len(rows_found) > size, False, 0
+    rows_found = rows_found[:size]
+    links = {}
+    if before_more:
+        links["first"] = link()
+        links["previous"] = link(before=keyset.dump(CURSOR_CONTEXT, found.sort, key_of(rows_found[0]), start))
+    if after_more:
+        end = start + len(rows_found) - 1
+        links["next"] = link(after=keyset.dump(CURSOR_CONTEXT, found.sort, key_of(rows_found[-1]), end))
+        links["last"] = link(page="last")
+    return Page(rows_found, start, count, links)
+
+
+def _key_of(sort: str) -> Callable:
+    order = sort_order(sort)
+    path = order.column.split("__")
+
+    def key_of(vm: VirtualMachine) -> tuple:
+        value = vm
+        for step in path:
+            value = getattr(value, step)
+        return (order.key_value(value), vm.name, vm.pk)
+
+    return key_of
+
+
 @require_GET
 @portal_view
 def fleet(request: HtmxHttpRequest) -> HttpResponse:
-    """Virtual machines: filters in the URL, summary tiles, a sortable, paginated table."""
+    """Virtual machines: filters in the URL, summary tiles, a sortable table in keyset pages."""
     # The filter form sends every field; the URL people share and go back to keeps only the chosen ones.
     chosen = request.GET.copy()
     for key in [k for k, v in request.GET.items() if not v.strip()]:
@@ -253,15 +423,18 @@ def fleet(request: HtmxHttpRequest) -> HttpResponse:
     if len(chosen) != len(request.GET) and not request.htmx:
         return redirect(clean_url)
     found = fleet_for(request)
-    page = Paginator(found.vms.select_related("resource_group__subscription", "guest"), PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    tiles = fleet_tiles(request.user, found)
+    # The tiles count the filtered fleet already; a name search may count apart (the tiles may come
+    # from summaries that know no names).
+    count = found.vms.count() if found.search else tiles["total"]
+    page = fleet_page(request, found, found.table.select_related("resource_group__subscription", "guest"), count)
+    export = chosen.copy()
+    for name in NAVIGATION:
+        export.pop(name, None)
     context = {
         "fleet": found,
         "page": page,
-        # 1 2 … 49 50 51 … 1999 2000: never a link per page of a 100,000-VM fleet.
-        "page_range": page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
-        "tiles": fleet_tiles(request.user, found),
+        "tiles": tiles,
         "columns": [
             {
                 "label": label,
@@ -273,7 +446,7 @@ def fleet(request: HtmxHttpRequest) -> HttpResponse:
         ],
         "halts": active_halts(),
         "can_create": can_create_anywhere(request.user),
-        "export_query": chosen.urlencode(),
+        "export_query": export.urlencode(),
         "nav": "vms",
     }
     template = "vms/fleet.html"

@@ -142,11 +142,15 @@ def history(request: HtmxHttpRequest) -> HttpResponse:
             after = ""
         else:
             moment, pk = cursor
-            # The redundant bound lets PostgreSQL start its index scan at the cursor instead of skipping to it.
-            operations = operations.filter(
-                Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=pk), created_at__lte=moment
-            )
-    rows = list(operations.select_related("user")[: PAGE_SIZE + 1])
+    operations = operations.select_related("user")
+    if after:
+        # Two index ranges, each stopping after a page: the rest of the cursor's own moment (a platform
+        # round creates thousands of operations at one created_at), then the older ones.
+        rows = list(operations.filter(created_at=moment, pk__lt=pk)[: PAGE_SIZE + 1])
+        if len(rows) <= PAGE_SIZE:
+            rows += operations.filter(created_at__lt=moment)[: PAGE_SIZE + 1 - len(rows)]
+    else:
+        rows = list(operations[: PAGE_SIZE + 1])
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     context = {
