@@ -151,8 +151,8 @@ class GuestState(models.Model):
 
     class Meta:
         # The fleet list's sorts by a guest column (they also serve filters and ranges on the column);
-        # assessed_at's pair, NULLS FIRST/LAST (which SQLite's indexes cannot spell), is made by
-        # migration 0012 on PostgreSQL only.
+        # assessed_at's, NULLS FIRST (which SQLite's indexes cannot spell), is made by migration 0013
+        # on PostgreSQL only.
         indexes = sort_indexes(
             "guest",
             *("hotpatch_status", "critical_security_count", "other_count", "reboot_pending"),

@@ -156,11 +156,11 @@ def test_the_fleet_list_and_overview_read_the_rollups_not_the_vms(client, world)
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL session_replication_role = replica")  # no user triggers fire
         cursor.execute(
-            "INSERT INTO vms_virtualmachine (resource_group_id, name, vm_id, location, zone, availability_set, size, "
+            "INSERT INTO vms_virtualmachine (resource_group_id, resource_group_name, name, vm_id, location, zone, availability_set, size, "
             "image_publisher, image_offer, image_sku, image_version, image_id, product, time_zone, power_state, "
             "created_at, tags, provision_vm_agent, enable_automatic_updates, patch_mode, enable_hotpatching, "
             "assessment_mode, reboot_setting, bypass_platform_safety_checks, version) "
-            "SELECT resource_group_id, 'hidden-1', %s, location, zone, availability_set, size, image_publisher, "
+            "SELECT resource_group_id, resource_group_name, 'hidden-1', %s, location, zone, availability_set, size, image_publisher, "
             "image_offer, image_sku, image_version, image_id, product, time_zone, power_state, created_at, tags, "
             "provision_vm_agent, enable_automatic_updates, patch_mode, enable_hotpatching, assessment_mode, "
             "reboot_setting, bypass_platform_safety_checks, version FROM vms_virtualmachine "

@@ -5,20 +5,19 @@ from django.db import migrations, models
 
 
 def assessed_at_indexes(apps, schema_editor):
-    """The fleet list's sort by last assessed: `assessed_at ASC NULLS FIRST, vm_name, vm_id` and its
-    descending twin. PostgreSQL only: SQLite cannot spell NULLS in an index (and sorts NULLs first
+    """The fleet list's sort by last assessed: `assessed_at ASC NULLS FIRST, vm_name, vm_id` (read
+    backwards for the descending order). PostgreSQL only: SQLite cannot spell NULLS in an index (and sorts NULLs first
     ascending anyway); the embedded default's small fleets need no index for it."""
     if schema_editor.connection.vendor != "postgresql":
         return
-    for name, order in (("guest_assessed_at_asc", "ASC NULLS FIRST"), ("guest_assessed_at_desc", "DESC NULLS LAST")):
-        schema_editor.execute(
-            f"CREATE INDEX IF NOT EXISTS {name} ON patching_gueststate (assessed_at {order}, vm_name, vm_id)"
-        )
+    schema_editor.execute(
+        "CREATE INDEX IF NOT EXISTS guest_assessed_at_asc ON patching_gueststate (assessed_at ASC NULLS FIRST, vm_name, vm_id)"
+    )
 
 
 def drop_assessed_at_indexes(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute("DROP INDEX IF EXISTS guest_assessed_at_asc, guest_assessed_at_desc")
+        schema_editor.execute("DROP INDEX IF EXISTS guest_assessed_at_asc")
 
 
 class Migration(migrations.Migration):
@@ -53,15 +52,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='gueststate',
-            index=models.Index(models.OrderBy(models.F('hotpatch_status'), descending=True), models.F('vm_name'), models.F('vm_id'), name='guest_hotpatch_status_desc'),
-        ),
-        migrations.AddIndex(
-            model_name='gueststate',
             index=models.Index(models.OrderBy(models.F('critical_security_count')), models.F('vm_name'), models.F('vm_id'), name='guest_critical_securit_asc'),
-        ),
-        migrations.AddIndex(
-            model_name='gueststate',
-            index=models.Index(models.OrderBy(models.F('critical_security_count'), descending=True), models.F('vm_name'), models.F('vm_id'), name='guest_critical_securit_desc'),
         ),
         migrations.AddIndex(
             model_name='gueststate',
@@ -69,15 +60,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='gueststate',
-            index=models.Index(models.OrderBy(models.F('other_count'), descending=True), models.F('vm_name'), models.F('vm_id'), name='guest_other_count_desc'),
-        ),
-        migrations.AddIndex(
-            model_name='gueststate',
             index=models.Index(models.OrderBy(models.F('reboot_pending')), models.F('vm_name'), models.F('vm_id'), name='guest_reboot_pending_asc'),
-        ),
-        migrations.AddIndex(
-            model_name='gueststate',
-            index=models.Index(models.OrderBy(models.F('reboot_pending'), descending=True), models.F('vm_name'), models.F('vm_id'), name='guest_reboot_pending_desc'),
         ),
         migrations.AddIndex(
             model_name='operation',

@@ -23,15 +23,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='virtualmachine',
-            index=models.Index(models.OrderBy(models.F('name'), descending=True), models.F('id'), name='vm_name_desc'),
-        ),
-        migrations.AddIndex(
-            model_name='virtualmachine',
             index=models.Index(models.OrderBy(models.F('resource_group_name')), models.F('name'), models.F('id'), name='vm_resource_group_n_asc'),
-        ),
-        migrations.AddIndex(
-            model_name='virtualmachine',
-            index=models.Index(models.OrderBy(models.F('resource_group_name'), descending=True), models.F('name'), models.F('id'), name='vm_resource_group_n_desc'),
         ),
         migrations.AddIndex(
             model_name='virtualmachine',
@@ -39,15 +31,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='virtualmachine',
-            index=models.Index(models.OrderBy(models.F('location'), descending=True), models.F('name'), models.F('id'), name='vm_location_desc'),
-        ),
-        migrations.AddIndex(
-            model_name='virtualmachine',
             index=models.Index(models.OrderBy(models.F('image_sku')), models.F('name'), models.F('id'), name='vm_image_sku_asc'),
-        ),
-        migrations.AddIndex(
-            model_name='virtualmachine',
-            index=models.Index(models.OrderBy(models.F('image_sku'), descending=True), models.F('name'), models.F('id'), name='vm_image_sku_desc'),
         ),
         migrations.AddIndex(
             model_name='virtualmachine',
@@ -55,14 +39,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='virtualmachine',
-            index=models.Index(models.OrderBy(models.F('power_state'), descending=True), models.F('name'), models.F('id'), name='vm_power_state_desc'),
-        ),
-        migrations.AddIndex(
-            model_name='virtualmachine',
             index=models.Index(models.OrderBy(models.F('patch_mode')), models.F('name'), models.F('id'), name='vm_patch_mode_asc'),
-        ),
-        migrations.AddIndex(
-            model_name='virtualmachine',
-            index=models.Index(models.OrderBy(models.F('patch_mode'), descending=True), models.F('name'), models.F('id'), name='vm_patch_mode_desc'),
         ),
     ]

@@ -34,9 +34,10 @@ from .common import HtmxHttpRequest, active_halts, partial_for, portal_view
 
 # --- The fleet ------------------------------------------------------------------------------------
 
-# sort parameter -> its order; "-name" sorts descending (`col DESC NULLS LAST, name, pk`). Each order
-# has its two indexes (vms.models.sort_indexes): the VM's columns on the VM, the guest's on GuestState
-# next to a copy of the VM's name, so a page is one index range whatever the fleet's size.
+# sort parameter -> its order; "-name" sorts descending (`col DESC NULLS LAST, name DESC, pk DESC`, the
+# exact reverse). Each order has its index (vms.models.sort_indexes), read forwards or backwards: the
+# VM's columns on the VM, the guest's on GuestState next to a copy of the VM's name, so a page is one
+# index range whatever the fleet's size.
 SORTS = {
     "name": ("name", "name"),
     "resource_group": ("resource_group_name", "name"),

@@ -1,4 +1,4 @@
-"""Keyset pages over a list ordered `col ASC NULLS FIRST, name, pk` or `col DESC NULLS LAST, name, pk`.
+"""Keyset pages over a list ordered `col ASC NULLS FIRST, name, pk` or its exact reverse.
 
 A page continues from the key (col, name, pk) of the row before it (or after it, going back), so each
 page is an index range scan whatever its depth, and rows added or removed meanwhile neither repeat nor
@@ -37,7 +37,8 @@ class Order:
         nulls = {"nulls_first": True} if up else {"nulls_last": True}
         column = F(self.column).asc if up else F(self.column).desc
         column = column(**nulls) if self.nullable else column()
-        ties = [F(self.name).asc(), F("pk").asc()] if forward else [F(self.name).desc(), F("pk").desc()]
+        # A descending order reverses the whole key (one index serves both directions).
+        ties = [F(self.name).asc(), F("pk").asc()] if up else [F(self.name).desc(), F("pk").desc()]
         return [column, *ties]
 
     def ranges(self, key: tuple, *, forward: bool) -> list[Q]:
@@ -45,7 +46,7 @@ class Order:
         value, name, pk = key
         up = (not self.descending) == forward
         same = Q(**{f"{self.column}__isnull": True}) if value is None else Q(**{self.column: value})
-        if forward:
+        if up:
             # name >= n bounds the index scan; the OR only sorts out the rows of the same name.
             same &= Q(**{f"{self.name}__gte": name}) & (Q(**{f"{self.name}__gt": name}) | Q(pk__gt=pk))
         else:
