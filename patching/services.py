@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, OuterRef, Q, Subquery, When
+from django.db.models import F, Q
 from django.utils import timezone
 
 from vms import clock as world_clock
@@ -29,7 +29,7 @@ from vms.features import preview_gate_problems
 from vms.models import RESOURCE_NAME_RE, ResourceGroup, VirtualMachine
 from vms.patch_settings import PatchSettings, Problem, defaults_for_image
 
-from . import calendar, faults
+from . import bulk, calendar, faults
 from . import guest as sim
 from .models import (
     GuestState,
@@ -876,14 +876,68 @@ def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, availab
     )
 
 
+OPERATION_ASSESSED = ("status", "finished_at", "critical_security_count", "other_count", "reboot_pending")
+OPERATION_INSTALLED = (
+    "status",
+    "finished_at",
+    "installed_count",
+    "failed_count",
+    "pending_count",
+    "excluded_count",
+    "not_selected_count",
+    "reboot_status",
+    "reboot_pending",
+    "maintenance_window_exceeded",
+    "error_code",
+    "error_message",
+)
+GUEST_ASSESSED = (
+    "assessed_at",
+    "critical_security_count",
+    "other_count",
+    "hotpatch_status",
+    "hotpatch_status_reason",
+    "last_assessment_id",
+    "missing_by_classification",
+    "oldest_critical_security_at",
+)
+GUEST_INSTALLED = (
+    "build",
+    "baseline_id",
+    "reboot_pending",
+    "last_boot_at",
+    "last_installation_id",
+    "missing_by_classification",
+    "oldest_critical_security_at",
+    "counted_year",
+    "installs_without_reboot",
+    "reboots_avoided",
+)
+# An installation without a reboot counts towards this year's figures (FleetSummaries): v.counted_year
+# is that year (NULL: not counted), v.installs_without_reboot 1, v.reboots_avoided 1 for a hotpatch.
+_COUNTED = "v.counted_year IS NOT NULL AND t.counted_year = v.counted_year"
+GUEST_INSTALLED_ASSIGN = {
+    "last_boot_at": "COALESCE(v.last_boot_at, t.last_boot_at)",
+    "counted_year": "COALESCE(v.counted_year, t.counted_year)",
+    "installs_without_reboot": (
+        "CASE WHEN v.counted_year IS NULL THEN t.installs_without_reboot "
+        f"WHEN {_COUNTED} THEN t.installs_without_reboot + 1 ELSE 1 END"
+    ),
+    "reboots_avoided": (
+        "CASE WHEN v.counted_year IS NULL THEN t.reboots_avoided "
+        f"WHEN {_COUNTED} THEN t.reboots_avoided + v.reboots_avoided ELSE v.reboots_avoided END"
+    ),
+}
+
+
 def record_findings(findings: list[Finding]) -> list[int]:
     """Write finished runs, set-based: the operations, per-patch rows, installed updates, guest states.
 
     Compare-and-swap: only operations still in progress under the same claim are written (one failed
     as stale meanwhile stays failed; one taken over from this worker is its successor's); a VM
-    deleted while its guest worked fails its operation instead. Rows that change
-    the same way are written by one UPDATE (a round's installations mostly end alike). Returns the
-    ids of the operations recorded.
+    deleted while its guest worked fails its operation instead. Each table is written by one
+    statement per kind of run for the whole batch (patching.bulk: UPDATE … FROM unnest, COPY), so a
+    batch of thousands costs a handful of round trips. Returns the ids of the operations recorded.
     """
     if not findings:
         return []
@@ -906,8 +960,7 @@ def record_findings(findings: list[Finding]) -> list[int]:
         live = {
             f.operation_id for f in findings if f.operation_id in claims and f.attempt in (None, claims[f.operation_id])
         }
-        operations: dict[tuple, list[int]] = defaultdict(list)
-        guests: dict[tuple, list[int]] = defaultdict(list)
+        assessed_ops, installed_ops, assessed_guests, installed_guests = [], [], [], []
         results, installs, rebooted, hung, recorded = [], [], [], [], []
         summaries = FleetSummaries()
         for f in findings:
@@ -918,85 +971,72 @@ def record_findings(findings: list[Finding]) -> list[int]:
                 _fail_deleted(f.operation_id, f.vm.name, f.finished)
                 continue
             recorded.append(f.operation_id)
+            summary = summaries.add(f)
             if f.outcome is None:
                 critical = sum(1 for p in f.available if p.is_critical_or_security)
-                changes = {
-                    "status": OperationStatus.SUCCEEDED,
-                    "finished_at": f.finished,
-                    "critical_security_count": critical,
-                    "other_count": len(f.available) - critical,
-                    "reboot_pending": f.guest.reboot_pending,
-                }
-                operations[tuple(changes.items())].append(f.operation_id)
-                results += [
-                    PatchResult(operation_id=f.operation_id, update_id=p.id, state=PatchState.AVAILABLE)
-                    for p in f.available
-                ]
+                other = len(f.available) - critical
+                assessed_ops.append(
+                    (f.operation_id, OperationStatus.SUCCEEDED, f.finished, critical, other, f.guest.reboot_pending)
+                )
+                results += [(f.operation_id, p.id, PatchState.AVAILABLE, "") for p in f.available]
                 state.assessed_at = f.finished
                 verdict = hotpatch_verdict(f.vm, state, f.guest, f.catalog, f.finished)
-                changes = {
-                    "assessed_at": f.finished,
-                    "critical_security_count": critical,
-                    "other_count": len(f.available) - critical,
-                    "hotpatch_status": verdict.status,
-                    "hotpatch_status_reason": verdict.reason,
-                }
-                guests[(OperationKind.ASSESSMENT, tuple(changes.items()))].append(f.vm.pk)
+                assessed_guests.append(
+                    (f.vm.pk, f.finished, critical, other, verdict.status, verdict.reason, f.operation_id, *summary)
+                )
                 continue
             outcome = f.outcome
-            changes = {
-                "status": outcome.status,
-                "finished_at": f.finished,
-                "installed_count": outcome.counts["Installed"],
-                "failed_count": outcome.counts["Failed"],
-                "pending_count": outcome.counts["Pending"],
-                "excluded_count": outcome.counts["Excluded"],
-                "not_selected_count": outcome.counts["NotSelected"],
-                "reboot_status": outcome.reboot_status,
-                "reboot_pending": outcome.reboot_pending,
-                "maintenance_window_exceeded": outcome.maintenance_window_exceeded,
-                "error_code": _install_error(outcome),
-                "error_message": " ".join(
-                    [*outcome.errors.values(), *([HUNG_IN_REBOOT] if outcome.reboot_status == "Failed" else [])]
-                ),
-            }
-            operations[tuple(changes.items())].append(f.operation_id)
-            results += [
-                PatchResult(
-                    operation_id=f.operation_id,
-                    update_id=p.id,
-                    state=outcome.states[p.id],
-                    error=outcome.errors.get(p.id, ""),
+            error = " ".join(
+                [*outcome.errors.values(), *([HUNG_IN_REBOOT] if outcome.reboot_status == "Failed" else [])]
+            )
+            installed_ops.append(
+                (
+                    f.operation_id,
+                    outcome.status,
+                    f.finished,
+                    outcome.counts["Installed"],
+                    outcome.counts["Failed"],
+                    outcome.counts["Pending"],
+                    outcome.counts["Excluded"],
+                    outcome.counts["NotSelected"],
+                    outcome.reboot_status,
+                    outcome.reboot_pending,
+                    outcome.maintenance_window_exceeded,
+                    _install_error(outcome),
+                    error,
                 )
-                for p in f.available
+            )
+            results += [
+                (f.operation_id, p.id, outcome.states[p.id], outcome.errors.get(p.id, "")) for p in f.available
             ]
-            installs += [
-                InstalledUpdate(guest=state, update_id=p.id, installed_at=f.finished) for p in outcome.installed
-            ]
-            changes = {
-                "build": outcome.build,
-                "baseline_id": outcome.baseline_id,
-                "reboot_pending": outcome.reboot_pending,
-            }
+            installs += [(state.pk, p.id, f.finished) for p in outcome.installed]
+            booted = None
             if outcome.reboot_status == "Completed":
-                changes["last_boot_at"] = f.finished
+                booted = f.finished
                 rebooted.append(f.vm.pk)
             elif outcome.reboot_status == "Failed":
                 hung.append(f.vm.pk)
-            guests[(OperationKind.INSTALLATION, tuple(changes.items()))].append(f.vm.pk)
-        done = set(recorded)
-        for f in findings:
-            if f.operation_id in done:
-                summaries.add(f)
-        for changes, ids in operations.items():
-            Operation.objects.filter(pk__in=ids).update(**dict(changes))
-        PatchResult.objects.bulk_create(results, batch_size=2000)
-        InstalledUpdate.objects.bulk_create(installs, batch_size=2000, ignore_conflicts=True)
-        for (kind, changes), vm_ids in guests.items():
-            # Each guest points at its own operation of this batch.
-            own = Operation.objects.filter(pk__in=recorded, kind=kind, vm_id=OuterRef("pk")).values("pk")[:1]
-            pointer = "last_assessment_id" if kind == OperationKind.ASSESSMENT else "last_installation_id"
-            GuestState.objects.filter(pk__in=vm_ids).update(**dict(changes), **{pointer: Subquery(own)})
+            year, hotpatched = summaries.counted(f)
+            installed_guests.append(
+                (
+                    f.vm.pk,
+                    outcome.build,
+                    outcome.baseline_id,
+                    outcome.reboot_pending,
+                    booted,
+                    f.operation_id,
+                    *summary,
+                    year,
+                    1,
+                    int(hotpatched),
+                )
+            )
+        bulk.update_rows(Operation, "id", OPERATION_ASSESSED, assessed_ops)
+        bulk.update_rows(Operation, "id", OPERATION_INSTALLED, installed_ops)
+        bulk.copy_rows(PatchResult, ("operation_id", "update_id", "state", "error"), results)
+        bulk.insert_new_rows(InstalledUpdate, ("guest_id", "update_id", "installed_at"), installs)
+        bulk.update_rows(GuestState, "vm_id", GUEST_INSTALLED, installed_guests, assign=GUEST_INSTALLED_ASSIGN)
+        bulk.update_rows(GuestState, "vm_id", GUEST_ASSESSED, assessed_guests)
         summaries.write()
         if rebooted:
             VirtualMachine.objects.filter(pk__in=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
@@ -1008,56 +1048,53 @@ def record_findings(findings: list[Finding]) -> list[int]:
 
 
 class FleetSummaries:
-    """What the fleet pages count, per recorded VM, written set-based: what it still misses after its
-    run (what applied, less what it installed): its MissingUpdate rows replaced, its counts per
-    classification and oldest outstanding Critical/Security publish date (one UPDATE per distinct
-    summary); and this year's installations without a reboot, and with a hotpatch (reboots avoided)."""
+    """What the fleet pages count, per recorded VM: what it still misses after its run (what applied,
+    less what it installed): its MissingUpdate rows replaced (one DELETE, one COPY), its counts per
+    classification and oldest outstanding Critical/Security publish date (`add`, written with the
+    guest state by record_findings); and this year's installations without a reboot, and with a
+    hotpatch (reboots avoided: `counted`)."""
 
     def __init__(self):
-        self.rows: list[MissingUpdate] = []
-        self.by_summary: dict[tuple, list[int]] = defaultdict(list)
-        self.without_reboot: dict[tuple, list[int]] = defaultdict(list)
+        self.missing: dict[tuple[int, int], bool] = {}
+        self.vm_ids: list[int] = []
         self.assessed: list[int] = []
 
-    def add(self, finding: "Finding") -> None:
+    def add(self, finding: "Finding") -> tuple[dict, datetime | None]:
+        """Note the VM's missing updates; returns its (missing_by_classification, oldest_critical_security_at)."""
         outcome = finding.outcome
         installed = {p.id for p in outcome.installed} if outcome else set()
         missing = [p for p in finding.available if p.id not in installed]
         failed = {p for p, state in outcome.states.items() if state == PatchState.FAILED} if outcome else set()
-        self.rows += [MissingUpdate(guest_id=finding.vm.pk, update_id=p.id, failed=p.id in failed) for p in missing]
+        self.vm_ids.append(finding.vm.pk)
+        for p in missing:
+            key = (finding.vm.pk, p.id)
+            self.missing[key] = self.missing.get(key, False) or p.id in failed
         if not outcome:
             self.assessed.append(finding.vm.pk)
         counts = Counter(p.classification for p in missing)
         oldest = min((p.published_at for p in missing if p.is_critical_or_security), default=None)
-        self.by_summary[(tuple(sorted(counts.items())), oldest)].append(finding.vm.pk)
-        if outcome and installed and outcome.status != OperationStatus.FAILED:
+        return dict(sorted(counts.items())), oldest
+
+    @staticmethod
+    def counted(finding: "Finding") -> tuple[int | None, bool]:
+        """(the year it counts in, hotpatched) for an installation without a reboot; (None, False) otherwise."""
+        outcome = finding.outcome
+        if outcome and outcome.installed and outcome.status != OperationStatus.FAILED:
             if outcome.reboot_status == RebootStatus.NOT_NEEDED:
-                hotpatched = any(p.kind == UpdateKind.HOTPATCH for p in outcome.installed)
-                self.without_reboot[(finding.finished.year, hotpatched)].append(finding.vm.pk)
+                return finding.finished.year, any(p.kind == UpdateKind.HOTPATCH for p in outcome.installed)
+        return None, False
 
     def write(self) -> None:
-        vm_ids = [pk for pks in self.by_summary.values() for pk in pks]
         # An assessment does not know what the last installation failed: it keeps that for what is still missing.
         failed_before = set(
             MissingUpdate.objects.filter(guest_id__in=self.assessed, failed=True).values_list("guest_id", "update_id")
         )
-        for row in self.rows:
-            row.failed = row.failed or (row.guest_id, row.update_id) in failed_before
-        MissingUpdate.objects.filter(guest_id__in=vm_ids).delete()
-        MissingUpdate.objects.bulk_create(self.rows, batch_size=2000, ignore_conflicts=True)
-        for (counts, oldest), pks in self.by_summary.items():
-            GuestState.objects.filter(pk__in=pks).update(
-                missing_by_classification=dict(counts), oldest_critical_security_at=oldest
-            )
-        for (year, hotpatched), pks in self.without_reboot.items():
-            this_year = Q(counted_year=year)
-            GuestState.objects.filter(pk__in=pks).update(
-                installs_without_reboot=Case(When(this_year, then=F("installs_without_reboot") + 1), default=1),
-                reboots_avoided=Case(
-                    When(this_year, then=F("reboots_avoided") + int(hotpatched)), default=int(hotpatched)
-                ),
-                counted_year=year,
-            )
+        MissingUpdate.objects.filter(guest_id__in=self.vm_ids).delete()
+        bulk.copy_rows(
+            MissingUpdate,
+            ("guest_id", "update_id", "failed"),
+            [(vm, update, failed or (vm, update) in failed_before) for (vm, update), failed in self.missing.items()],
+        )
 
 
 HUNG_IN_REBOOT = f"The VM hung while restarting; start it again. {sim.INJECTED} (sandbox)."
