@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from vms import clock as world_clock
@@ -50,22 +50,39 @@ from .vocabulary import UpdateKind
 
 log = logging.getLogger(__name__)
 
-# The Celery task (patching/tasks.py) that runs a queued operation, sent by name: tasks import this module.
-RUN_OPERATION_TASK = "patching.tasks.run_operation"
+# The Celery tasks (patching/tasks.py), sent by name: tasks import this module.
+RUN_OPERATIONS_TASK = "patching.tasks.run_operations"  # a batch of operation ids
+ADVANCE_OPERATIONS_TASK = "patching.tasks.advance_operations"  # their due steps (simulated time)
+# A round's operations are split so that every worker gets some (a small round in small batches),
+# up to PORTAL_EXECUTION_BATCH per message.
+MIN_BATCH, SPREAD = 50, 8
+MAX_AGENT_RETRIES = 3
 
 
-def send_to_workers(operation_ids: list[int]) -> list[int]:
-    """Hand committed operations to Celery (from transaction.on_commit, or the dispatcher); never raises.
+def queue_for(started_by: str) -> str:
+    """People first: what a person started has its own queue (settings.CELERY_TASK_QUEUES)."""
+    return settings.USER_QUEUE if started_by == StartedBy.USER else settings.PLATFORM_QUEUE
+
+
+def batches(ids: list[int]) -> list[list[int]]:
+    size = min(settings.PORTAL_EXECUTION_BATCH, max(MIN_BATCH, -(-len(ids) // SPREAD)))
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def send_to_workers(operation_ids: list[int], started_by: str = StartedBy.PLATFORM) -> list[int]:
+    """Hand committed operations to Celery in batches, one message each (from transaction.on_commit,
+    or the dispatcher); never raises.
 
     The committed row is the outbox: a publish that fails (the broker is down) is logged and left to
     `dispatch_queued`, because the operation was already accepted and the request must say so. Marks
-    the ones published as dispatched and returns their ids.
+    the ones published as dispatched and returns their ids. One broker connection for all batches.
     """
-    sent = []
+    sent: list[int] = []
     try:
-        for pk in operation_ids:
-            current_app.send_task(RUN_OPERATION_TASK, (pk,))
-            sent.append(pk)
+        with current_app.producer_or_acquire() as producer:
+            for batch in batches(list(operation_ids)):
+                current_app.send_task(RUN_OPERATIONS_TASK, (batch,), queue=queue_for(started_by), producer=producer)
+                sent += batch
     except Exception as exc:  # kombu's OperationalError, a socket error, a timeout: whatever the broker did
         # One line, no traceback: during an outage every request says it.
         log.warning(
@@ -115,9 +132,15 @@ def dispatch_queued(now: datetime | None = None, *, batch: int = DISPATCH_BATCH)
     total = 0
     while True:
         with transaction.atomic():
-            ids = list(due.select_for_update(skip_locked=True).values_list("pk", flat=True)[:batch])
+            rows = list(due.select_for_update(skip_locked=True).values_list("pk", "started_by")[:batch])
+            ids = [pk for pk, _ in rows]
             Operation.objects.filter(pk__in=ids).update(dispatched_at=now)
-        sent = send_to_workers(ids)
+        sent = []
+        for started_by in sorted({who for _, who in rows}, key=lambda who: who != StartedBy.USER):
+            group = [pk for pk, who in rows if who == started_by]
+            sent += send_to_workers(group, started_by)
+            if len(sent) < len(ids) and set(group) - set(sent):
+                break
         total += len(sent)
         if len(sent) < len(ids):
             unsent = set(ids) - set(sent)
@@ -545,7 +568,7 @@ def start_operation(
                 return running, False
             continue  # the one in flight finished meanwhile: try again
         if enqueue:
-            transaction.on_commit(lambda pk=operation.pk: send_to_workers([pk]))
+            transaction.on_commit(lambda pk=operation.pk: send_to_workers([pk], started_by))
         return operation, True
     # Three runs started and finished under our feet: the VM is busy, name what is there now.
     running = Operation.objects.in_flight().filter(vm_id=vm.pk, kind=kind).first()
@@ -607,7 +630,7 @@ def queue_operations(
             ).values_list("pk", flat=True)
         )
         if enqueue:
-            transaction.on_commit(lambda: send_to_workers(queued))
+            transaction.on_commit(lambda: send_to_workers(queued, started_by))
     return queued
 
 
@@ -655,7 +678,11 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
         if taken_over:
             log.warning("Taking over %d run(s) whose worker stopped: %s", len(taken_over), taken_over)
             Operation.objects.filter(_dead_runs(alive), pk__in=taken_over).update(
-                heartbeat_at=alive, reboot_status=RebootStatus.UNKNOWN, attempts=F("attempts") + 1
+                heartbeat_at=alive,
+                reboot_status=RebootStatus.UNKNOWN,
+                attempts=F("attempts") + 1,
+                due_at=None,
+                reboot_at=None,
             )
     if rebooting:
         # After the operations' transaction, not inside it: the lock order puts VMs before operations.
@@ -665,15 +692,15 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
     return list(Operation.objects.filter(pk__in=fresh + taken_over).order_by("pk"))
 
 
-def release_for_retry(operation_id: int) -> None:
-    """InProgress -> NotStarted, so the retried task can claim it again.
+def release_for_retry(operation_ids: Collection[int]) -> None:
+    """InProgress -> NotStarted, so the retried task can claim them again.
 
     Marked dispatched now: the retry's own message is the hand-off. If the worker holding it dies
-    during the countdown, the dispatcher sends the operation again after PORTAL_DISPATCH_AGAIN_AFTER,
-    instead of the VM waiting for Redis' visibility timeout.
+    during the countdown, the dispatcher sends the operations again after PORTAL_DISPATCH_AGAIN_AFTER,
+    instead of the VMs waiting for Redis' visibility timeout.
     """
-    Operation.objects.filter(pk=operation_id, status=OperationStatus.IN_PROGRESS).update(
-        status=OperationStatus.NOT_STARTED, dispatched_at=timezone.now()
+    Operation.objects.filter(pk__in=list(operation_ids), status=OperationStatus.IN_PROGRESS).update(
+        status=OperationStatus.NOT_STARTED, dispatched_at=timezone.now(), due_at=None, reboot_at=None
     )
 
 
@@ -701,7 +728,7 @@ def execute_operation(
     now: datetime | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Operation | None:
-    """Run one queued operation: execute_operations for a batch of one (what the Celery task calls).
+    """Run one queued operation to its end: execute_operations for a batch of one, waiting for it.
 
     Returns the recorded operation, or None if there was nothing to run (already claimed, finished or
     gone) or it failed before the guest worked (VM deleted or stopped). AgentUnreachable if the VM
@@ -713,20 +740,54 @@ def execute_operation(
     return Operation.objects.get(pk=operation_id) if executed.recorded else None
 
 
+def run_batch(operation_ids: list[int], retries: int = 0) -> Executed:
+    """What a worker does with a batch (the Celery task): start the runs, leave their simulated time
+    to the due steps (advance_operations, scheduled on the user queue), and retry the ones whose
+    agent did not answer as one batch, with a growing countdown, up to MAX_AGENT_RETRIES times."""
+    executed = execute_operations(operation_ids, wait=False)
+    if not executed.unreachable:
+        return executed
+    ids = sorted(executed.unreachable)
+    if retries < MAX_AGENT_RETRIES:
+        release_for_retry(ids)
+        by = dict(Operation.objects.filter(pk__in=ids).values_list("pk", "started_by"))
+        try:
+            for started_by in set(by.values()):
+                group = [pk for pk in ids if by.get(pk) == started_by]
+                current_app.send_task(
+                    RUN_OPERATIONS_TASK, (group, retries + 1), countdown=2 * 2**retries, queue=queue_for(started_by)
+                )
+        except Exception as exc:  # the dispatcher sends them again (release_for_retry marked them dispatched)
+            log.warning("Could not send the retry of %d operation(s): %s", len(ids), exc)
+        return executed
+    for pk, reason in executed.unreachable.items():
+        fail_operation(
+            pk,
+            "VMAgentStatusCommunicationError",
+            f"{reason} Tried {MAX_AGENT_RETRIES + 1} times; check that the VM agent is running.",
+        )
+    return executed
+
+
 def execute_operations(
     operation_ids: list[int],
     *,
     now: datetime | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    wait: bool = True,
 ) -> Executed:
     """Run queued operations against their simulated guests and record the outcomes; safe to call twice.
 
     `now` fixes a simulated clock (the platform's rounds in a simulation, the demo's past): each run
-    ends its simulated duration after `now`. Without it the clock is real: the simulated work takes
-    PORTAL_SIM_SPEED-scaled seconds, an installation that reboots shows its VM restarting meanwhile,
-    and each recorded installation is followed by an assessment, as the real agent does. In sandbox
-    mode (vms.clock simulated) `now` None is the frozen simulated moment: the run happens then, at once,
-    and is still followed by its assessment. A handful of queries for the whole batch, whatever its size.
+    ends its simulated duration after `now`, recorded at once. Without it the clock is real: each run
+    is claimed and simulated now, and its PORTAL_SIM_SPEED-scaled duration becomes due times on its
+    row (`_park`): the due steps (advance_operations) show an installation's VM restarting, then
+    record the result and queue the assessment that follows an installation, as the real agent does.
+    `wait` False (the workers) leaves those steps to an `advance_operations` task scheduled for when
+    they fall due, so no worker waits while a guest works; `wait` True runs them here (`sleep` until
+    each is due). In sandbox mode (vms.clock simulated) `now` None is the frozen simulated moment: the
+    run happens then, at once, and is still followed by its assessment. A handful of queries for the
+    whole batch, whatever its size; the catalog is read once per batch.
     """
     follow_up = now is None
     if now is None and world_clock.is_simulated():
@@ -735,95 +796,237 @@ def execute_operations(
     operations = _claim(operation_ids, clock) if operation_ids else []
     if not operations:
         return Executed([], {})
-    vms = VirtualMachine.objects.select_related("resource_group", "guest").in_bulk(
-        [op.vm_id for op in operations if op.vm_id]
-    )
-    guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
+    with _catalog_once():
+        vms = VirtualMachine.objects.select_related("resource_group", "guest").in_bulk(
+            [op.vm_id for op in operations if op.vm_id]
+        )
+        guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
 
-    def would_install(operation: Operation) -> set[str]:
-        vm = vms[operation.vm_id]
-        if operation.kind != OperationKind.INSTALLATION or vm.pk not in guests:
-            return set()
-        available = sim.applicable(guests[vm.pk], catalog_for(vm.product), clock)
-        fate = sim.select(available, InstallParameters.from_stored(operation.parameters).selection)
-        return {patch.kb for patch in available if fate[patch.id] == "Selected"}
+        def would_install(operation: Operation) -> set[str]:
+            vm = vms[operation.vm_id]
+            if operation.kind != OperationKind.INSTALLATION or vm.pk not in guests:
+                return set()
+            available = sim.applicable(guests[vm.pk], catalog_for(vm.product), clock)
+            fate = sim.select(available, InstallParameters.from_stored(operation.parameters).selection)
+            return {patch.kb for patch in available if fate[patch.id] == "Selected"}
 
-    running = [op for op in operations if vms.get(op.vm_id) and vms[op.vm_id].is_running]
-    injected = faults.hits(running, vms, would_install)
-    findings, unreachable = [], {}
-    for operation in operations:
-        vm = vms.get(operation.vm_id)
-        hit = injected.get(operation.pk, faults.NONE)
-        if vm is None or guest_state(vm) is None:
-            fail_operation(operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock)
-        elif not vm.is_running:
-            fail_operation(operation.pk, "VMNotRunning", _not_running(vm), clock)
-        elif hit.unreachable or not _agent_answers(operation):
-            unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer." + (
-                f" {hit.text}." if hit.unreachable else ""
-            )
-        elif hit.assessment_fails:
-            fail_operation(operation.pk, "AssessmentFailed", f"The assessment failed (0x80244022). {hit.text}.", clock)
-        else:
-            findings.append(_simulate(operation, vm, guests[vm.pk], clock, hit.guest))
+        running = [op for op in operations if vms.get(op.vm_id) and vms[op.vm_id].is_running]
+        injected = faults.hits(running, vms, would_install)
+        findings, unreachable, plans = [], {}, {}
+        for operation in operations:
+            vm = vms.get(operation.vm_id)
+            hit = injected.get(operation.pk, faults.NONE)
+            if vm is None or guest_state(vm) is None:
+                fail_operation(
+                    operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock
+                )
+            elif not vm.is_running:
+                fail_operation(operation.pk, "VMNotRunning", _not_running(vm), clock)
+            elif hit.unreachable or not _agent_answers(operation):
+                unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer." + (
+                    f" {hit.text}." if hit.unreachable else ""
+                )
+            elif hit.assessment_fails:
+                fail_operation(
+                    operation.pk, "AssessmentFailed", f"The assessment failed (0x80244022). {hit.text}.", clock
+                )
+            else:
+                findings.append(_simulate(operation, vm, guests[vm.pk], clock, hit.guest))
+                plans[operation.pk] = hit.guest
+    if now is None and settings.PORTAL_SIM_SPEED and findings:
+        parked = _park(findings, plans)
+        if not wait:
+            schedule_advance(parked)
+            return Executed([], unreachable)
+        recorded = []
+        while parked:
+            due = _next_due(parked)
+            if due is None:
+                break
+            delay = (due - timezone.now()).total_seconds()
+            if delay > 0:
+                sleep(delay)
+            recorded += advance_operations(parked)
+        return Executed(recorded, unreachable)
     if now is None:
-        findings = _in_real_time(findings, _with_heartbeat([f.operation_id for f in findings], sleep))
+        finished = world_clock.now()
+        findings = [dataclasses.replace(f, finished=finished) for f in findings]
     recorded = record_findings(findings)
     if follow_up:
-        # What is left to install changed: refresh the compliance view, as the real agent does.
-        installed_on = [f.vm for f in findings if f.outcome is not None and f.operation_id in recorded]
-        queue_operations(installed_on, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
+        _follow_up([f for f in findings if f.outcome is not None and f.operation_id in recorded])
     return Executed(recorded, unreachable)
 
 
-def _with_heartbeat(operation_ids: list[int], sleep: Callable[[float], None]) -> Callable[[float], None]:
-    """`sleep`, in slices of PORTAL_HEARTBEAT_SECONDS, refreshing the runs' heartbeat after each."""
-
-    def sleep_alive(seconds: float) -> None:
-        while seconds > 0:
-            slice_ = min(seconds, settings.PORTAL_HEARTBEAT_SECONDS)
-            sleep(slice_)
-            seconds -= slice_
-            Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS).update(
-                heartbeat_at=timezone.now()
-            )
-
-    return sleep_alive
+def _follow_up(installed: list["Finding"]) -> None:
+    """What is left to install changed: refresh the compliance view, as the real agent does."""
+    if installed:
+        queue_operations([f.vm for f in installed], OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
 
 
-def _in_real_time(findings: list["Finding"], sleep: Callable[[float], None]) -> list["Finding"]:
-    """Let the simulated work take its (PORTAL_SIM_SPEED-scaled) time; the runs end now.
+@contextmanager
+def _catalog_once():
+    """fixed_catalog() for one batch, unless the caller already holds one (the simulation)."""
+    if fixed_catalogs() is not None:
+        yield
+        return
+    with fixed_catalog():
+        yield
 
-    The guests of a batch work side by side, so the batch takes as long as its longest run. A VM that
-    reboots is shown restarting meanwhile; both steps are compare-and-swap: a run failed as stale
-    meanwhile, or a VM stopped by its owner, is left as it is.
-    """
+
+# --- Simulated time, scheduled ----------------------------------------------------------------------
+
+
+def _park(findings: list["Finding"], plans: dict[int, sim.Injected]) -> list[int]:
+    """Give each claimed run its due times (real time, PORTAL_SIM_SPEED-scaled from its simulated
+    duration) in one UPDATE; the run's heartbeat is its due time. Returns the ids parked."""
     speed = settings.PORTAL_SIM_SPEED
-    if speed and findings:
-        rebooting = [f for f in findings if f.outcome is not None and f.outcome.reboot_status == "Completed"]
-        work = [
-            sim.ASSESSMENT_SECONDS
-            if f.outcome is None
-            else f.outcome.simulated_seconds - (sim.REBOOT_SECONDS if f in rebooting else 0)
-            for f in findings
-        ]
-        sleep(max(work) / speed)
+    start = timezone.now()  # one instant for the batch: runs of the same length fall due together
+    rows = []
+    for f in findings:
+        work = sim.ASSESSMENT_SECONDS if f.outcome is None else f.outcome.simulated_seconds
+        due = start + timedelta(seconds=work / speed)
+        reboot_at = None
+        if f.outcome is not None and f.outcome.reboot_status == RebootStatus.COMPLETED:
+            reboot_at = start + timedelta(seconds=max(0, work - sim.REBOOT_SECONDS) / speed)
+        plan = plans.get(f.operation_id, sim.NO_FAULTS)
+        rows.append((f.operation_id, due, reboot_at, due, _plan_json(plan), f.attempt))
+    bulk.update_rows(
+        Operation,
+        "id",
+        ("due_at", "reboot_at", "heartbeat_at", "plan", "attempts"),
+        rows,
+        assign={"attempts": "t.attempts"},
+        where=f"t.status = '{OperationStatus.IN_PROGRESS}' AND t.attempts = v.attempts",
+    )
+    return [f.operation_id for f in findings]
+
+
+def _plan_json(injected: sim.Injected) -> dict:
+    if injected == sim.NO_FAULTS:
+        return {}
+    return {
+        "failing_kbs": sorted(injected.failing_kbs),
+        "every_kb_fails": injected.every_kb_fails,
+        "slowdown": injected.slowdown,
+        "reboot_hangs": injected.reboot_hangs,
+    }
+
+
+def _plan_of(plan: dict) -> sim.Injected:
+    if not plan:
+        return sim.NO_FAULTS
+    return sim.Injected(
+        failing_kbs=frozenset(plan["failing_kbs"]),
+        every_kb_fails=plan["every_kb_fails"],
+        slowdown=plan["slowdown"],
+        reboot_hangs=plan["reboot_hangs"],
+    )
+
+
+def _next_due(operation_ids: list[int]) -> datetime | None:
+    """When the next due step of these runs is (None: none of them is parked any more)."""
+    times = Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS).aggregate(
+        due=Min("due_at"), reboot=Min("reboot_at")
+    )
+    found = [t for t in times.values() if t is not None]
+    return min(found) if found else None
+
+
+def schedule_advance(operation_ids: list[int], at: datetime | None = None) -> None:
+    """Send the due step of these runs for when it falls due (a Celery eta on the user queue: due steps
+    are short and late if they wait behind a round). Never raises: a lost step is recovered like a
+    dead worker (the run's heartbeat is its due time, then the dispatcher re-sends and it is taken over)."""
+    if not operation_ids:
+        return
+    at = at or _next_due(operation_ids)
+    if at is None:
+        return
+    try:
+        current_app.send_task(ADVANCE_OPERATIONS_TASK, (list(operation_ids),), eta=at, queue=settings.USER_QUEUE)
+    except Exception as exc:
+        log.warning(
+            "Could not schedule the due step of %d run(s) (%s); they will be taken over", len(operation_ids), exc
+        )
+
+
+def advance_operations(operation_ids: list[int], now: datetime | None = None) -> list[int]:
+    """The due steps of parked runs, set-based: start the reboots that fell due (the VM "starting", the
+    run's reboot Started), then finish the runs that fell due: each is taken exactly once (its due time
+    cleared under a row lock: compare-and-swap), its guest simulated again from the claim's moment and
+    its faults (deterministic: the same outcome as when it was parked) and recorded by record_findings
+    (which checks the claim); an installation is followed by its assessment. Returns the ids recorded.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        rebooting = list(
+            Operation.objects.filter(
+                pk__in=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now
+            ).values_list("vm_id", flat=True)
+        )
         if rebooting:
-            with transaction.atomic():
-                lock_vms(f.vm.pk for f in rebooting)  # the lock order: VMs before their operations
-                still_running = set(
-                    Operation.objects.filter(
-                        pk__in=[f.operation_id for f in rebooting], status=OperationStatus.IN_PROGRESS
-                    ).values_list("pk", flat=True)
-                )
-                Operation.objects.filter(pk__in=still_running).update(reboot_status=RebootStatus.STARTED)
-                VirtualMachine.objects.filter(
-                    pk__in=[f.vm.pk for f in rebooting if f.operation_id in still_running],
-                    power_state=VirtualMachine.PowerState.RUNNING,
-                ).update(power_state=VirtualMachine.PowerState.STARTING)
-            sleep(sim.REBOOT_SECONDS / speed)
-    finished = world_clock.now()
-    return [dataclasses.replace(f, finished=finished) for f in findings]
+            lock_vms(pk for pk in rebooting if pk)  # the lock order: VMs before their operations
+            started = list(
+                Operation.objects.select_for_update()
+                .filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now)
+                .order_by("pk")
+                .values_list("pk", "vm_id")
+            )
+            Operation.objects.filter(pk__in=[pk for pk, _ in started]).update(
+                reboot_status=RebootStatus.STARTED, reboot_at=None
+            )
+            VirtualMachine.objects.filter(
+                pk__in=[vm for _, vm in started if vm], power_state=VirtualMachine.PowerState.RUNNING
+            ).update(power_state=VirtualMachine.PowerState.STARTING)
+    due = _take_due(operation_ids, now)
+    if not due:
+        return []
+    operations = list(Operation.objects.filter(pk__in=due).order_by("pk"))
+    with _catalog_once():
+        vms = VirtualMachine.objects.select_related("resource_group", "guest").in_bulk(
+            [op.vm_id for op in operations if op.vm_id]
+        )
+        guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
+        finished = world_clock.now()
+        findings = []
+        for operation in operations:
+            vm = vms.get(operation.vm_id)
+            if vm is None or vm.pk not in guests:
+                fail_operation(operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.")
+                continue
+            found = _simulate(operation, vm, guests[vm.pk], operation.started_at, _plan_of(operation.plan))
+            findings.append(dataclasses.replace(found, finished=finished))
+        recorded = record_findings(findings)
+    _follow_up([f for f in findings if f.outcome is not None and f.operation_id in recorded])
+    return recorded
+
+
+def _take_due(operation_ids: list[int], now: datetime) -> list[int]:
+    """The parked runs that fell due, each taken by one caller only (its due time cleared; its
+    heartbeat now, so a caller that dies before recording leaves a run the dispatcher takes over)."""
+    due = Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS, due_at__lte=now)
+    alive = timezone.now()
+    if connection.vendor != "postgresql":  # SQLite locks no rows: one compare-and-swap per run
+        return [
+            pk
+            for pk in due.values_list("pk", flat=True)
+            if Operation.objects.filter(pk=pk, due_at__isnull=False).update(due_at=None, heartbeat_at=alive)
+        ]
+    with transaction.atomic():
+        taken = list(due.select_for_update(skip_locked=True).order_by("pk").values_list("pk", flat=True))
+        Operation.objects.filter(pk__in=taken).update(due_at=None, heartbeat_at=alive)
+    return taken
+
+
+def advance_and_reschedule(operation_ids: list[int]) -> list[int]:
+    """The due-step task: the steps due now, then the next one scheduled for the runs still parked."""
+    recorded = advance_operations(operation_ids)
+    waiting = list(
+        Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS)
+        .filter(Q(due_at__isnull=False) | Q(reboot_at__isnull=False))
+        .values_list("pk", flat=True)
+    )
+    schedule_advance(waiting)
+    return recorded
 
 
 def _not_running(vm: VirtualMachine) -> str:
@@ -1006,9 +1209,7 @@ def record_findings(findings: list[Finding]) -> list[int]:
                     error,
                 )
             )
-            results += [
-                (f.operation_id, p.id, outcome.states[p.id], outcome.errors.get(p.id, "")) for p in f.available
-            ]
+            results += [(f.operation_id, p.id, outcome.states[p.id], outcome.errors.get(p.id, "")) for p in f.available]
             installs += [(state.pk, p.id, f.finished) for p in outcome.installed]
             booted = None
             if outcome.reboot_status == "Completed":
