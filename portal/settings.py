@@ -13,8 +13,8 @@ import uuid
 from datetime import timedelta
 
 import dj_database_url
-from kombu import Exchange, Queue
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 from portal import var
 
