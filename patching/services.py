@@ -78,12 +78,17 @@ def send_to_workers(operation_ids: list[int], started_by: str = StartedBy.PLATFO
     the ones published as dispatched and returns their ids. One broker connection for all batches.
     """
     sent: list[int] = []
+    batch: list[int] = []
     try:
         with current_app.producer_or_acquire() as producer:
             for batch in batches(list(operation_ids)):
+                # Marked before the publish, not after: a worker that already got the batch must not
+                # find its rows locked by this UPDATE (the claim skips locked rows).
+                Operation.objects.filter(pk__in=batch).update(dispatched_at=timezone.now())
                 current_app.send_task(RUN_OPERATIONS_TASK, (batch,), queue=queue_for(started_by), producer=producer)
                 sent += batch
     except Exception as exc:  # kombu's OperationalError, a socket error, a timeout: whatever the broker did
+        Operation.objects.filter(pk__in=batch).update(dispatched_at=None)  # the dispatcher's again
         # One line, no traceback: during an outage every request says it.
         log.warning(
             "Could not hand %d operation(s) to the broker (%s: %s); the dispatcher will send them",
@@ -91,8 +96,6 @@ def send_to_workers(operation_ids: list[int], started_by: str = StartedBy.PLATFO
             type(exc).__name__,
             exc,
         )
-    if sent:
-        Operation.objects.filter(pk__in=sent).update(dispatched_at=timezone.now())
     return sent
 
 
