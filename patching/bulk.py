@@ -21,16 +21,23 @@ def _prepared(model, columns: Sequence[str], rows: Sequence[Sequence]) -> list[l
     fields = _fields(model, columns)
     if connection.vendor == "postgresql":
         # Arrays of JSON go in as text and are cast: psycopg dumps a list of str as text[].
+        # psycopg adapts the rest as they are (what get_db_prep_value would return for them anyway).
         return [
-            [
-                (None if row[i] is None else _json(row[i]))
-                if field.get_internal_type() == "JSONField"
-                else field.get_db_prep_value(row[i], connection)
-                for row in rows
-            ]
+            [None if row[i] is None else _json(row[i]) for row in rows]
+            if field.get_internal_type() == "JSONField"
+            else [row[i] for row in rows]
             for i, field in enumerate(fields)
         ]
     return [[field.get_db_prep_value(row[i], connection) for row in rows] for i, field in enumerate(fields)]
+
+
+def _bound_cursor():
+    """A psycopg cursor with server-side binding on Django's connection (the same transaction): the
+    arrays go as parameters, not spelled out into the SQL text as Django's client-side cursor does."""
+    import psycopg
+
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def _json(value) -> str:
@@ -68,15 +75,16 @@ def update_rows(
     assign = assign or {}
     sets = ", ".join(f'"{c}" = {assign.get(c, f"v.{c}")}' for c in columns)
     cond = f't."{key}" = v.{key}' + (f" AND ({where})" if where else "")
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            arrays = _prepared(model, names, rows)
-            unnest = ", ".join(f"%s::{_array_type(model, c)}" for c in names)
+    if connection.vendor == "postgresql":
+        arrays = _prepared(model, names, rows)
+        unnest = ", ".join(f"%s::{_array_type(model, c)}" for c in names)
+        with _bound_cursor() as cursor:
             cursor.execute(
                 f'UPDATE "{table}" AS t SET {sets} FROM unnest({unnest}) AS v({", ".join(names)}) WHERE {cond}',
                 arrays,
             )
             return cursor.rowcount
+    with connection.cursor() as cursor:
         done = 0
         for start in range(0, len(rows), SQLITE_CHUNK):
             chunk = rows[start : start + SQLITE_CHUNK]
@@ -116,7 +124,7 @@ def insert_new_rows(model, columns: Sequence[str], rows: Sequence[Sequence]) -> 
         return
     names = ", ".join(f'"{c}"' for c in columns)
     unnest = ", ".join(f"%s::{_array_type(model, c)}" for c in columns)
-    with connection.cursor() as cursor:
+    with _bound_cursor() as cursor:
         cursor.execute(
             f'INSERT INTO "{model._meta.db_table}" ({names}) SELECT * FROM unnest({unnest}) ON CONFLICT DO NOTHING',
             _prepared(model, columns, rows),

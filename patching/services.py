@@ -263,6 +263,13 @@ def lock_vms(pks: Iterable[int]) -> list[VirtualMachine]:
     return list(VirtualMachine.objects.select_for_update().filter(pk__in=list(pks)).order_by("pk"))
 
 
+def lock_vm_ids(pks: Iterable[int]) -> list[int]:
+    """lock_vms when only the locks matter: the ids of the VMs that still exist, in pk order."""
+    return list(
+        VirtualMachine.objects.select_for_update().filter(pk__in=list(pks)).order_by("pk").values_list("pk", flat=True)
+    )
+
+
 def lock_vm(pk: int) -> VirtualMachine | None:
     """lock_vms for one VM: the locked row, or None if it is gone."""
     locked = lock_vms([pk])
@@ -622,19 +629,66 @@ def queue_operations(
     if kind == OperationKind.INSTALLATION:
         parameters = parameters or CRITICAL_AND_SECURITY
     body = parameters.to_json() if parameters else {}
-    rows = [new_operation(vm, kind, started_by, user, body, now) for vm in vms]
     with transaction.atomic():
         # The VMs' locks first (lock_vms): a VM deleted meanwhile gets no operation (and no FK violation).
-        alive = {vm.pk for vm in lock_vms(row.vm_id for row in rows)}
-        Operation.objects.bulk_create([r for r in rows if r.vm_id in alive], batch_size=2000, ignore_conflicts=True)
-        queued = list(
-            Operation.objects.filter(
-                vm_id__in=alive, kind=kind, created_at=now, status=OperationStatus.NOT_STARTED
-            ).values_list("pk", flat=True)
-        )
+        if connection.vendor == "postgresql":
+            alive = lock_vm_ids(vm.pk for vm in vms)
+            queued = _insert_operations(
+                alive,
+                Operation(
+                    kind=kind,
+                    started_by=started_by,
+                    user=user if started_by == StartedBy.USER else None,
+                    parameters=body,
+                    created_at=now,
+                ),
+            )
+        else:
+            rows = [new_operation(vm, kind, started_by, user, body, now) for vm in vms]
+            alive = set(lock_vm_ids(row.vm_id for row in rows))
+            Operation.objects.bulk_create([r for r in rows if r.vm_id in alive], batch_size=2000, ignore_conflicts=True)
+            queued = list(
+                Operation.objects.filter(
+                    vm_id__in=alive, kind=kind, created_at=now, status=OperationStatus.NOT_STARTED
+                ).values_list("pk", flat=True)
+            )
         if enqueue:
             transaction.on_commit(lambda: send_to_workers(queued, started_by))
     return queued
+
+
+def _insert_operations(vm_ids: list[int], template: Operation) -> list[int]:
+    """One INSERT … SELECT of an operation like `template` per VM (its name, location and subscription
+    read in the same statement); the VMs with one of this kind in flight are skipped (ON CONFLICT).
+    Returns the new rows' ids. PostgreSQL: what queue_operations does with bulk_create elsewhere."""
+    if not vm_ids:
+        return []
+    vm_table, rg_table = VirtualMachine._meta.db_table, ResourceGroup._meta.db_table
+    per_vm = {
+        "activity_id": "gen_random_uuid()",
+        "vm_id": "vm.id",
+        "subscription_id": "rg.subscription_id",
+        "vm_name": "vm.name",
+        "location": "vm.location",
+    }
+    columns, values, params = [], [], []
+    for field in Operation._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        columns.append(f'"{field.column}"')
+        if field.attname in per_vm:
+            values.append(per_vm[field.attname])
+        else:
+            values.append("%s")
+            params.append(field.get_db_prep_save(getattr(template, field.attname), connection))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'INSERT INTO "{Operation._meta.db_table}" ({", ".join(columns)}) SELECT {", ".join(values)} '
+            f'FROM "{vm_table}" vm JOIN "{rg_table}" rg ON rg.id = vm.resource_group_id '
+            "WHERE vm.id = ANY(%s) ORDER BY vm.id ON CONFLICT DO NOTHING RETURNING id",
+            [*params, list(vm_ids)],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 # --- Running operations ---------------------------------------------------------------------------
@@ -967,7 +1021,7 @@ def advance_operations(operation_ids: list[int], now: datetime | None = None) ->
             ).values_list("vm_id", flat=True)
         )
         if rebooting:
-            lock_vms(pk for pk in rebooting if pk)  # the lock order: VMs before their operations
+            lock_vm_ids(pk for pk in rebooting if pk)  # the lock order: VMs before their operations
             started = list(
                 Operation.objects.select_for_update()
                 .filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now)
@@ -1148,14 +1202,19 @@ def record_findings(findings: list[Finding]) -> list[int]:
     if not findings:
         return []
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Not waiting for the WAL flush: a result lost in a database crash leaves its run in
+            # progress with a heartbeat, which is then taken over and run again (nothing is half-written).
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
         # The lock order (lock_vms): VMs, then guest states, then operations, each set by pk.
-        lock_vms(f.vm.pk for f in findings)
-        states = {
-            state.pk: state
-            for state in GuestState.objects.select_for_update()
+        lock_vm_ids(f.vm.pk for f in findings)
+        locked = set(
+            GuestState.objects.select_for_update()
             .filter(pk__in=[f.vm.pk for f in findings])
             .order_by("pk")
-        }
+            .values_list("pk", flat=True)
+        )
         # Still in progress under the same claim: a run taken over from this worker is its successor's.
         claims = dict(
             Operation.objects.select_for_update()
@@ -1172,7 +1231,7 @@ def record_findings(findings: list[Finding]) -> list[int]:
         for f in findings:
             if f.operation_id not in live:
                 continue
-            state = states.get(f.vm.pk)
+            state = guest_state(f.vm) if f.vm.pk in locked else None
             if state is None:  # the VM was deleted while the guest worked
                 _fail_deleted(f.operation_id, f.vm.name, f.finished)
                 continue
