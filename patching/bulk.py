@@ -8,6 +8,7 @@ under its parameter limit. Values are prepared by each field (`get_db_prep_value
 from collections.abc import Sequence
 
 from django.db import connection
+from django.db.models import Field, ForeignObject, Lookup
 
 SQLITE_CHUNK = 500  # rows per statement on SQLite (its parameter limit is 32,766)
 
@@ -129,3 +130,27 @@ def insert_new_rows(model, columns: Sequence[str], rows: Sequence[Sequence]) -> 
             f'INSERT INTO "{model._meta.db_table}" ({names}) SELECT * FROM unnest({unnest}) ON CONFLICT DO NOTHING',
             _prepared(model, columns, rows),
         )
+
+
+class AnyOf(Lookup):
+    """`field__any=ids`: `field = ANY(%s)` with the ids as one array parameter on PostgreSQL, where
+    `__in` spells out one placeholder per id (thousands, for a batch); `IN (…)` elsewhere."""
+
+    lookup_name = "any"
+    prepare_rhs = False
+
+    def get_db_prep_lookup(self, value, connection):
+        return ("%s", [list(value)])
+
+    def as_sql(self, compiler, connection):
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        ids = list(self.rhs)
+        if connection.vendor == "postgresql":
+            return f"{lhs} = ANY(%s)", [*lhs_params, ids]
+        if not ids:
+            return "1 = 0", list(lhs_params)
+        return f"{lhs} IN ({', '.join(['%s'] * len(ids))})", [*lhs_params, *ids]
+
+
+Field.register_lookup(AnyOf)
+ForeignObject.register_lookup(AnyOf)

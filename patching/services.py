@@ -84,11 +84,11 @@ def send_to_workers(operation_ids: list[int], started_by: str = StartedBy.PLATFO
             for batch in batches(list(operation_ids)):
                 # Marked before the publish, not after: a worker that already got the batch must not
                 # find its rows locked by this UPDATE (the claim skips locked rows).
-                Operation.objects.filter(pk__in=batch).update(dispatched_at=timezone.now())
+                Operation.objects.filter(pk__any=batch).update(dispatched_at=timezone.now())
                 current_app.send_task(RUN_OPERATIONS_TASK, (batch,), queue=queue_for(started_by), producer=producer)
                 sent += batch
     except Exception as exc:  # kombu's OperationalError, a socket error, a timeout: whatever the broker did
-        Operation.objects.filter(pk__in=batch).update(dispatched_at=None)  # the dispatcher's again
+        Operation.objects.filter(pk__any=batch).update(dispatched_at=None)  # the dispatcher's again
         # One line, no traceback: during an outage every request says it.
         log.warning(
             "Could not hand %d operation(s) to the broker (%s: %s); the dispatcher will send them",
@@ -204,7 +204,7 @@ def guest_state(vm: VirtualMachine) -> GuestState | None:
 def guests_of(vms: list[VirtualMachine]) -> dict[int, sim.Guest]:
     """The guest as the pure simulation sees it, for each VM (with its guest state loaded): one query."""
     installed: dict[int, set[int]] = {vm.pk: set() for vm in vms}
-    for guest_id, update_id in InstalledUpdate.objects.filter(guest_id__in=list(installed)).values_list(
+    for guest_id, update_id in InstalledUpdate.objects.filter(guest_id__any=list(installed)).values_list(
         "guest_id", "update_id"
     ):
         installed[guest_id].add(update_id)
@@ -266,7 +266,7 @@ def lock_vms(pks: Iterable[int]) -> list[VirtualMachine]:
 def lock_vm_ids(pks: Iterable[int]) -> list[int]:
     """lock_vms when only the locks matter: the ids of the VMs that still exist, in pk order."""
     return list(
-        VirtualMachine.objects.select_for_update().filter(pk__in=list(pks)).order_by("pk").values_list("pk", flat=True)
+        VirtualMachine.objects.select_for_update().filter(pk__any=list(pks)).order_by("pk").values_list("pk", flat=True)
     )
 
 
@@ -718,7 +718,7 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
     with transaction.atomic():
         rows = list(
             Operation.objects.select_for_update(skip_locked=True)
-            .filter(Q(status=OperationStatus.NOT_STARTED) | _dead_runs(alive), pk__in=operation_ids)
+            .filter(Q(status=OperationStatus.NOT_STARTED) | _dead_runs(alive), pk__any=operation_ids)
             .values_list("pk", "status", "reboot_status", "vm_id")
         )
         fresh = [pk for pk, status, _, _ in rows if status == OperationStatus.NOT_STARTED]
@@ -729,12 +729,12 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
             if status == OperationStatus.IN_PROGRESS and reboot == RebootStatus.STARTED and vm_id
         ]
         # Compare-and-swap on the status as well, for SQLite, where SELECT FOR UPDATE locks nothing.
-        Operation.objects.filter(pk__in=fresh, status=OperationStatus.NOT_STARTED).update(
+        Operation.objects.filter(pk__any=fresh, status=OperationStatus.NOT_STARTED).update(
             status=OperationStatus.IN_PROGRESS, started_at=now, heartbeat_at=alive, attempts=F("attempts") + 1
         )
         if taken_over:
             log.warning("Taking over %d run(s) whose worker stopped: %s", len(taken_over), taken_over)
-            Operation.objects.filter(_dead_runs(alive), pk__in=taken_over).update(
+            Operation.objects.filter(_dead_runs(alive), pk__any=taken_over).update(
                 heartbeat_at=alive,
                 reboot_status=RebootStatus.UNKNOWN,
                 attempts=F("attempts") + 1,
@@ -743,10 +743,10 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
             )
     if rebooting:
         # After the operations' transaction, not inside it: the lock order puts VMs before operations.
-        VirtualMachine.objects.filter(pk__in=rebooting, power_state=VirtualMachine.PowerState.STARTING).update(
+        VirtualMachine.objects.filter(pk__any=rebooting, power_state=VirtualMachine.PowerState.STARTING).update(
             power_state=VirtualMachine.PowerState.RUNNING
         )
-    return list(Operation.objects.filter(pk__in=fresh + taken_over).order_by("pk"))
+    return list(Operation.objects.filter(pk__any=fresh + taken_over).order_by("pk"))
 
 
 def release_for_retry(operation_ids: Collection[int]) -> None:
@@ -854,9 +854,12 @@ def execute_operations(
     if not operations:
         return Executed([], {})
     with _catalog_once():
-        vms = VirtualMachine.objects.select_related("resource_group", "guest").in_bulk(
-            [op.vm_id for op in operations if op.vm_id]
-        )
+        vms = {
+            vm.pk: vm
+            for vm in VirtualMachine.objects.select_related("resource_group", "guest").filter(
+                pk__any=[op.vm_id for op in operations if op.vm_id]
+            )
+        }
         guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
 
         def would_install(operation: Operation) -> set[str]:
@@ -982,7 +985,7 @@ def _plan_of(plan: dict) -> sim.Injected:
 
 def _next_due(operation_ids: list[int]) -> datetime | None:
     """When the next due step of these runs is (None: none of them is parked any more)."""
-    times = Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS).aggregate(
+    times = Operation.objects.filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS).aggregate(
         due=Min("due_at"), reboot=Min("reboot_at")
     )
     found = [t for t in times.values() if t is not None]
@@ -1017,31 +1020,34 @@ def advance_operations(operation_ids: list[int], now: datetime | None = None) ->
     with transaction.atomic():
         rebooting = list(
             Operation.objects.filter(
-                pk__in=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now
+                pk__any=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now
             ).values_list("vm_id", flat=True)
         )
         if rebooting:
             lock_vm_ids(pk for pk in rebooting if pk)  # the lock order: VMs before their operations
             started = list(
                 Operation.objects.select_for_update()
-                .filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now)
+                .filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now)
                 .order_by("pk")
                 .values_list("pk", "vm_id")
             )
-            Operation.objects.filter(pk__in=[pk for pk, _ in started]).update(
+            Operation.objects.filter(pk__any=[pk for pk, _ in started]).update(
                 reboot_status=RebootStatus.STARTED, reboot_at=None
             )
             VirtualMachine.objects.filter(
-                pk__in=[vm for _, vm in started if vm], power_state=VirtualMachine.PowerState.RUNNING
+                pk__any=[vm for _, vm in started if vm], power_state=VirtualMachine.PowerState.RUNNING
             ).update(power_state=VirtualMachine.PowerState.STARTING)
     due = _take_due(operation_ids, now)
     if not due:
         return []
-    operations = list(Operation.objects.filter(pk__in=due).order_by("pk"))
+    operations = list(Operation.objects.filter(pk__any=due).order_by("pk"))
     with _catalog_once():
-        vms = VirtualMachine.objects.select_related("resource_group", "guest").in_bulk(
-            [op.vm_id for op in operations if op.vm_id]
-        )
+        vms = {
+            vm.pk: vm
+            for vm in VirtualMachine.objects.select_related("resource_group", "guest").filter(
+                pk__any=[op.vm_id for op in operations if op.vm_id]
+            )
+        }
         guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
         finished = world_clock.now()
         findings = []
@@ -1060,7 +1066,7 @@ def advance_operations(operation_ids: list[int], now: datetime | None = None) ->
 def _take_due(operation_ids: list[int], now: datetime) -> list[int]:
     """The parked runs that fell due, each taken by one caller only (its due time cleared; its
     heartbeat now, so a caller that dies before recording leaves a run the dispatcher takes over)."""
-    due = Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS, due_at__lte=now)
+    due = Operation.objects.filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS, due_at__lte=now)
     alive = timezone.now()
     if connection.vendor != "postgresql":  # SQLite locks no rows: one compare-and-swap per run
         return [
@@ -1070,7 +1076,7 @@ def _take_due(operation_ids: list[int], now: datetime) -> list[int]:
         ]
     with transaction.atomic():
         taken = list(due.select_for_update(skip_locked=True).order_by("pk").values_list("pk", flat=True))
-        Operation.objects.filter(pk__in=taken).update(due_at=None, heartbeat_at=alive)
+        Operation.objects.filter(pk__any=taken).update(due_at=None, heartbeat_at=alive)
     return taken
 
 
@@ -1078,7 +1084,7 @@ def advance_and_reschedule(operation_ids: list[int]) -> list[int]:
     """The due-step task: the steps due now, then the next one scheduled for the runs still parked."""
     recorded = advance_operations(operation_ids)
     waiting = list(
-        Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS)
+        Operation.objects.filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS)
         .filter(Q(due_at__isnull=False) | Q(reboot_at__isnull=False))
         .values_list("pk", flat=True)
     )
@@ -1211,14 +1217,14 @@ def record_findings(findings: list[Finding]) -> list[int]:
         lock_vm_ids(f.vm.pk for f in findings)
         locked = set(
             GuestState.objects.select_for_update()
-            .filter(pk__in=[f.vm.pk for f in findings])
+            .filter(pk__any=[f.vm.pk for f in findings])
             .order_by("pk")
             .values_list("pk", flat=True)
         )
         # Still in progress under the same claim: a run taken over from this worker is its successor's.
         claims = dict(
             Operation.objects.select_for_update()
-            .filter(pk__in=[f.operation_id for f in findings], status=OperationStatus.IN_PROGRESS)
+            .filter(pk__any=[f.operation_id for f in findings], status=OperationStatus.IN_PROGRESS)
             .order_by("pk")
             .values_list("pk", "attempts")
         )
@@ -1302,11 +1308,11 @@ def record_findings(findings: list[Finding]) -> list[int]:
         bulk.update_rows(GuestState, "vm_id", GUEST_ASSESSED, assessed_guests)
         summaries.write()
         if rebooted:
-            VirtualMachine.objects.filter(pk__in=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
+            VirtualMachine.objects.filter(pk__any=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
                 power_state=VirtualMachine.PowerState.RUNNING
             )
         if hung:  # an injected hang: the VM stays "starting" until someone starts it again
-            VirtualMachine.objects.filter(pk__in=hung).update(power_state=VirtualMachine.PowerState.STARTING)
+            VirtualMachine.objects.filter(pk__any=hung).update(power_state=VirtualMachine.PowerState.STARTING)
     return recorded
 
 
@@ -1350,9 +1356,9 @@ class FleetSummaries:
     def write(self) -> None:
         # An assessment does not know what the last installation failed: it keeps that for what is still missing.
         failed_before = set(
-            MissingUpdate.objects.filter(guest_id__in=self.assessed, failed=True).values_list("guest_id", "update_id")
+            MissingUpdate.objects.filter(guest_id__any=self.assessed, failed=True).values_list("guest_id", "update_id")
         )
-        MissingUpdate.objects.filter(guest_id__in=self.vm_ids).delete()
+        MissingUpdate.objects.filter(guest_id__any=self.vm_ids).delete()
         bulk.copy_rows(
             MissingUpdate,
             ("guest_id", "update_id", "failed"),
