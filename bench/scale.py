@@ -246,7 +246,7 @@ def assess_now_during_round(size: int, procs: int) -> dict:
         while Operation.objects.filter(pk=operation.pk).finished().count() == 0:
             time.sleep(0.05)
         latency = time.perf_counter() - pressed
-        backlog = len(queued) - Operation.objects.finished().count()
+        backlog = len(queued) + 1 - Operation.objects.finished().count()
         elapsed = wait_finished(len(queued) + 1, start)
     finally:
         stop_worker(worker)
