@@ -693,9 +693,11 @@ def _insert_operations(vm_ids: list[int], template: Operation) -> list[int]:
 
 # --- Running operations ---------------------------------------------------------------------------
 # One way to run operations, for one or for thousands: claim them (compare-and-swap), read their VMs
-# and guests set-based, simulate each guest (pure), let real time pass when the clock is real, and
-# record every outcome set-based (compare-and-swap again). The Celery task runs a batch of one; the
-# platform's rounds on a simulated clock, the fleet simulation and the demo's history run hundreds.
+# and guests set-based, simulate each guest (pure), and record every outcome set-based (compare-and-
+# swap again). When the clock is real, the simulated duration becomes due times on the row instead of
+# a sleep, and a due step (advance_operations) records the outcome then. The Celery task runs a batch
+# (hundreds of a round's operations, or a person's one); the platform's rounds on a simulated clock,
+# the fleet simulation and the demo's history run them at once.
 
 
 @dataclass(frozen=True)
