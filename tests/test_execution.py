@@ -143,3 +143,18 @@ def test_the_outbox_sends_a_round_again_in_batches_after_a_broker_outage(broker,
     assert [len(batch) for batch, _ in broker.messages] == [50, 50, 50]  # spread over the workers, at most 60
     assert {queue for _, queue in broker.messages} == {"platform"}
     assert services.dispatch_queued(now=later) == 0
+
+
+@pytest.mark.django_db
+def test_a_vm_deleted_while_its_guest_works_fails_its_run_at_the_due_step(catalog, settings, broker):
+    settings.PORTAL_SIM_SPEED = 120
+    kept, deleted = fleet(2)
+    ids = services.queue_operations([kept, deleted], OperationKind.ASSESSMENT, enqueue=False)
+    services.run_batch(ids)
+    gone = Operation.objects.get(vm=deleted)
+    VirtualMachine.objects.filter(pk=deleted.pk).delete()  # behind the portal's back: no in-flight cleanup
+
+    later = timezone.now() + timedelta(seconds=5)
+    assert services.advance_operations(ids, now=later) == [Operation.objects.get(vm=kept).pk]
+    gone.refresh_from_db()
+    assert gone.status == OperationStatus.FAILED and gone.error_code == "VMDeleted"
