@@ -131,11 +131,7 @@ def start_run(user, schedule_id: int | str | None = None) -> tuple[WhatIfRun, bo
     schedule = {}
     if schedule_id not in (None, ""):
         pk = str(schedule_id)
-        config = (
-            schedule_choices(user).filter(pk=int(pk)).first()
-            if pk.isascii() and pk.isdigit() and len(pk) < 19
-            else None
-        )
+        config = schedule_choices(user).filter(pk=int(pk)).first() if pk.isascii() and pk.isdigit() and len(pk) < 19 else None
         if config is None:
             raise CannotRun("That maintenance configuration does not exist or is not in a subscription you see.")
         schedule = schedule_window(config)
