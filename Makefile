@@ -70,7 +70,7 @@ demo: $(VENV)/.installed
 WORKER_POOL ?= $(if $(REDIS_URL),,--pool=threads --concurrency=4)
 
 worker: $(VENV)/.installed
-	$(PY) -m celery -A portal worker --loglevel=info $(WORKER_POOL) -n worker-$$$$@%h
+	$(PY) -m celery -A portal worker -Q user,platform --loglevel=info $(WORKER_POOL) -n worker-$$$$@%h
 
 # The tests run against the real services. scripts/test_services.py picks them: DATABASE_URL and
 # REDIS_URL if set, else PostgreSQL on 127.0.0.1:5432 and Redis on 6379 if they answer, else private

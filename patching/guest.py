@@ -77,19 +77,53 @@ def latest_baseline(catalog: Sequence[Patch], now: datetime) -> Patch | None:
     return latest(p for p in catalog if p.kind in BASELINE_KINDS and p.published_at <= now)
 
 
+class _Released:
+    """What a catalog offers at a moment, whatever the guest: computed once per (catalog, now) and
+    shared by every guest of a batch (the same product's catalog, the same clock)."""
+
+    def __init__(self, catalog: Sequence[Patch], now: datetime):
+        self.released = [p for p in catalog if p.published_at <= now]
+        self.by_id = {p.id: p for p in self.released}
+        self._latest: dict = {}
+
+    def latest(self, kinds: frozenset[str], baseline_id: int | None = None, *, of_baseline: bool = False):
+        key = (kinds, baseline_id, of_baseline)
+        if key not in self._latest:
+            self._latest[key] = latest(
+                p for p in self.released if p.kind in kinds and (not of_baseline or p.baseline_id == baseline_id)
+            )
+        return self._latest[key]
+
+
+_released_memo: dict[tuple[int, datetime], tuple[Sequence[Patch], _Released]] = {}
+
+
+def _released(catalog: Sequence[Patch], now: datetime) -> _Released:
+    key = (id(catalog), now)
+    found = _released_memo.get(key)
+    if found is not None and found[0] is catalog:  # the same list, not one that reused its id
+        return found[1]
+    if len(_released_memo) >= 64:
+        _released_memo.clear()
+    view = _Released(catalog, now)
+    _released_memo[key] = (catalog, view)
+    return view
+
+
 def applicable(guest: Guest, catalog: Sequence[Patch], now: datetime) -> list[Patch]:
     """Updates released by `now` for this guest, not installed and not superseded by something installed.
 
     `catalog` is the product's catalog. A hotpatch-enrolled guest follows the hotpatch track: the
     latest baseline if it is not on it, else the latest hotpatch built on that baseline.
     """
-    released = [p for p in catalog if p.published_at <= now]
+    view = _released(catalog, now)
     installed = guest.installed
+    mine = [view.by_id[pid] for pid in installed if pid in view.by_id]  # what it has of what was released
     offered: list[Patch] = []
 
     def newest_installed(kinds: Iterable[str]) -> datetime | None:
         kinds = frozenset(kinds)
-        return max((p.published_at for p in released if p.kind in kinds and p.id in installed), default=None)
+        return max((p.published_at for p in mine if p.kind in kinds), default=None)
 
     windows_installed_at = newest_installed(WINDOWS_KINDS)
 
@@ -101,25 +135,25 @@ def applicable(guest: Guest, catalog: Sequence[Patch], now: datetime) -> list[Pa
         )
 
     if guest.hotpatch_enrolled:
-        baseline = latest(p for p in released if p.kind in BASELINE_KINDS)
+        baseline = view.latest(frozenset(BASELINE_KINDS))
         if baseline is not None and guest.baseline_id != baseline.id:
             # Behind the baseline: the baseline (with its reboot) comes before any hotpatch.
             if baseline.id not in installed:
                 offered.append(baseline)
         elif baseline is not None:
-            hotpatch = latest(p for p in released if p.kind == "hotpatch" and p.baseline_id == baseline.id)
+            hotpatch = view.latest(frozenset({"hotpatch"}), baseline.id, of_baseline=True)
             if is_new(hotpatch, windows_installed_at):
                 offered.append(hotpatch)
     else:
-        security = latest(p for p in released if p.kind in SECURITY_CUMULATIVE_KINDS)
+        security = view.latest(frozenset(SECURITY_CUMULATIVE_KINDS))
         if is_new(security, windows_installed_at):
             offered.append(security)
-        quality = latest(p for p in released if p.kind in QUALITY_CUMULATIVE_KINDS)
+        quality = view.latest(frozenset(QUALITY_CUMULATIVE_KINDS))
         if is_new(quality, windows_installed_at):
             offered.append(quality)
 
     for kind in STANDALONE_KINDS:
-        newest = latest(p for p in released if p.kind == kind)
+        newest = view.latest(frozenset({kind}))
         if is_new(newest, newest_installed([kind])):
             offered.append(newest)
     return sorted(offered, key=install_order)

@@ -283,6 +283,14 @@ class Operation(models.Model):
     # A run proves it is alive: set at the claim and refreshed while the guest works. A stale one is
     # taken over (services._claim) or failed (services.fail_stale_operations).
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Simulated time is scheduled, not slept (services.advance_operations): while its guest works a run
+    # holds no worker, only these due times (real time): when its reboot starts (an installation that
+    # restarts the VM) and when it finishes. Its heartbeat is set to `due_at` meanwhile: a run whose
+    # due step never came is taken over like one whose worker died. `plan` keeps the sandbox faults
+    # decided at the claim (patching.faults) for the step that finishes the run.
+    due_at = models.DateTimeField(null=True, blank=True)
+    reboot_at = models.DateTimeField(null=True, blank=True)
+    plan = models.JSONField(default=dict, blank=True)
 
     critical_security_count = models.PositiveIntegerField(default=0)
     other_count = models.PositiveIntegerField(default=0)

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Case, F, OuterRef, Q, Subquery, When
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from vms import clock as world_clock
@@ -29,7 +29,7 @@ from vms.features import preview_gate_problems
 from vms.models import RESOURCE_NAME_RE, ResourceGroup, VirtualMachine
 from vms.patch_settings import PatchSettings, Problem, defaults_for_image
 
-from . import calendar, faults
+from . import bulk, calendar, faults
 from . import guest as sim
 from .models import (
     GuestState,
@@ -50,23 +50,45 @@ from .vocabulary import UpdateKind
 
 log = logging.getLogger(__name__)
 
-# The Celery task (patching/tasks.py) that runs a queued operation, sent by name: tasks import this module.
-RUN_OPERATION_TASK = "patching.tasks.run_operation"
+# The Celery tasks (patching/tasks.py), sent by name: tasks import this module.
+RUN_OPERATIONS_TASK = "patching.tasks.run_operations"  # a batch of operation ids
+ADVANCE_OPERATIONS_TASK = "patching.tasks.advance_operations"  # their due steps (simulated time)
+# A round's operations are split so that every worker gets some (a small round in small batches),
+# up to PORTAL_EXECUTION_BATCH per message.
+MIN_BATCH, SPREAD = 50, 8
+MAX_AGENT_RETRIES = 3
 
 
-def send_to_workers(operation_ids: list[int]) -> list[int]:
-    """Hand committed operations to Celery (from transaction.on_commit, or the dispatcher); never raises.
+def queue_for(started_by: str) -> str:
+    """People first: what a person started has its own queue (settings.CELERY_TASK_QUEUES)."""
+    return settings.USER_QUEUE if started_by == StartedBy.USER else settings.PLATFORM_QUEUE
+
+
+def batches(ids: list[int]) -> list[list[int]]:
+    size = min(settings.PORTAL_EXECUTION_BATCH, max(MIN_BATCH, -(-len(ids) // SPREAD)))
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def send_to_workers(operation_ids: list[int], started_by: str = StartedBy.PLATFORM) -> list[int]:
+    """Hand committed operations to Celery in batches, one message each (from transaction.on_commit,
+    or the dispatcher); never raises.
 
     The committed row is the outbox: a publish that fails (the broker is down) is logged and left to
     `dispatch_queued`, because the operation was already accepted and the request must say so. Marks
-    the ones published as dispatched and returns their ids.
+    the ones published as dispatched and returns their ids. One broker connection for all batches.
     """
-    sent = []
+    sent: list[int] = []
+    batch: list[int] = []
     try:
-        for pk in operation_ids:
-            current_app.send_task(RUN_OPERATION_TASK, (pk,))
-            sent.append(pk)
+        with current_app.producer_or_acquire() as producer:
+            for batch in batches(list(operation_ids)):
+                # Marked before the publish, not after: a worker that already got the batch must not
+                # find its rows locked by this UPDATE (the claim skips locked rows).
+                Operation.objects.filter(pk__any=batch).update(dispatched_at=timezone.now())
+                current_app.send_task(RUN_OPERATIONS_TASK, (batch,), queue=queue_for(started_by), producer=producer)
+                sent += batch
     except Exception as exc:  # kombu's OperationalError, a socket error, a timeout: whatever the broker did
+        Operation.objects.filter(pk__any=batch).update(dispatched_at=None)  # the dispatcher's again
         # One line, no traceback: during an outage every request says it.
         log.warning(
             "Could not hand %d operation(s) to the broker (%s: %s); the dispatcher will send them",
@@ -74,8 +96,6 @@ def send_to_workers(operation_ids: list[int]) -> list[int]:
             type(exc).__name__,
             exc,
         )
-    if sent:
-        Operation.objects.filter(pk__in=sent).update(dispatched_at=timezone.now())
     return sent
 
 
@@ -115,9 +135,15 @@ def dispatch_queued(now: datetime | None = None, *, batch: int = DISPATCH_BATCH)
     total = 0
     while True:
         with transaction.atomic():
-            ids = list(due.select_for_update(skip_locked=True).values_list("pk", flat=True)[:batch])
+            rows = list(due.select_for_update(skip_locked=True).values_list("pk", "started_by")[:batch])
+            ids = [pk for pk, _ in rows]
             Operation.objects.filter(pk__in=ids).update(dispatched_at=now)
-        sent = send_to_workers(ids)
+        sent = []
+        for started_by in sorted({who for _, who in rows}, key=lambda who: who != StartedBy.USER):
+            group = [pk for pk, who in rows if who == started_by]
+            sent += send_to_workers(group, started_by)
+            if len(sent) < len(ids) and set(group) - set(sent):
+                break
         total += len(sent)
         if len(sent) < len(ids):
             unsent = set(ids) - set(sent)
@@ -178,7 +204,7 @@ def guest_state(vm: VirtualMachine) -> GuestState | None:
 def guests_of(vms: list[VirtualMachine]) -> dict[int, sim.Guest]:
     """The guest as the pure simulation sees it, for each VM (with its guest state loaded): one query."""
     installed: dict[int, set[int]] = {vm.pk: set() for vm in vms}
-    for guest_id, update_id in InstalledUpdate.objects.filter(guest_id__in=list(installed)).values_list(
+    for guest_id, update_id in InstalledUpdate.objects.filter(guest_id__any=list(installed)).values_list(
         "guest_id", "update_id"
     ):
         installed[guest_id].add(update_id)
@@ -235,6 +261,13 @@ def lock_vms(pks: Iterable[int]) -> list[VirtualMachine]:
     whoever comes after it finds the VM gone (404), whoever came before has committed.
     """
     return list(VirtualMachine.objects.select_for_update().filter(pk__in=list(pks)).order_by("pk"))
+
+
+def lock_vm_ids(pks: Iterable[int]) -> list[int]:
+    """lock_vms when only the locks matter: the ids of the VMs that still exist, in pk order."""
+    return list(
+        VirtualMachine.objects.select_for_update().filter(pk__any=list(pks)).order_by("pk").values_list("pk", flat=True)
+    )
 
 
 def lock_vm(pk: int) -> VirtualMachine | None:
@@ -546,7 +579,7 @@ def start_operation(
                 return running, False
             continue  # the one in flight finished meanwhile: try again
         if enqueue:
-            transaction.on_commit(lambda pk=operation.pk: send_to_workers([pk]))
+            transaction.on_commit(lambda pk=operation.pk: send_to_workers([pk], started_by))
         return operation, True
     # Three runs started and finished under our feet: the VM is busy, name what is there now.
     running = Operation.objects.in_flight().filter(vm_id=vm.pk, kind=kind).first()
@@ -597,26 +630,75 @@ def queue_operations(
     if kind == OperationKind.INSTALLATION:
         parameters = parameters or CRITICAL_AND_SECURITY
     body = parameters.to_json() if parameters else {}
-    rows = [new_operation(vm, kind, started_by, user, body, now) for vm in vms]
     with transaction.atomic():
         # The VMs' locks first (lock_vms): a VM deleted meanwhile gets no operation (and no FK violation).
-        alive = {vm.pk for vm in lock_vms(row.vm_id for row in rows)}
-        Operation.objects.bulk_create([r for r in rows if r.vm_id in alive], batch_size=2000, ignore_conflicts=True)
-        queued = list(
-            Operation.objects.filter(
-                vm_id__in=alive, kind=kind, created_at=now, status=OperationStatus.NOT_STARTED
-            ).values_list("pk", flat=True)
-        )
+        if connection.vendor == "postgresql":
+            alive = lock_vm_ids(vm.pk for vm in vms)
+            queued = _insert_operations(
+                alive,
+                Operation(
+                    kind=kind,
+                    started_by=started_by,
+                    user=user if started_by == StartedBy.USER else None,
+                    parameters=body,
+                    created_at=now,
+                ),
+            )
+        else:
+            rows = [new_operation(vm, kind, started_by, user, body, now) for vm in vms]
+            alive = set(lock_vm_ids(row.vm_id for row in rows))
+            Operation.objects.bulk_create([r for r in rows if r.vm_id in alive], batch_size=2000, ignore_conflicts=True)
+            queued = list(
+                Operation.objects.filter(
+                    vm_id__in=alive, kind=kind, created_at=now, status=OperationStatus.NOT_STARTED
+                ).values_list("pk", flat=True)
+            )
         if enqueue:
-            transaction.on_commit(lambda: send_to_workers(queued))
+            transaction.on_commit(lambda: send_to_workers(queued, started_by))
     return queued
+
+
+def _insert_operations(vm_ids: list[int], template: Operation) -> list[int]:
+    """One INSERT … SELECT of an operation like `template` per VM (its name, location and subscription
+    read in the same statement); the VMs with one of this kind in flight are skipped (ON CONFLICT).
+    Returns the new rows' ids. PostgreSQL: what queue_operations does with bulk_create elsewhere."""
+    if not vm_ids:
+        return []
+    vm_table, rg_table = VirtualMachine._meta.db_table, ResourceGroup._meta.db_table
+    per_vm = {
+        "activity_id": "gen_random_uuid()",
+        "vm_id": "vm.id",
+        "subscription_id": "rg.subscription_id",
+        "vm_name": "vm.name",
+        "location": "vm.location",
+    }
+    columns, values, params = [], [], []
+    for field in Operation._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        columns.append(f'"{field.column}"')
+        if field.attname in per_vm:
+            values.append(per_vm[field.attname])
+        else:
+            values.append("%s")
+            params.append(field.get_db_prep_save(getattr(template, field.attname), connection))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'INSERT INTO "{Operation._meta.db_table}" ({", ".join(columns)}) SELECT {", ".join(values)} '
+            f'FROM "{vm_table}" vm JOIN "{rg_table}" rg ON rg.id = vm.resource_group_id '
+            "WHERE vm.id = ANY(%s) ORDER BY vm.id ON CONFLICT DO NOTHING RETURNING id",
+            [*params, list(vm_ids)],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 # --- Running operations ---------------------------------------------------------------------------
 # One way to run operations, for one or for thousands: claim them (compare-and-swap), read their VMs
-# and guests set-based, simulate each guest (pure), let real time pass when the clock is real, and
-# record every outcome set-based (compare-and-swap again). The Celery task runs a batch of one; the
-# platform's rounds on a simulated clock, the fleet simulation and the demo's history run hundreds.
+# and guests set-based, simulate each guest (pure), and record every outcome set-based (compare-and-
+# swap again). When the clock is real, the simulated duration becomes due times on the row instead of
+# a sleep, and a due step (advance_operations) records the outcome then. The Celery task runs a batch
+# (hundreds of a round's operations, or a person's one); the platform's rounds on a simulated clock,
+# the fleet simulation and the demo's history run them at once.
 
 
 @dataclass(frozen=True)
@@ -639,7 +721,7 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
     with transaction.atomic():
         rows = list(
             Operation.objects.select_for_update(skip_locked=True)
-            .filter(Q(status=OperationStatus.NOT_STARTED) | _dead_runs(alive), pk__in=operation_ids)
+            .filter(Q(status=OperationStatus.NOT_STARTED) | _dead_runs(alive), pk__any=operation_ids)
             .values_list("pk", "status", "reboot_status", "vm_id")
         )
         fresh = [pk for pk, status, _, _ in rows if status == OperationStatus.NOT_STARTED]
@@ -650,31 +732,35 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
             if status == OperationStatus.IN_PROGRESS and reboot == RebootStatus.STARTED and vm_id
         ]
         # Compare-and-swap on the status as well, for SQLite, where SELECT FOR UPDATE locks nothing.
-        Operation.objects.filter(pk__in=fresh, status=OperationStatus.NOT_STARTED).update(
+        Operation.objects.filter(pk__any=fresh, status=OperationStatus.NOT_STARTED).update(
             status=OperationStatus.IN_PROGRESS, started_at=now, heartbeat_at=alive, attempts=F("attempts") + 1
         )
         if taken_over:
             log.warning("Taking over %d run(s) whose worker stopped: %s", len(taken_over), taken_over)
-            Operation.objects.filter(_dead_runs(alive), pk__in=taken_over).update(
-                heartbeat_at=alive, reboot_status=RebootStatus.UNKNOWN, attempts=F("attempts") + 1
+            Operation.objects.filter(_dead_runs(alive), pk__any=taken_over).update(
+                heartbeat_at=alive,
+                reboot_status=RebootStatus.UNKNOWN,
+                attempts=F("attempts") + 1,
+                due_at=None,
+                reboot_at=None,
             )
     if rebooting:
         # After the operations' transaction, not inside it: the lock order puts VMs before operations.
-        VirtualMachine.objects.filter(pk__in=rebooting, power_state=VirtualMachine.PowerState.STARTING).update(
+        VirtualMachine.objects.filter(pk__any=rebooting, power_state=VirtualMachine.PowerState.STARTING).update(
             power_state=VirtualMachine.PowerState.RUNNING
         )
-    return list(Operation.objects.filter(pk__in=fresh + taken_over).order_by("pk"))
+    return list(Operation.objects.filter(pk__any=fresh + taken_over).order_by("pk"))
 
 
-def release_for_retry(operation_id: int) -> None:
-    """InProgress -> NotStarted, so the retried task can claim it again.
+def release_for_retry(operation_ids: Collection[int]) -> None:
+    """InProgress -> NotStarted, so the retried task can claim them again.
 
     Marked dispatched now: the retry's own message is the hand-off. If the worker holding it dies
-    during the countdown, the dispatcher sends the operation again after PORTAL_DISPATCH_AGAIN_AFTER,
-    instead of the VM waiting for Redis' visibility timeout.
+    during the countdown, the dispatcher sends the operations again after PORTAL_DISPATCH_AGAIN_AFTER,
+    instead of the VMs waiting for Redis' visibility timeout.
     """
-    Operation.objects.filter(pk=operation_id, status=OperationStatus.IN_PROGRESS).update(
-        status=OperationStatus.NOT_STARTED, dispatched_at=timezone.now()
+    Operation.objects.filter(pk__in=list(operation_ids), status=OperationStatus.IN_PROGRESS).update(
+        status=OperationStatus.NOT_STARTED, dispatched_at=timezone.now(), due_at=None, reboot_at=None
     )
 
 
@@ -702,7 +788,7 @@ def execute_operation(
     now: datetime | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Operation | None:
-    """Run one queued operation: execute_operations for a batch of one (what the Celery task calls).
+    """Run one queued operation to its end: execute_operations for a batch of one, waiting for it.
 
     Returns the recorded operation, or None if there was nothing to run (already claimed, finished or
     gone) or it failed before the guest worked (VM deleted or stopped). AgentUnreachable if the VM
@@ -714,20 +800,54 @@ def execute_operation(
     return Operation.objects.get(pk=operation_id) if executed.recorded else None
 
 
+def run_batch(operation_ids: list[int], retries: int = 0) -> Executed:
+    """What a worker does with a batch (the Celery task): start the runs, leave their simulated time
+    to the due steps (advance_operations, scheduled on the user queue), and retry the ones whose
+    agent did not answer as one batch, with a growing countdown, up to MAX_AGENT_RETRIES times."""
+    executed = execute_operations(operation_ids, wait=False)
+    if not executed.unreachable:
+        return executed
+    ids = sorted(executed.unreachable)
+    if retries < MAX_AGENT_RETRIES:
+        release_for_retry(ids)
+        by = dict(Operation.objects.filter(pk__in=ids).values_list("pk", "started_by"))
+        try:
+            for started_by in set(by.values()):
+                group = [pk for pk in ids if by.get(pk) == started_by]
+                current_app.send_task(
+                    RUN_OPERATIONS_TASK, (group, retries + 1), countdown=2 * 2**retries, queue=queue_for(started_by)
+                )
+        except Exception as exc:  # the dispatcher sends them again (release_for_retry marked them dispatched)
+            log.warning("Could not send the retry of %d operation(s): %s", len(ids), exc)
+        return executed
+    for pk, reason in executed.unreachable.items():
+        fail_operation(
+            pk,
+            "VMAgentStatusCommunicationError",
+            f"{reason} Tried {MAX_AGENT_RETRIES + 1} times; check that the VM agent is running.",
+        )
+    return executed
+
+
 def execute_operations(
     operation_ids: list[int],
     *,
     now: datetime | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    wait: bool = True,
 ) -> Executed:
     """Run queued operations against their simulated guests and record the outcomes; safe to call twice.
 
     `now` fixes a simulated clock (the platform's rounds in a simulation, the demo's past): each run
-    ends its simulated duration after `now`. Without it the clock is real: the simulated work takes
-    PORTAL_SIM_SPEED-scaled seconds, an installation that reboots shows its VM restarting meanwhile,
-    and each recorded installation is followed by an assessment, as the real agent does. In sandbox
-    mode (vms.clock simulated) `now` None is the frozen simulated moment: the run happens then, at once,
-    and is still followed by its assessment. A handful of queries for the whole batch, whatever its size.
+    ends its simulated duration after `now`, recorded at once. Without it the clock is real: each run
+    is claimed and simulated now, and its PORTAL_SIM_SPEED-scaled duration becomes due times on its
+    row (`_park`): the due steps (advance_operations) show an installation's VM restarting, then
+    record the result and queue the assessment that follows an installation, as the real agent does.
+    `wait` False (the workers) leaves those steps to an `advance_operations` task scheduled for when
+    they fall due, so no worker waits while a guest works; `wait` True runs them here (`sleep` until
+    each is due). In sandbox mode (vms.clock simulated) `now` None is the frozen simulated moment: the
+    run happens then, at once, and is still followed by its assessment. A handful of queries for the
+    whole batch, whatever its size; the catalog is read once per batch.
     """
     follow_up = now is None
     if now is None and world_clock.is_simulated():
@@ -736,95 +856,243 @@ def execute_operations(
     operations = _claim(operation_ids, clock) if operation_ids else []
     if not operations:
         return Executed([], {})
-    vms = VirtualMachine.objects.select_related("resource_group", "guest").in_bulk(
-        [op.vm_id for op in operations if op.vm_id]
-    )
-    guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
-
-    def would_install(operation: Operation) -> set[str]:
-        vm = vms[operation.vm_id]
-        if operation.kind != OperationKind.INSTALLATION or vm.pk not in guests:
-            return set()
-        available = sim.applicable(guests[vm.pk], catalog_for(vm.product), clock)
-        fate = sim.select(available, InstallParameters.from_stored(operation.parameters).selection)
-        return {patch.kb for patch in available if fate[patch.id] == "Selected"}
-
-    running = [op for op in operations if vms.get(op.vm_id) and vms[op.vm_id].is_running]
-    injected = faults.hits(running, vms, would_install)
-    findings, unreachable = [], {}
-    for operation in operations:
-        vm = vms.get(operation.vm_id)
-        hit = injected.get(operation.pk, faults.NONE)
-        if vm is None or guest_state(vm) is None:
-            fail_operation(operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock)
-        elif not vm.is_running:
-            fail_operation(operation.pk, "VMNotRunning", _not_running(vm), clock)
-        elif hit.unreachable or not _agent_answers(operation):
-            unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer." + (
-                f" {hit.text}." if hit.unreachable else ""
+    with _catalog_once():
+        vms = {
+            vm.pk: vm
+            for vm in VirtualMachine.objects.select_related("resource_group", "guest").filter(
+                pk__any=[op.vm_id for op in operations if op.vm_id]
             )
-        elif hit.assessment_fails:
-            fail_operation(operation.pk, "AssessmentFailed", f"The assessment failed (0x80244022). {hit.text}.", clock)
-        else:
-            findings.append(_simulate(operation, vm, guests[vm.pk], clock, hit.guest))
+        }
+        guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
+
+        def would_install(operation: Operation) -> set[str]:
+            vm = vms[operation.vm_id]
+            if operation.kind != OperationKind.INSTALLATION or vm.pk not in guests:
+                return set()
+            available = sim.applicable(guests[vm.pk], catalog_for(vm.product), clock)
+            fate = sim.select(available, InstallParameters.from_stored(operation.parameters).selection)
+            return {patch.kb for patch in available if fate[patch.id] == "Selected"}
+
+        running = [op for op in operations if vms.get(op.vm_id) and vms[op.vm_id].is_running]
+        injected = faults.hits(running, vms, would_install)
+        findings, unreachable, plans = [], {}, {}
+        for operation in operations:
+            vm = vms.get(operation.vm_id)
+            hit = injected.get(operation.pk, faults.NONE)
+            if vm is None or guest_state(vm) is None:
+                fail_operation(
+                    operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock
+                )
+            elif not vm.is_running:
+                fail_operation(operation.pk, "VMNotRunning", _not_running(vm), clock)
+            elif hit.unreachable or not _agent_answers(operation):
+                unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer." + (
+                    f" {hit.text}." if hit.unreachable else ""
+                )
+            elif hit.assessment_fails:
+                fail_operation(
+                    operation.pk, "AssessmentFailed", f"The assessment failed (0x80244022). {hit.text}.", clock
+                )
+            else:
+                findings.append(_simulate(operation, vm, guests[vm.pk], clock, hit.guest))
+                plans[operation.pk] = hit.guest
+    if now is None and settings.PORTAL_SIM_SPEED and findings:
+        parked = _park(findings, plans)
+        if not wait:
+            schedule_advance(parked)
+            return Executed([], unreachable)
+        recorded = []
+        while parked:
+            due = _next_due(parked)
+            if due is None:
+                break
+            delay = (due - timezone.now()).total_seconds()
+            if delay > 0:
+                sleep(delay)
+            recorded += advance_operations(parked)
+        return Executed(recorded, unreachable)
     if now is None:
-        findings = _in_real_time(findings, _with_heartbeat([f.operation_id for f in findings], sleep))
+        finished = world_clock.now()
+        findings = [dataclasses.replace(f, finished=finished) for f in findings]
     recorded = record_findings(findings)
     if follow_up:
-        # What is left to install changed: refresh the compliance view, as the real agent does.
-        installed_on = [f.vm for f in findings if f.outcome is not None and f.operation_id in recorded]
-        queue_operations(installed_on, OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
+        _follow_up([f for f in findings if f.outcome is not None and f.operation_id in recorded])
     return Executed(recorded, unreachable)
 
 
-def _with_heartbeat(operation_ids: list[int], sleep: Callable[[float], None]) -> Callable[[float], None]:
-    """`sleep`, in slices of PORTAL_HEARTBEAT_SECONDS, refreshing the runs' heartbeat after each."""
-
-    def sleep_alive(seconds: float) -> None:
-        while seconds > 0:
-            slice_ = min(seconds, settings.PORTAL_HEARTBEAT_SECONDS)
-            sleep(slice_)
-            seconds -= slice_
-            Operation.objects.filter(pk__in=operation_ids, status=OperationStatus.IN_PROGRESS).update(
-                heartbeat_at=timezone.now()
-            )
-
-    return sleep_alive
+def _follow_up(installed: list["Finding"]) -> None:
+    """What is left to install changed: refresh the compliance view, as the real agent does."""
+    if installed:
+        queue_operations([f.vm for f in installed], OperationKind.ASSESSMENT, started_by=StartedBy.PLATFORM)
 
 
-def _in_real_time(findings: list["Finding"], sleep: Callable[[float], None]) -> list["Finding"]:
-    """Let the simulated work take its (PORTAL_SIM_SPEED-scaled) time; the runs end now.
+@contextmanager
+def _catalog_once():
+    """fixed_catalog() for one batch, unless the caller already holds one (the simulation)."""
+    if fixed_catalogs() is not None:
+        yield
+        return
+    with fixed_catalog():
+        yield
 
-    The guests of a batch work side by side, so the batch takes as long as its longest run. A VM that
-    reboots is shown restarting meanwhile; both steps are compare-and-swap: a run failed as stale
-    meanwhile, or a VM stopped by its owner, is left as it is.
-    """
+
+# --- Simulated time, scheduled ----------------------------------------------------------------------
+
+
+def _park(findings: list["Finding"], plans: dict[int, sim.Injected]) -> list[int]:
+    """Give each claimed run its due times (real time, PORTAL_SIM_SPEED-scaled from its simulated
+    duration) in one UPDATE; the run's heartbeat is its due time. Returns the ids parked."""
     speed = settings.PORTAL_SIM_SPEED
-    if speed and findings:
-        rebooting = [f for f in findings if f.outcome is not None and f.outcome.reboot_status == "Completed"]
-        work = [
-            sim.ASSESSMENT_SECONDS
-            if f.outcome is None
-            else f.outcome.simulated_seconds - (sim.REBOOT_SECONDS if f in rebooting else 0)
-            for f in findings
-        ]
-        sleep(max(work) / speed)
+    start = timezone.now()  # one instant for the batch: runs of the same length fall due together
+    rows = []
+    for f in findings:
+        work = sim.ASSESSMENT_SECONDS if f.outcome is None else f.outcome.simulated_seconds
+        due = start + timedelta(seconds=work / speed)
+        reboot_at = None
+        if f.outcome is not None and f.outcome.reboot_status == RebootStatus.COMPLETED:
+            reboot_at = start + timedelta(seconds=max(0, work - sim.REBOOT_SECONDS) / speed)
+        plan = plans.get(f.operation_id, sim.NO_FAULTS)
+        rows.append((f.operation_id, due, reboot_at, due, _plan_json(plan), f.attempt))
+    bulk.update_rows(
+        Operation,
+        "id",
+        ("due_at", "reboot_at", "heartbeat_at", "plan", "attempts"),
+        rows,
+        assign={"attempts": "t.attempts"},
+        where=f"t.status = '{OperationStatus.IN_PROGRESS}' AND t.attempts = v.attempts",
+    )
+    return [f.operation_id for f in findings]
+
+
+def _plan_json(injected: sim.Injected) -> dict:
+    if injected == sim.NO_FAULTS:
+        return {}
+    return {
+        "failing_kbs": sorted(injected.failing_kbs),
+        "every_kb_fails": injected.every_kb_fails,
+        "slowdown": injected.slowdown,
+        "reboot_hangs": injected.reboot_hangs,
+    }
+
+
+def _plan_of(plan: dict) -> sim.Injected:
+    if not plan:
+        return sim.NO_FAULTS
+    return sim.Injected(
+        failing_kbs=frozenset(plan["failing_kbs"]),
+        every_kb_fails=plan["every_kb_fails"],
+        slowdown=plan["slowdown"],
+        reboot_hangs=plan["reboot_hangs"],
+    )
+
+
+def _next_due(operation_ids: list[int]) -> datetime | None:
+    """When the next due step of these runs is (None: none of them is parked any more)."""
+    times = Operation.objects.filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS).aggregate(
+        due=Min("due_at"), reboot=Min("reboot_at")
+    )
+    found = [t for t in times.values() if t is not None]
+    return min(found) if found else None
+
+
+def schedule_advance(operation_ids: list[int], at: datetime | None = None) -> None:
+    """Send the due step of these runs for when it falls due (a Celery eta on the user queue: due steps
+    are short and late if they wait behind a round). Never raises: a lost step is recovered like a
+    dead worker (the run's heartbeat is its due time, then the dispatcher re-sends and it is taken over)."""
+    if not operation_ids:
+        return
+    at = at or _next_due(operation_ids)
+    if at is None:
+        return
+    try:
+        current_app.send_task(ADVANCE_OPERATIONS_TASK, (list(operation_ids),), eta=at, queue=settings.USER_QUEUE)
+    except Exception as exc:
+        log.warning(
+            "Could not schedule the due step of %d run(s) (%s); they will be taken over", len(operation_ids), exc
+        )
+
+
+def advance_operations(operation_ids: list[int], now: datetime | None = None) -> list[int]:
+    """The due steps of parked runs, set-based: start the reboots that fell due (the VM "starting", the
+    run's reboot Started), then finish the runs that fell due: each is taken exactly once (its due time
+    cleared under a row lock: compare-and-swap), its guest simulated again from the claim's moment and
+    its faults (deterministic: the same outcome as when it was parked) and recorded by record_findings
+    (which checks the claim); an installation is followed by its assessment. Returns the ids recorded.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        rebooting = list(
+            Operation.objects.filter(
+                pk__any=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now
+            ).values_list("vm_id", flat=True)
+        )
         if rebooting:
-            with transaction.atomic():
-                lock_vms(f.vm.pk for f in rebooting)  # the lock order: VMs before their operations
-                still_running = set(
-                    Operation.objects.filter(
-                        pk__in=[f.operation_id for f in rebooting], status=OperationStatus.IN_PROGRESS
-                    ).values_list("pk", flat=True)
-                )
-                Operation.objects.filter(pk__in=still_running).update(reboot_status=RebootStatus.STARTED)
-                VirtualMachine.objects.filter(
-                    pk__in=[f.vm.pk for f in rebooting if f.operation_id in still_running],
-                    power_state=VirtualMachine.PowerState.RUNNING,
-                ).update(power_state=VirtualMachine.PowerState.STARTING)
-            sleep(sim.REBOOT_SECONDS / speed)
-    finished = world_clock.now()
-    return [dataclasses.replace(f, finished=finished) for f in findings]
+            lock_vm_ids(pk for pk in rebooting if pk)  # the lock order: VMs before their operations
+            started = list(
+                Operation.objects.select_for_update()
+                .filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now)
+                .order_by("pk")
+                .values_list("pk", "vm_id")
+            )
+            Operation.objects.filter(pk__any=[pk for pk, _ in started]).update(
+                reboot_status=RebootStatus.STARTED, reboot_at=None
+            )
+            VirtualMachine.objects.filter(
+                pk__any=[vm for _, vm in started if vm], power_state=VirtualMachine.PowerState.RUNNING
+            ).update(power_state=VirtualMachine.PowerState.STARTING)
+    due = _take_due(operation_ids, now)
+    if not due:
+        return []
+    operations = list(Operation.objects.filter(pk__any=due).order_by("pk"))
+    with _catalog_once():
+        vms = {
+            vm.pk: vm
+            for vm in VirtualMachine.objects.select_related("resource_group", "guest").filter(
+                pk__any=[op.vm_id for op in operations if op.vm_id]
+            )
+        }
+        guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
+        finished = world_clock.now()
+        findings = []
+        for operation in operations:
+            vm = vms.get(operation.vm_id)
+            if vm is None or vm.pk not in guests:
+                fail_operation(operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.")
+                continue
+            found = _simulate(operation, vm, guests[vm.pk], operation.started_at, _plan_of(operation.plan))
+            findings.append(dataclasses.replace(found, finished=finished))
+        recorded = record_findings(findings)
+    _follow_up([f for f in findings if f.outcome is not None and f.operation_id in recorded])
+    return recorded
+
+
+def _take_due(operation_ids: list[int], now: datetime) -> list[int]:
+    """The parked runs that fell due, each taken by one caller only (its due time cleared; its
+    heartbeat now, so a caller that dies before recording leaves a run the dispatcher takes over)."""
+    due = Operation.objects.filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS, due_at__lte=now)
+    alive = timezone.now()
+    if connection.vendor != "postgresql":  # SQLite locks no rows: one compare-and-swap per run
+        return [
+            pk
+            for pk in due.values_list("pk", flat=True)
+            if Operation.objects.filter(pk=pk, due_at__isnull=False).update(due_at=None, heartbeat_at=alive)
+        ]
+    with transaction.atomic():
+        taken = list(due.select_for_update(skip_locked=True).order_by("pk").values_list("pk", flat=True))
+        Operation.objects.filter(pk__any=taken).update(due_at=None, heartbeat_at=alive)
+    return taken
+
+
+def advance_and_reschedule(operation_ids: list[int]) -> list[int]:
+    """The due-step task: the steps due now, then the next one scheduled for the runs still parked."""
+    recorded = advance_operations(operation_ids)
+    waiting = list(
+        Operation.objects.filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS)
+        .filter(Q(due_at__isnull=False) | Q(reboot_at__isnull=False))
+        .values_list("pk", flat=True)
+    )
+    schedule_advance(waiting)
+    return recorded
 
 
 def _not_running(vm: VirtualMachine) -> str:
@@ -877,188 +1145,228 @@ def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, availab
     )
 
 
+OPERATION_ASSESSED = ("status", "finished_at", "critical_security_count", "other_count", "reboot_pending")
+OPERATION_INSTALLED = (
+    "status",
+    "finished_at",
+    "installed_count",
+    "failed_count",
+    "pending_count",
+    "excluded_count",
+    "not_selected_count",
+    "reboot_status",
+    "reboot_pending",
+    "maintenance_window_exceeded",
+    "error_code",
+    "error_message",
+)
+GUEST_ASSESSED = (
+    "assessed_at",
+    "critical_security_count",
+    "other_count",
+    "hotpatch_status",
+    "hotpatch_status_reason",
+    "last_assessment_id",
+    "missing_by_classification",
+    "oldest_critical_security_at",
+)
+GUEST_INSTALLED = (
+    "build",
+    "baseline_id",
+    "reboot_pending",
+    "last_boot_at",
+    "last_installation_id",
+    "missing_by_classification",
+    "oldest_critical_security_at",
+    "counted_year",
+    "installs_without_reboot",
+    "reboots_avoided",
+)
+# An installation without a reboot counts towards this year's figures (FleetSummaries): v.counted_year
+# is that year (NULL: not counted), v.installs_without_reboot 1, v.reboots_avoided 1 for a hotpatch.
+_COUNTED = "v.counted_year IS NOT NULL AND t.counted_year = v.counted_year"
+GUEST_INSTALLED_ASSIGN = {
+    "last_boot_at": "COALESCE(v.last_boot_at, t.last_boot_at)",
+    "counted_year": "COALESCE(v.counted_year, t.counted_year)",
+    "installs_without_reboot": (
+        "CASE WHEN v.counted_year IS NULL THEN t.installs_without_reboot "
+        f"WHEN {_COUNTED} THEN t.installs_without_reboot + 1 ELSE 1 END"
+    ),
+    "reboots_avoided": (
+        "CASE WHEN v.counted_year IS NULL THEN t.reboots_avoided "
+        f"WHEN {_COUNTED} THEN t.reboots_avoided + v.reboots_avoided ELSE v.reboots_avoided END"
+    ),
+}
+
+
 def record_findings(findings: list[Finding]) -> list[int]:
     """Write finished runs, set-based: the operations, per-patch rows, installed updates, guest states.
 
     Compare-and-swap: only operations still in progress under the same claim are written (one failed
     as stale meanwhile stays failed; one taken over from this worker is its successor's); a VM
-    deleted while its guest worked fails its operation instead. Rows that change
-    the same way are written by one UPDATE (a round's installations mostly end alike). Returns the
-    ids of the operations recorded.
+    deleted while its guest worked fails its operation instead. Each table is written by one
+    statement per kind of run for the whole batch (patching.bulk: UPDATE … FROM unnest, COPY), so a
+    batch of thousands costs a handful of round trips. Returns the ids of the operations recorded.
     """
     if not findings:
         return []
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Not waiting for the WAL flush: a result lost in a database crash leaves its run in
+            # progress with a heartbeat, which is then taken over and run again (nothing is half-written).
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
         # The lock order (lock_vms): VMs, then guest states, then operations, each set by pk.
-        lock_vms(f.vm.pk for f in findings)
-        states = {
-            state.pk: state
-            for state in GuestState.objects.select_for_update()
-            .filter(pk__in=[f.vm.pk for f in findings])
+        lock_vm_ids(f.vm.pk for f in findings)
+        locked = set(
+            GuestState.objects.select_for_update()
+            .filter(pk__any=[f.vm.pk for f in findings])
             .order_by("pk")
-        }
+            .values_list("pk", flat=True)
+        )
         # Still in progress under the same claim: a run taken over from this worker is its successor's.
         claims = dict(
             Operation.objects.select_for_update()
-            .filter(pk__in=[f.operation_id for f in findings], status=OperationStatus.IN_PROGRESS)
+            .filter(pk__any=[f.operation_id for f in findings], status=OperationStatus.IN_PROGRESS)
             .order_by("pk")
             .values_list("pk", "attempts")
         )
         live = {
             f.operation_id for f in findings if f.operation_id in claims and f.attempt in (None, claims[f.operation_id])
         }
-        operations: dict[tuple, list[int]] = defaultdict(list)
-        guests: dict[tuple, list[int]] = defaultdict(list)
+        assessed_ops, installed_ops, assessed_guests, installed_guests = [], [], [], []
         results, installs, rebooted, hung, recorded = [], [], [], [], []
         summaries = FleetSummaries()
         for f in findings:
             if f.operation_id not in live:
                 continue
-            state = states.get(f.vm.pk)
+            state = guest_state(f.vm) if f.vm.pk in locked else None
             if state is None:  # the VM was deleted while the guest worked
                 _fail_deleted(f.operation_id, f.vm.name, f.finished)
                 continue
             recorded.append(f.operation_id)
+            summary = summaries.add(f)
             if f.outcome is None:
                 critical = sum(1 for p in f.available if p.is_critical_or_security)
-                changes = {
-                    "status": OperationStatus.SUCCEEDED,
-                    "finished_at": f.finished,
-                    "critical_security_count": critical,
-                    "other_count": len(f.available) - critical,
-                    "reboot_pending": f.guest.reboot_pending,
-                }
-                operations[tuple(changes.items())].append(f.operation_id)
-                results += [
-                    PatchResult(operation_id=f.operation_id, update_id=p.id, state=PatchState.AVAILABLE)
-                    for p in f.available
-                ]
+                other = len(f.available) - critical
+                assessed_ops.append(
+                    (f.operation_id, OperationStatus.SUCCEEDED, f.finished, critical, other, f.guest.reboot_pending)
+                )
+                results += [(f.operation_id, p.id, PatchState.AVAILABLE, "") for p in f.available]
                 state.assessed_at = f.finished
                 verdict = hotpatch_verdict(f.vm, state, f.guest, f.catalog, f.finished)
-                changes = {
-                    "assessed_at": f.finished,
-                    "critical_security_count": critical,
-                    "other_count": len(f.available) - critical,
-                    "hotpatch_status": verdict.status,
-                    "hotpatch_status_reason": verdict.reason,
-                }
-                guests[(OperationKind.ASSESSMENT, tuple(changes.items()))].append(f.vm.pk)
+                assessed_guests.append(
+                    (f.vm.pk, f.finished, critical, other, verdict.status, verdict.reason, f.operation_id, *summary)
+                )
                 continue
             outcome = f.outcome
-            changes = {
-                "status": outcome.status,
-                "finished_at": f.finished,
-                "installed_count": outcome.counts["Installed"],
-                "failed_count": outcome.counts["Failed"],
-                "pending_count": outcome.counts["Pending"],
-                "excluded_count": outcome.counts["Excluded"],
-                "not_selected_count": outcome.counts["NotSelected"],
-                "reboot_status": outcome.reboot_status,
-                "reboot_pending": outcome.reboot_pending,
-                "maintenance_window_exceeded": outcome.maintenance_window_exceeded,
-                "error_code": _install_error(outcome),
-                "error_message": " ".join(
-                    [*outcome.errors.values(), *([HUNG_IN_REBOOT] if outcome.reboot_status == "Failed" else [])]
-                ),
-            }
-            operations[tuple(changes.items())].append(f.operation_id)
-            results += [
-                PatchResult(
-                    operation_id=f.operation_id,
-                    update_id=p.id,
-                    state=outcome.states[p.id],
-                    error=outcome.errors.get(p.id, ""),
+            error = " ".join(
+                [*outcome.errors.values(), *([HUNG_IN_REBOOT] if outcome.reboot_status == "Failed" else [])]
+            )
+            installed_ops.append(
+                (
+                    f.operation_id,
+                    outcome.status,
+                    f.finished,
+                    outcome.counts["Installed"],
+                    outcome.counts["Failed"],
+                    outcome.counts["Pending"],
+                    outcome.counts["Excluded"],
+                    outcome.counts["NotSelected"],
+                    outcome.reboot_status,
+                    outcome.reboot_pending,
+                    outcome.maintenance_window_exceeded,
+                    _install_error(outcome),
+                    error,
                 )
-                for p in f.available
-            ]
-            installs += [
-                InstalledUpdate(guest=state, update_id=p.id, installed_at=f.finished) for p in outcome.installed
-            ]
-            changes = {
-                "build": outcome.build,
-                "baseline_id": outcome.baseline_id,
-                "reboot_pending": outcome.reboot_pending,
-            }
+            )
+            results += [(f.operation_id, p.id, outcome.states[p.id], outcome.errors.get(p.id, "")) for p in f.available]
+            installs += [(state.pk, p.id, f.finished) for p in outcome.installed]
+            booted = None
             if outcome.reboot_status == "Completed":
-                changes["last_boot_at"] = f.finished
+                booted = f.finished
                 rebooted.append(f.vm.pk)
             elif outcome.reboot_status == "Failed":
                 hung.append(f.vm.pk)
-            guests[(OperationKind.INSTALLATION, tuple(changes.items()))].append(f.vm.pk)
-        done = set(recorded)
-        for f in findings:
-            if f.operation_id in done:
-                summaries.add(f)
-        for changes, ids in operations.items():
-            Operation.objects.filter(pk__in=ids).update(**dict(changes))
-        PatchResult.objects.bulk_create(results, batch_size=2000)
-        InstalledUpdate.objects.bulk_create(installs, batch_size=2000, ignore_conflicts=True)
-        for (kind, changes), vm_ids in guests.items():
-            # Each guest points at its own operation of this batch.
-            own = Operation.objects.filter(pk__in=recorded, kind=kind, vm_id=OuterRef("pk")).values("pk")[:1]
-            pointer = "last_assessment_id" if kind == OperationKind.ASSESSMENT else "last_installation_id"
-            GuestState.objects.filter(pk__in=vm_ids).update(**dict(changes), **{pointer: Subquery(own)})
+            year, hotpatched = summaries.counted(f)
+            installed_guests.append(
+                (
+                    f.vm.pk,
+                    outcome.build,
+                    outcome.baseline_id,
+                    outcome.reboot_pending,
+                    booted,
+                    f.operation_id,
+                    *summary,
+                    year,
+                    1,
+                    int(hotpatched),
+                )
+            )
+        bulk.update_rows(Operation, "id", OPERATION_ASSESSED, assessed_ops)
+        bulk.update_rows(Operation, "id", OPERATION_INSTALLED, installed_ops)
+        bulk.copy_rows(PatchResult, ("operation_id", "update_id", "state", "error"), results)
+        bulk.insert_new_rows(InstalledUpdate, ("guest_id", "update_id", "installed_at"), installs)
+        bulk.update_rows(GuestState, "vm_id", GUEST_INSTALLED, installed_guests, assign=GUEST_INSTALLED_ASSIGN)
+        bulk.update_rows(GuestState, "vm_id", GUEST_ASSESSED, assessed_guests)
         summaries.write()
         if rebooted:
-            VirtualMachine.objects.filter(pk__in=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
+            VirtualMachine.objects.filter(pk__any=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
                 power_state=VirtualMachine.PowerState.RUNNING
             )
         if hung:  # an injected hang: the VM stays "starting" until someone starts it again
-            VirtualMachine.objects.filter(pk__in=hung).update(power_state=VirtualMachine.PowerState.STARTING)
+            VirtualMachine.objects.filter(pk__any=hung).update(power_state=VirtualMachine.PowerState.STARTING)
     return recorded
 
 
 class FleetSummaries:
-    """What the fleet pages count, per recorded VM, written set-based: what it still misses after its
-    run (what applied, less what it installed): its MissingUpdate rows replaced, its counts per
-    classification and oldest outstanding Critical/Security publish date (one UPDATE per distinct
-    summary); and this year's installations without a reboot, and with a hotpatch (reboots avoided)."""
+    """What the fleet pages count, per recorded VM: what it still misses after its run (what applied,
+    less what it installed): its MissingUpdate rows replaced (one DELETE, one COPY), its counts per
+    classification and oldest outstanding Critical/Security publish date (`add`, written with the
+    guest state by record_findings); and this year's installations without a reboot, and with a
+    hotpatch (reboots avoided: `counted`)."""
 
     def __init__(self):
-        self.rows: list[MissingUpdate] = []
-        self.by_summary: dict[tuple, list[int]] = defaultdict(list)
-        self.without_reboot: dict[tuple, list[int]] = defaultdict(list)
+        self.missing: dict[tuple[int, int], bool] = {}
+        self.vm_ids: list[int] = []
         self.assessed: list[int] = []
 
-    def add(self, finding: "Finding") -> None:
+    def add(self, finding: "Finding") -> tuple[dict, datetime | None]:
+        """Note the VM's missing updates; returns its (missing_by_classification, oldest_critical_security_at)."""
         outcome = finding.outcome
         installed = {p.id for p in outcome.installed} if outcome else set()
         missing = [p for p in finding.available if p.id not in installed]
         failed = {p for p, state in outcome.states.items() if state == PatchState.FAILED} if outcome else set()
-        self.rows += [MissingUpdate(guest_id=finding.vm.pk, update_id=p.id, failed=p.id in failed) for p in missing]
+        self.vm_ids.append(finding.vm.pk)
+        for p in missing:
+            key = (finding.vm.pk, p.id)
+            self.missing[key] = self.missing.get(key, False) or p.id in failed
         if not outcome:
             self.assessed.append(finding.vm.pk)
         counts = Counter(p.classification for p in missing)
         oldest = min((p.published_at for p in missing if p.is_critical_or_security), default=None)
-        self.by_summary[(tuple(sorted(counts.items())), oldest)].append(finding.vm.pk)
-        if outcome and installed and outcome.status != OperationStatus.FAILED:
+        return dict(sorted(counts.items())), oldest
+
+    @staticmethod
+    def counted(finding: "Finding") -> tuple[int | None, bool]:
+        """(the year it counts in, hotpatched) for an installation without a reboot; (None, False) otherwise."""
+        outcome = finding.outcome
+        if outcome and outcome.installed and outcome.status != OperationStatus.FAILED:
             if outcome.reboot_status == RebootStatus.NOT_NEEDED:
-                hotpatched = any(p.kind == UpdateKind.HOTPATCH for p in outcome.installed)
-                self.without_reboot[(finding.finished.year, hotpatched)].append(finding.vm.pk)
+                return finding.finished.year, any(p.kind == UpdateKind.HOTPATCH for p in outcome.installed)
+        return None, False
 
     def write(self) -> None:
-        vm_ids = [pk for pks in self.by_summary.values() for pk in pks]
         # An assessment does not know what the last installation failed: it keeps that for what is still missing.
         failed_before = set(
-            MissingUpdate.objects.filter(guest_id__in=self.assessed, failed=True).values_list("guest_id", "update_id")
+            MissingUpdate.objects.filter(guest_id__any=self.assessed, failed=True).values_list("guest_id", "update_id")
         )
-        for row in self.rows:
-            row.failed = row.failed or (row.guest_id, row.update_id) in failed_before
-        MissingUpdate.objects.filter(guest_id__in=vm_ids).delete()
-        MissingUpdate.objects.bulk_create(self.rows, batch_size=2000, ignore_conflicts=True)
-        for (counts, oldest), pks in self.by_summary.items():
-            GuestState.objects.filter(pk__in=pks).update(
-                missing_by_classification=dict(counts), oldest_critical_security_at=oldest
-            )
-        for (year, hotpatched), pks in self.without_reboot.items():
-            this_year = Q(counted_year=year)
-            GuestState.objects.filter(pk__in=pks).update(
-                installs_without_reboot=Case(When(this_year, then=F("installs_without_reboot") + 1), default=1),
-                reboots_avoided=Case(
-                    When(this_year, then=F("reboots_avoided") + int(hotpatched)), default=int(hotpatched)
-                ),
-                counted_year=year,
-            )
+        MissingUpdate.objects.filter(guest_id__any=self.vm_ids).delete()
+        bulk.copy_rows(
+            MissingUpdate,
+            ("guest_id", "update_id", "failed"),
+            [(vm, update, failed or (vm, update) in failed_before) for (vm, update), failed in self.missing.items()],
+        )
 
 
 HUNG_IN_REBOOT = f"The VM hung while restarting; start it again. {sim.INJECTED} (sandbox)."

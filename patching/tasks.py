@@ -9,23 +9,24 @@ from .orchestrator import engine
 
 log = logging.getLogger(__name__)
 
-MAX_AGENT_RETRIES = 3
+
+@shared_task(name=services.RUN_OPERATIONS_TASK, acks_late=True)
+def run_operations(operation_ids: list[int], retries: int = 0) -> int:
+    """Start a batch of queued operations (their simulated time is left to advance_operations). Safe to
+    receive twice: the claim is compare-and-swap. Agent retries come back as `retries` + 1."""
+    return len(services.run_batch(operation_ids, retries).unreachable)
 
 
-@shared_task(name=services.RUN_OPERATION_TASK, bind=True, acks_late=True, max_retries=MAX_AGENT_RETRIES)
-def run_operation(self, operation_id: int) -> None:
-    """Run a queued assessment or installation. Safe to receive twice: the claim is compare-and-swap."""
-    try:
-        services.execute_operation(operation_id)
-    except services.AgentUnreachable as exc:
-        if self.request.retries < self.max_retries:
-            services.release_for_retry(operation_id)
-            raise self.retry(exc=exc, countdown=2 * 2**self.request.retries) from exc
-        services.fail_operation(
-            operation_id,
-            "VMAgentStatusCommunicationError",
-            f"{exc} Tried {self.max_retries + 1} times; check that the VM agent is running.",
-        )
+@shared_task(acks_late=True)
+def run_operation(operation_id: int) -> None:
+    """A batch of one (messages sent by an earlier version of the portal)."""
+    services.run_batch([operation_id])
+
+
+@shared_task(name=services.ADVANCE_OPERATIONS_TASK, acks_late=True)
+def advance_operations(operation_ids: list[int]) -> int:
+    """The due steps of parked runs (reboot started, finished), sent for when they fall due."""
+    return len(services.advance_and_reschedule(operation_ids))
 
 
 @shared_task

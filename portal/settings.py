@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 from portal import var
 
@@ -253,6 +254,25 @@ if REDIS_URL:
         "socket_connect_timeout": 2,
         "max_retries": 0,  # a publish tries the connection once (kombu reads this in default_channel)
     }
+# People first: what a person starts (Assess now, Install now, the admin's actions) and the due steps
+# of runs in progress (services.advance_operations: short, and late if they waited) go to the "user"
+# queue; the platform's rounds (periodic assessment, automatic patching, maintenance windows) and the
+# beat's housekeeping to "platform". Every worker consumes both, the user queue first (Redis:
+# queue_order_strategy "priority"), so an Assess now waits for at most the batch at hand.
+USER_QUEUE, PLATFORM_QUEUE = "user", "platform"
+CELERY_TASK_QUEUES = [
+    Queue(name, Exchange(name), routing_key=name) for name in (USER_QUEUE, PLATFORM_QUEUE)
+]  # in the order a worker takes them
+CELERY_TASK_DEFAULT_QUEUE = PLATFORM_QUEUE
+if REDIS_URL:
+    CELERY_BROKER_TRANSPORT_OPTIONS["queue_order_strategy"] = "priority"
+# Workers keep their database connection across tasks on purpose: Celery's Django fixup otherwise
+# closes it around every task, and a fresh PostgreSQL connection per batch costs more than a small
+# batch's work (a broken one is still replaced: CONN_HEALTH_CHECKS).
+CELERY_DB_REUSE_MAX = envint("CELERY_DB_REUSE_MAX", "1000")
+# How many operations one task message carries: a platform round's operations go to the workers in
+# batches of this size (services.send_to_workers), each run set-based by services.execute_operations.
+PORTAL_EXECUTION_BATCH = envint("PORTAL_EXECUTION_BATCH", "500")
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE = {
     # The outbox: committed operations that were not handed to a worker (broker down) are re-sent.

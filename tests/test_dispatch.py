@@ -29,6 +29,8 @@ class Broker:
 
     def __init__(self, monkeypatch):
         self.sent: list[int] = []
+        self.messages: list[tuple[list[int], str]] = []  # (batch, queue) per message
+        self.advances: list[tuple[list[int], dict]] = []
         self.down = False
         self._lock = threading.Lock()
         monkeypatch.setattr(services.current_app, "send_task", self.send_task)
@@ -36,9 +38,13 @@ class Broker:
     def send_task(self, name, args=(), **options):
         if self.down:
             raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        assert name == services.RUN_OPERATION_TASK
+        if name == services.ADVANCE_OPERATIONS_TASK:  # a due step (scheduled, not a hand-off)
+            self.advances.append((list(args[0]), options))
+            return
+        assert name == services.RUN_OPERATIONS_TASK
         with self._lock:
-            self.sent.append(args[0])
+            self.sent.extend(args[0])
+            self.messages.append((list(args[0]), options.get("queue")))
 
 
 @pytest.fixture
@@ -183,7 +189,7 @@ def test_two_concurrent_dispatch_rounds_send_each_operation_once(broker):
 def test_a_retry_countdown_is_left_alone_then_resent_if_its_worker_died(broker, settings):
     vm = make_vm()
     operation = running(vm, heartbeat_ago=timedelta(seconds=1))
-    services.release_for_retry(operation.pk)  # the task's retry message is on its way, with a countdown
+    services.release_for_retry([operation.pk])  # the task's retry message is on its way, with a countdown
     assert services.dispatch_queued() == 0
 
     later = timezone.now() + settings.PORTAL_DISPATCH_AGAIN_AFTER + timedelta(seconds=1)
@@ -262,19 +268,28 @@ def test_a_run_that_keeps_losing_its_worker_is_failed_and_its_vm_runs(broker, se
 
 
 @pytest.mark.django_db
-def test_a_running_operation_refreshes_its_heartbeat_while_the_guest_works(catalog, settings):
-    settings.PORTAL_SIM_SPEED = 1  # an assessment takes its full simulated time, in sleeps we record
-    settings.PORTAL_HEARTBEAT_SECONDS = 10
+def test_a_run_waiting_for_its_due_time_is_alive_until_then_and_taken_over_if_its_due_step_is_lost(
+    catalog, settings, monkeypatch
+):
+    settings.PORTAL_SIM_SPEED = 1  # an assessment is due 90 s after its claim
+    monkeypatch.setattr(services, "schedule_advance", lambda ids, at=None: None)  # the due step is lost
     vm = make_vm()
     operation, _ = services.start_operation(vm, OperationKind.ASSESSMENT, enqueue=False)
-    beats = []
 
-    def sleep(seconds):
-        assert seconds <= 10
-        beats.append(Operation.objects.get(pk=operation.pk).heartbeat_at)
+    assert services.run_batch([operation.pk]).recorded == []  # the worker is free at once
+    parked = Operation.objects.get(pk=operation.pk)
+    assert parked.status == OperationStatus.IN_PROGRESS and parked.heartbeat_at == parked.due_at
+    assert timedelta(seconds=89) < parked.due_at - parked.started_at < timedelta(seconds=91)
+    assert services.dispatch_queued() == 0  # no worker holds it, yet it is not dead: it waits
 
-    services.execute_operation(operation.pk, sleep=sleep)
-    assert len(beats) >= 2 and beats == sorted(beats) and beats[-1] > beats[0]
+    later = parked.due_at + settings.PORTAL_HEARTBEAT_TIMEOUT + timedelta(seconds=1)
+    assert services.dispatch_queued(now=later) == 1  # its due step never came: sent again, taken over
+    assert services.execute_operation(operation.pk) is None  # before then, a copy finds nothing to claim
+    # Then (its heartbeat, the due time, long past) a worker takes it over and runs it again.
+    Operation.objects.filter(pk=operation.pk).update(heartbeat_at=timezone.now() - (later - parked.due_at))
+    settings.PORTAL_SIM_SPEED = 0
+    resumed = services.execute_operation(operation.pk)
+    assert resumed.status == OperationStatus.SUCCEEDED and resumed.attempts == 2 and resumed.due_at is None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -17,7 +17,7 @@ from patching.models import (
     Update,
 )
 from patching.parameters import InstallParameters, InvalidParameters, from_arm
-from patching.tasks import fail_stale_operations, run_operation
+from patching.tasks import fail_stale_operations, run_operation, run_operations
 from tests.factories import make_vm
 from vms.models import VirtualMachine
 from vms.patch_settings import PatchSettings
@@ -250,11 +250,19 @@ def test_history_is_kept_for_the_retention_period_then_pruned(settings):
     assert Operation.objects.filter(pk=recent.pk).exists() and recent.results.exists()
 
 
-def test_an_unreachable_agent_is_retried_then_failed(settings):
+def test_an_unreachable_agent_is_retried_then_failed(settings, monkeypatch):
     settings.PORTAL_AGENT_UNREACHABLE_RATE = 1.0
     vm = make_vm()
     operation, _ = services.start_operation(vm, OperationKind.ASSESSMENT, enqueue=False)
-    run_operation.apply(args=[operation.pk])
+    retries = []  # the retry messages: the batch of the unreachable ones, with a growing countdown
+    monkeypatch.setattr(
+        services.current_app, "send_task", lambda name, args, **options: retries.append((args, options["countdown"]))
+    )
+    run_operations.apply(args=[[operation.pk]])
+    for _ in range(services.MAX_AGENT_RETRIES):
+        (ids, attempt), _ = retries[-1]
+        run_operations.apply(args=[ids, attempt])
+    assert [countdown for _, countdown in retries] == [2, 4, 8]
     operation.refresh_from_db()
     assert operation.status == OperationStatus.FAILED
     assert operation.error_code == "VMAgentStatusCommunicationError"

@@ -108,7 +108,7 @@ def test_hotpatch_goes_in_without_a_reboot_and_dotnet_waits_for_the_baseline_mon
 
 def test_two_rounds_at_once_start_nothing_twice(transactional_db, monkeypatch):
     # Committed for real: keep the queued installations from reaching a live worker of another test.
-    monkeypatch.setattr("patching.services.send_to_workers", lambda ids: None)
+    monkeypatch.setattr("patching.services.send_to_workers", lambda *args: None)
     load_catalog()
     rg = make_resource_group(make_subscription())
     for n in range(12):

@@ -1,0 +1,330 @@
+"""Benchmark: the portal at 100 / 10,000 / 100,000 VMs, side by side in one run (issue 11).
+
+    .venv/bin/python bench/scale.py [--sizes 100,10000[,100000]] [--only execution] [--procs 1,2]
+
+Sections (`--only NAME`, repeatable; default all):
+
+- execution: a fleet assessment (the platform's round: one bulk insert, batches on the platform
+  queue) through real Celery workers started here (prefork, `--procs` processes, Redis, PostgreSQL,
+  PORTAL_SIM_SPEED=0) against the COPY floor: the same rows (operations, per-patch results, missing
+  updates) COPYed into bare copies of their tables, measured in the same run. Then, with the demo's
+  simulated pace (PORTAL_SIM_SPEED=120) and the largest worker count, the same round again while a
+  user presses Assess now: its latency (the assessment's simulated duration is 0.75 s of it) and the
+  round's wall time (the daily assessment at demo pace).
+
+More sections (the pages) can be added to SECTIONS. Each size has its own database,
+BENCH_DATABASE_URL + "_<size>" (default postgres://postgres@127.0.0.1:5432/hp_exec_bench_<size>),
+created, migrated and seeded set-based once (kept for the next run; `--reseed` starts over). Redis:
+BENCH_REDIS_URL (default redis://127.0.0.1:6379/3), purged before each run.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hp_exec_bench")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
+DEMO_PACE = "120"
+
+
+def env_for(size: int, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": f"{BASE_URL}_{size}",
+        "REDIS_URL": REDIS_URL,
+        "PORTAL_SIM_SPEED": "0",
+        "PORTAL_PATCH_FAILURE_RATE": "0.02",
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        **extra,
+    }
+
+
+def create_database(url: str) -> bool:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            return False
+        conn.execute(f'CREATE DATABASE "{name}"')
+        return True
+
+
+def prepare(size: int, reseed: bool) -> None:
+    """Create, migrate and seed the size's database in a child process (Django is set up once per
+    process, and each size has its own database)."""
+    env = env_for(size)
+    create_database(env["DATABASE_URL"])
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    subprocess.run(
+        [sys.executable, __file__, "--seed", str(size), *(["--reseed"] if reseed else [])],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+
+
+def seed(size: int, reseed: bool) -> None:
+    """Bulk-create the fleet, set-based: resource groups, VMs and their guests (as bench/overview.py)."""
+    from patching import catalog, services
+    from vms import images
+    from vms.models import ResourceGroup, Subscription, VirtualMachine
+    from vms.patch_settings import defaults_for_image
+
+    if not reseed and VirtualMachine.objects.count() == size:
+        return
+    now = datetime.now(UTC)
+    catalog.ensure_catalog(until=now.date())
+    reset()
+    Subscription.objects.all().delete()
+    subscription = Subscription.objects.create(id=uuid.uuid4(), display_name="Scale")
+    groups = ResourceGroup.objects.bulk_create(
+        ResourceGroup(subscription=subscription, name=f"rg-{i:03d}", location="westeurope") for i in range(100)
+    )
+    products = list(images.PRODUCTS.values())
+    for start in range(0, size, 10_000):
+        vms = []
+        for i in range(start, min(size, start + 10_000)):
+            product = products[i % len(products)]
+            vm = VirtualMachine(
+                resource_group=groups[i % len(groups)],
+                name=f"vm-{i:06d}",
+                location="westeurope",
+                zone=str(1 + i % 3),
+                image_sku=product.default_sku,
+                product=product.code,
+                created_at=now,
+            )
+            vm.apply_patch_settings(
+                defaults_for_image(images.PUBLISHER, images.OFFER, product.default_sku, "westeurope")
+            )
+            vms.append(vm)
+        VirtualMachine.objects.bulk_create(vms, batch_size=2000)
+        with services.fixed_catalog():
+            services.provision_guests(list(VirtualMachine.objects.filter(name__in=[v.name for v in vms])), now)
+
+
+def reset() -> None:
+    """Forget every run: the same work for each measurement."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE patching_gueststate SET last_assessment_id = NULL, last_installation_id = NULL")
+        cursor.execute("TRUNCATE patching_patchresult, patching_missingupdate")
+        # No VACUUM ANALYZE here: statistics of an empty table would make the planner take the
+        # in-flight index for the round's claims (its whole 100,000 rows); a real table has history.
+        cursor.execute("DELETE FROM patching_operation")
+
+
+def start_worker(env: dict, procs: int) -> subprocess.Popen:
+    from portal.celery import app
+
+    worker = subprocess.Popen(
+        [
+            str(ROOT / ".venv/bin/celery"),
+            "-A",
+            "portal",
+            "worker",
+            "-Q",
+            "user,platform",
+            "-n",
+            f"scale-{uuid.uuid4().hex[:6]}@%h",
+            "--pool=prefork",
+            f"--concurrency={procs}",
+            "--loglevel=WARNING",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    deadline = time.time() + 60
+    while not app.control.ping(timeout=1.0):
+        if time.time() > deadline or worker.poll() is not None:
+            raise SystemExit("the worker did not start")
+    return worker
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    worker.terminate()
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def wait_finished(count: int, start: float, timeout: float = 3600) -> float:
+    from django.db import connection
+
+    from patching.models import Operation
+
+    while (done := Operation.objects.finished().count()) < count:
+        if time.perf_counter() - start > timeout:
+            raise SystemExit(f"timed out with {done}/{count} finished")
+        time.sleep(0.2 if count <= 10_000 else 1)  # counting 100,000 rows is work for the same cores
+    elapsed = time.perf_counter() - start
+    connection.close()
+    return elapsed
+
+
+def assessment_round(size: int, procs: int) -> dict:
+    """Reset, start `procs` worker processes, queue the round, wait until every operation finished."""
+    from django.db.models import Count
+
+    from patching import services
+    from patching.models import Operation, OperationKind
+    from portal.celery import app
+    from vms.models import VirtualMachine
+
+    reset()
+    app.control.purge()
+    worker = start_worker(env_for(size), procs)
+    try:
+        vms = list(VirtualMachine.objects.select_related("resource_group"))
+        start = time.perf_counter()
+        queued = services.queue_operations(vms, OperationKind.ASSESSMENT)
+        enqueued = time.perf_counter() - start
+        elapsed = wait_finished(len(queued), start)
+    finally:
+        stop_worker(worker)
+    statuses = dict(Operation.objects.values_list("status").annotate(n=Count("pk")))
+    return {"seconds": round(elapsed, 2), "enqueue_seconds": round(enqueued, 2), "statuses": statuses}
+
+
+def copy_floor() -> dict:
+    """COPY the rows the last round wrote (operations, per-patch results, missing updates) into bare
+    copies of their tables (no indexes, no constraints): what writing them costs at the least."""
+    from django.db import connection
+
+    tables = ("patching_operation", "patching_patchresult", "patching_missingupdate")
+    rows, counts = {}, {}
+    with connection.cursor() as cursor:
+        for table in tables:
+            with cursor.cursor.copy(f"COPY {table} TO STDOUT") as copy:
+                rows[table] = b"".join(bytes(block) for block in copy)
+            cursor.execute(f"SELECT count(*) FROM {table}")
+            counts[table] = cursor.fetchone()[0]
+        for table in tables:
+            cursor.execute(f"DROP TABLE IF EXISTS floor_{table}")
+            cursor.execute(f"CREATE TABLE floor_{table} (LIKE {table})")
+        start = time.perf_counter()
+        for table in tables:
+            with cursor.cursor.copy(f"COPY floor_{table} FROM STDIN") as copy:
+                copy.write(rows[table])
+        elapsed = time.perf_counter() - start
+        for table in tables:
+            cursor.execute(f"DROP TABLE floor_{table}")
+    return {"seconds": round(elapsed, 3), "rows": counts}
+
+
+def assess_now_during_round(size: int, procs: int) -> dict:
+    """At the demo's pace: the round queued, then a user's Assess now 2 s later; its latency, and the
+    round's wall time."""
+    from patching import services
+    from patching.models import Operation, OperationKind, StartedBy
+    from portal.celery import app
+    from vms.models import VirtualMachine
+
+    reset()
+    app.control.purge()
+    worker = start_worker(env_for(size, PORTAL_SIM_SPEED=DEMO_PACE), procs)
+    try:
+        vms = list(VirtualMachine.objects.select_related("resource_group").order_by("pk"))
+        start = time.perf_counter()
+        queued = services.queue_operations(vms[1:], OperationKind.ASSESSMENT)
+        time.sleep(2)
+        pressed = time.perf_counter()
+        operation, _ = services.start_operation(vms[0], OperationKind.ASSESSMENT, started_by=StartedBy.USER)
+        while Operation.objects.filter(pk=operation.pk).finished().count() == 0:
+            time.sleep(0.05)
+        latency = time.perf_counter() - pressed
+        backlog = len(queued) + 1 - Operation.objects.finished().count()
+        elapsed = wait_finished(len(queued) + 1, start)
+    finally:
+        stop_worker(worker)
+    return {
+        "assess_now_seconds": round(latency, 2),
+        "simulated_duration_seconds": round(90 / float(DEMO_PACE), 2),
+        "round_backlog_when_done": backlog,
+        "round_seconds_at_demo_pace": round(elapsed, 1),
+    }
+
+
+def execution(size: int, procs: list[int]) -> dict:
+    result = {}
+    for n in procs:
+        result[f"celery_{n}_procs"] = assessment_round(size, n)
+    result["copy_floor"] = copy_floor()
+    floor = result["copy_floor"]["seconds"]
+    for n in procs:
+        result[f"celery_{n}_procs"]["x_copy_floor"] = round(result[f"celery_{n}_procs"]["seconds"] / floor, 1)
+    if len(procs) > 1:
+        result["speedup"] = round(
+            result[f"celery_{procs[0]}_procs"]["seconds"] / result[f"celery_{procs[-1]}_procs"]["seconds"], 2
+        )
+    result["demo_pace"] = assess_now_during_round(size, procs[-1])
+    return result
+
+
+SECTIONS = {"execution": execution}
+
+
+def measure(size: int, sections: list[str], procs: list[int]) -> dict:
+    """In a child process per size (its own database); prints its figures as one JSON line."""
+    import django
+
+    django.setup()
+    return {name: SECTIONS[name](size, procs) for name in sections}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100,10000", help="comma-separated fleet sizes (100000 is optional)")
+    parser.add_argument("--only", action="append", choices=sorted(SECTIONS), help="sections to run (default all)")
+    parser.add_argument("--procs", default="1,2", help="worker processes to compare")
+    parser.add_argument("--reseed", action="store_true")
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    procs = [int(p) for p in args.procs.split(",")]
+    sections = args.only or list(SECTIONS)
+    if args.seed:
+        import django
+
+        django.setup()
+        seed(args.seed, args.reseed)
+        return
+    if args.measure:
+        print(json.dumps(measure(args.measure, sections, procs)))
+        return
+    results = {}
+    for size in [int(s) for s in args.sizes.split(",")]:
+        t = time.perf_counter()
+        prepare(size, args.reseed)
+        print(f"# {size} VMs: seeded in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure", str(size), "--procs", args.procs]
+            + [f"--only={s}" for s in sections],
+            cwd=ROOT,
+            env=env_for(size),
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        ).stdout
+        results[size] = json.loads(out.strip().splitlines()[-1])
+        print(f"# {size} VMs: {json.dumps(results[size])}", file=sys.stderr)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

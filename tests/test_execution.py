@@ -1,0 +1,160 @@
+"""Batch execution (issue 11): batches claimed once by two workers, simulated time as due times
+completed once, the reboot visible in between, people's operations on their own queue, and the outbox
+sending whole batches again after a broker outage. Real PostgreSQL, threads with their own connections;
+the broker is a stand-in (tests/test_dispatch.py), the live worker tests run the same through Redis."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.urls import reverse
+from django.utils import timezone
+
+from patching import services
+from patching.models import Operation, OperationKind, OperationStatus, PatchResult, RebootStatus
+from patching.parameters import InstallParameters
+from tests.factories import make_resource_group, make_subscription, make_vm
+from tests.test_dispatch import Broker
+from vms.models import VirtualMachine
+
+pytestmark = pytest.mark.usefixtures("no_random_failures")
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    return Broker(monkeypatch)
+
+
+def together(*calls):
+    """Run the calls at once, each in its own thread and database connection; their results."""
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+
+    def run(i, call):
+        try:
+            barrier.wait(timeout=30)
+            results[i] = call()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def fleet(n: int, **kwargs) -> list[VirtualMachine]:
+    rg = make_resource_group(make_subscription())
+    return [make_vm(resource_group=rg, name=f"vm-{i}", **kwargs) for i in range(n)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_delivered_to_two_workers_runs_each_operation_once(catalog, settings):
+    settings.PORTAL_SIM_SPEED = 0
+    ids = services.queue_operations(fleet(40), OperationKind.ASSESSMENT, enqueue=False)
+
+    first, second = together(lambda: services.run_batch(ids), lambda: services.run_batch(ids))
+    assert sorted(first.recorded + second.recorded) == sorted(ids)  # each once, by one of them
+    done = Operation.objects.filter(pk__in=ids)
+    assert {(op.status, op.attempts) for op in done} == {(OperationStatus.SUCCEEDED, 1)}
+    per_op = {op.pk: op.critical_security_count + op.other_count for op in done}
+    for pk, count in per_op.items():
+        assert PatchResult.objects.filter(operation_id=pk).count() == count  # no result written twice
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runs_waiting_for_their_due_time_are_finished_once_however_many_due_steps_arrive(catalog, settings, broker):
+    settings.PORTAL_SIM_SPEED = 120
+    ids = services.queue_operations(fleet(30), OperationKind.ASSESSMENT, enqueue=False)
+    assert services.run_batch(ids).recorded == []  # parked: no worker waits
+    assert [batch for batch, _ in broker.advances] == [ids]  # one due step for the batch
+    ((_, options),) = broker.advances
+    assert options["queue"] == "user" and options["eta"] == Operation.objects.get(pk=ids[0]).due_at
+    assert not Operation.objects.filter(pk__in=ids).exclude(status=OperationStatus.IN_PROGRESS).exists()
+    assert services.advance_operations(ids) == []  # not due yet
+
+    later = timezone.now() + timedelta(seconds=5)
+    first, second, third = together(*[lambda: services.advance_operations(ids, now=later)] * 3)
+    assert sorted(first + second + third) == sorted(ids)
+    done = Operation.objects.filter(pk__in=ids)
+    assert {(op.status, op.due_at) for op in done} == {(OperationStatus.SUCCEEDED, None)}
+    for op in done:
+        assert op.results.count() == op.critical_security_count + op.other_count
+
+
+@pytest.mark.django_db
+def test_an_installation_shows_in_progress_then_the_reboot_then_its_result(catalog, settings, broker):
+    settings.PORTAL_SIM_SPEED = 60
+    (vm,) = fleet(1, product="ws2022")
+    always = InstallParameters.from_stored(
+        {"rebootSetting": "Always", "windowsParameters": {"classificationsToInclude": ["Critical", "Security"]}}
+    )
+    operation, _ = services.start_operation(vm, OperationKind.INSTALLATION, parameters=always, enqueue=False)
+    services.run_batch([operation.pk])
+
+    def seen():
+        op = Operation.objects.get(pk=operation.pk)
+        return op.status, op.reboot_status, VirtualMachine.objects.get(pk=vm.pk).power_state
+
+    op = Operation.objects.get(pk=operation.pk)
+    assert op.reboot_at is not None and op.started_at < op.reboot_at < op.due_at
+    assert seen() == (OperationStatus.IN_PROGRESS, RebootStatus.UNKNOWN, VirtualMachine.PowerState.RUNNING)
+    assert [options["eta"] for _, options in broker.advances] == [op.reboot_at]  # the first due step
+
+    assert services.advance_operations([op.pk], now=op.reboot_at) == []
+    assert seen() == (OperationStatus.IN_PROGRESS, RebootStatus.STARTED, VirtualMachine.PowerState.STARTING)
+
+    assert services.advance_operations([op.pk], now=op.due_at) == [op.pk]
+    status, reboot, power = seen()
+    assert status == OperationStatus.SUCCEEDED and reboot == RebootStatus.COMPLETED
+    assert power == VirtualMachine.PowerState.RUNNING
+    # As the real agent does, an assessment follows the installation.
+    assert vm.operations.filter(kind=OperationKind.ASSESSMENT, status=OperationStatus.NOT_STARTED).exists()
+
+
+@pytest.mark.django_db(transaction=True)  # on_commit publishes, as in production
+def test_assess_now_goes_to_the_user_queue_and_a_platform_round_to_the_platform_queue(client, user, broker, catalog):
+    rg = make_resource_group(make_subscription("Contoso", user=user, role="Contributor"))
+    vms = [make_vm(resource_group=rg, name=f"vm-{i}") for i in range(3)]
+
+    client.post(reverse("patching:assess", args=[vms[0].pk]), headers={"HX-Request": "true"})
+    assert broker.messages == [([vms[0].operations.get().pk], "user")]  # a batch of one, on its own queue
+
+    broker.messages.clear()
+    ids = services.queue_operations(vms[1:], OperationKind.ASSESSMENT)
+    assert broker.messages == [(ids, "platform")]
+
+
+@pytest.mark.django_db
+def test_the_outbox_sends_a_round_again_in_batches_after_a_broker_outage(broker, catalog, settings):
+    settings.PORTAL_EXECUTION_BATCH = 60
+    broker.down = True
+    with services.transaction.atomic():  # the round commits; its publish fails
+        ids = services.queue_operations(fleet(150), OperationKind.ASSESSMENT)
+    assert broker.sent == [] and not Operation.objects.filter(dispatched_at__isnull=False).exists()
+
+    broker.down = False
+    later = timezone.now() + services.DISPATCH_GRACE + timedelta(seconds=1)
+    assert services.dispatch_queued(now=later) == 150
+    assert sorted(broker.sent) == sorted(ids)  # each once
+    assert [len(batch) for batch, _ in broker.messages] == [50, 50, 50]  # spread over the workers, at most 60
+    assert {queue for _, queue in broker.messages} == {"platform"}
+    assert services.dispatch_queued(now=later) == 0
+
+
+@pytest.mark.django_db
+def test_a_vm_deleted_while_its_guest_works_fails_its_run_at_the_due_step(catalog, settings, broker):
+    settings.PORTAL_SIM_SPEED = 120
+    kept, deleted = fleet(2)
+    ids = services.queue_operations([kept, deleted], OperationKind.ASSESSMENT, enqueue=False)
+    services.run_batch(ids)
+    gone = Operation.objects.get(vm=deleted)
+    VirtualMachine.objects.filter(pk=deleted.pk).delete()  # behind the portal's back: no in-flight cleanup
+
+    later = timezone.now() + timedelta(seconds=5)
+    assert services.advance_operations(ids, now=later) == [Operation.objects.get(vm=kept).pk]
+    gone.refresh_from_db()
+    assert gone.status == OperationStatus.FAILED and gone.error_code == "VMDeleted"
