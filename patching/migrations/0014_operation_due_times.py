@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('patching', '0011_what_if_schedule'),
+        ('patching', '0013_fleet_sort_indexes'),
     ]
 
     operations = [
