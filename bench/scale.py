@@ -12,7 +12,12 @@ Sections (`--only NAME`, repeatable; default all):
   user presses Assess now: its latency (the assessment's simulated duration is 0.75 s of it) and the
   round's wall time (the daily assessment at demo pace).
 
-More sections (the pages) can be added to SECTIONS. Each size has its own database,
+- pages: the fleet page (default, every sort, filters, next/last page), the fleet history and the
+  ARM list-all following every nextLink, timed over HTTP against gunicorn, all sizes side by side
+  (bench/fleet_pages.py: each size built as a user would, `generate_fleet_file` + `import_fleet`, in
+  databases of its own, hp_pages_bench_<size>, kept for the next run unless `--reseed`).
+
+For the execution section each size has its own database,
 BENCH_DATABASE_URL + "_<size>" (default postgres://postgres@127.0.0.1:5432/hp_exec_bench_<size>),
 created, migrated and seeded set-based once (kept for the next run; `--reseed` starts over). Redis:
 BENCH_REDIS_URL (default redis://127.0.0.1:6379/3), purged before each run.
@@ -276,6 +281,7 @@ def execution(size: int, procs: list[int]) -> dict:
 
 
 SECTIONS = {"execution": execution}
+PAGES = "pages"  # all sizes at once, side by side (bench/fleet_pages.py)
 
 
 def measure(size: int, sections: list[str], procs: list[int]) -> dict:
@@ -289,7 +295,9 @@ def measure(size: int, sections: list[str], procs: list[int]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,10000", help="comma-separated fleet sizes (100000 is optional)")
-    parser.add_argument("--only", action="append", choices=sorted(SECTIONS), help="sections to run (default all)")
+    parser.add_argument(
+        "--only", action="append", choices=sorted([*SECTIONS, PAGES]), help="sections to run (default all)"
+    )
     parser.add_argument("--procs", default="1,2", help="worker processes to compare")
     parser.add_argument("--reseed", action="store_true")
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -297,7 +305,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     procs = [int(p) for p in args.procs.split(",")]
-    sections = args.only or list(SECTIONS)
+    sections = args.only or [*SECTIONS, PAGES]
     if args.seed:
         import django
 
@@ -307,8 +315,16 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args.measure, sections, procs)))
         return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if PAGES in sections:
+        sys.path.insert(0, str(ROOT / "bench"))
+        import fleet_pages
+
+        urls = {size: fleet_pages.build_fleet(size, assess=False, reuse=not args.reseed) for size in sizes}
+        fleet_pages.report(fleet_pages.measure_pages(urls), sizes)
+        sections = [s for s in sections if s != PAGES]
     results = {}
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size in sizes if sections else []:
         t = time.perf_counter()
         prepare(size, args.reseed)
         print(f"# {size} VMs: seeded in {time.perf_counter() - t:.0f} s", file=sys.stderr)
