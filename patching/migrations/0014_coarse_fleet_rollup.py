@@ -80,7 +80,7 @@ class Migration(migrations.Migration):
 
 
 def install_triggers(apps, schema_editor):
-    """The trigger functions now also write the coarse rollup's deltas; rebuild fills its base."""
+    """The rollup triggers (now also writing the coarse fleet rollup), then every rollup built."""
     if schema_editor.connection.vendor != "postgresql":
         return
     from patching import rollup
