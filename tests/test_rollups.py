@@ -17,6 +17,7 @@ from django.utils import timezone
 from patching import fleet, rollup, sandbox, services
 from patching.models import (
     CoarseFleetRollup,
+    CoarseFleetRollupDelta,
     FleetRollup,
     FleetRollupDelta,
     GuestState,
@@ -280,3 +281,18 @@ def test_the_location_filter_lists_the_locations_of_the_visible_vms(world):
     VirtualMachine.objects.filter(resource_group=sql, name="sql-0").update(location="swedencentral")
     assert choices(olivia) == visible_locations(olivia) == ["northeurope", "swedencentral", "westeurope"]
     assert choices(root) == visible_locations(root) == ["northeurope", "swedencentral", "westeurope"]
+
+
+def test_an_imported_fleet_is_folded_once_committed(world, django_capture_on_commit_callbacks):
+    """No beat need run: the import's deltas are in the base tables when it commits."""
+    root = world["users"][1]
+    web = world["groups"][0]
+    rollup.fold()
+    docs = [fleetfile.entry(str(web.subscription_id), "rg-imported", f"imp-{n}", "westeurope") for n in range(3)]
+    plan = fleet_import.plan(fleet_import.parse(json.dumps(docs).encode()), root)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert len(services.import_fleet(plan, root)) == 3
+    assert not FleetRollupDelta.objects.exists() and not CoarseFleetRollupDelta.objects.exists()
+    assert coarse_rows() == coarse_rows(rollup.FLEET)
+    scope = rollup.Scope()
+    assert rollup.fleet_counts(VirtualMachine.objects.all(), scope, clock.now())["total"] == 21
