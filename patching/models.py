@@ -632,6 +632,26 @@ class FleetRollupDelta(_FleetFigures):  # noqa: DJ008 (a figure)
     pass
 
 
+class _CoarseFleetFigures(_FleetFigures):
+    """_FleetFigures without the resource group: what the fleet pages read when no resource group is
+    chosen (rows per subscription and location, not per group: a few, whatever the number of groups)."""
+
+    resource_group = None
+    KEYS = tuple(k for k in _FleetFigures.KEYS if k != "resource_group")
+
+    class Meta:
+        abstract = True
+
+
+class CoarseFleetRollup(_CoarseFleetFigures):  # noqa: DJ008 (a figure)
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=_CoarseFleetFigures.KEYS, name="coarse_fleet_rollup_key")]
+
+
+class CoarseFleetRollupDelta(_CoarseFleetFigures):  # noqa: DJ008 (a figure)
+    pass
+
+
 class _UpdateFigures(_ScopeKey):
     """Per update and scope: machines missing it, of which failed it last, and machines with it installed."""
 

@@ -26,6 +26,8 @@ from vms.vocabulary import PatchMode
 from . import fleet
 from .fleet import INSTALLATION_DAYS, UPDATE_STATUS, UPDATE_STATUS_SQL
 from .models import (
+    CoarseFleetRollup,
+    CoarseFleetRollupDelta,
     FleetRollup,
     FleetRollupDelta,
     HotpatchStatus,
@@ -47,6 +49,7 @@ VM = "vms_virtualmachine"
 RG = "vms_resourcegroup"
 GUEST = "patching_gueststate"
 VM_SCOPE = "r.subscription_id, lower(r.name), v.location, v.product, v.patch_mode"
+COARSE_SCOPE = "r.subscription_id, v.location, v.product, v.patch_mode"  # VM_SCOPE without the resource group
 SINCE = "coalesce((SELECT since FROM patching_rollupwindow ORDER BY id LIMIT 1), '-infinity'::timestamptz)"
 
 
@@ -73,24 +76,26 @@ def _spec(base, delta) -> Spec:
 
 
 FLEET = _spec(FleetRollup, FleetRollupDelta)
+COARSE_FLEET = _spec(CoarseFleetRollup, CoarseFleetRollupDelta)
 UPDATES = _spec(UpdateRollup, UpdateRollupDelta)
 INSTALLS = _spec(InstallRollup, InstallRollupDelta)
 SCOPED_INSTALLS = _spec(ScopedInstallRollup, ScopedInstallRollupDelta)
-SPECS = (FLEET, UPDATES, INSTALLS, SCOPED_INSTALLS)
+SPECS = (FLEET, COARSE_FLEET, UPDATES, INSTALLS, SCOPED_INSTALLS)
 
 
 # --- What each source row contributes (SELECTs of keys then measures, times a sign) -------------
 
 
-def _fleet_cols(s: str) -> str:
+def _fleet_cols(s: str, scope: str = VM_SCOPE) -> str:
     missing = ", ".join(f"{s} * coalesce((g.missing_by_classification ? '{c.value}')::int, 0)" for c in Classification)
     return (
-        f"{VM_SCOPE}, coalesce(g.hotpatch_status, ''), {UPDATE_STATUS_SQL}, coalesce(g.counted_year, 0), "
+        f"{scope}, coalesce(g.hotpatch_status, ''), {UPDATE_STATUS_SQL}, coalesce(g.counted_year, 0), "
         f"{s}, {missing}, {s} * coalesce(g.installs_without_reboot, 0), {s} * coalesce(g.reboots_avoided, 0)"
     )
 
 
 VM_JOIN = f"JOIN {RG} r ON r.id = v.resource_group_id"
+FLEET_SCOPES = ((FLEET, VM_SCOPE), (COARSE_FLEET, COARSE_SCOPE))
 INSTALL_KEY = "date_trunc('hour', o.created_at, 'UTC'), o.status, o.subscription_id"
 INSTALL_MEASURES = "{s}, {s} * o.installed_count, {s} * o.failed_count"
 SCOPED_INSTALL_KEY = (
@@ -106,7 +111,10 @@ def _fragments(table: str, src: str, s: str) -> dict[Spec, list[str]]:
     m = INSTALL_MEASURES.format(s=s)
     if table == VM:
         return {
-            FLEET: [f"SELECT {_fleet_cols(s)} FROM {src} v {VM_JOIN} LEFT JOIN {GUEST} g ON g.vm_id = v.id"],
+            **{
+                spec: [f"SELECT {_fleet_cols(s, scope)} FROM {src} v {VM_JOIN} LEFT JOIN {GUEST} g ON g.vm_id = v.id"]
+                for spec, scope in FLEET_SCOPES
+            },
             UPDATES: [
                 f"SELECT mu.update_id, {VM_SCOPE}, {s}, {s} * mu.failed::int, 0 FROM {src} v {VM_JOIN} "
                 f"JOIN patching_missingupdate mu ON mu.guest_id = v.id",
@@ -121,11 +129,14 @@ def _fragments(table: str, src: str, s: str) -> dict[Spec, list[str]]:
     if table == GUEST:
         # The guest row replaces (or is replaced by) "no guest" for its VM.
         return {
-            FLEET: [
-                f"SELECT {_fleet_cols(s)} FROM {src} g JOIN {VM} v ON v.id = g.vm_id {VM_JOIN}",
-                f"SELECT {_fleet_cols(f'-{s}')} FROM {src} t JOIN {VM} v ON v.id = t.vm_id {VM_JOIN} "
-                f"LEFT JOIN {GUEST} g ON false",
-            ],
+            **{
+                spec: [
+                    f"SELECT {_fleet_cols(s, scope)} FROM {src} g JOIN {VM} v ON v.id = g.vm_id {VM_JOIN}",
+                    f"SELECT {_fleet_cols(f'-{s}', scope)} FROM {src} t JOIN {VM} v ON v.id = t.vm_id {VM_JOIN} "
+                    f"LEFT JOIN {GUEST} g ON false",
+                ]
+                for spec, scope in FLEET_SCOPES
+            },
             # The VM's recent installations move with its hotpatch and update status.
             SCOPED_INSTALLS: [
                 f"SELECT {SCOPED_INSTALL_KEY}, {m} FROM {src} g JOIN {VM} v ON v.id = g.vm_id {VM_JOIN} {RECENT_INSTALLS}",
@@ -384,9 +395,14 @@ def _summed(spec: Spec, scope: Scope, extra: str = "", extra_params=()) -> tuple
     return sql, [*params, *extra_params, *params, *extra_params]
 
 
+def _fleet_spec(scope: Scope) -> Spec:
+    """The coarse fleet rollup unless the scope names a resource group."""
+    return COARSE_FLEET if scope.resource_group is None else FLEET
+
+
 def _read_fleet(scope: Scope, aggregates: dict[str, str], params: list) -> dict:
-    """One row of named aggregates (SQL over FLEET's columns) in scope."""
-    source, scope_params = _summed(FLEET, scope)
+    """One row of named aggregates (SQL over FLEET's columns but the resource group) in scope."""
+    source, scope_params = _summed(_fleet_spec(scope), scope)
     names = list(aggregates)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {', '.join(aggregates[n] for n in names)} FROM {source}", [*params, *scope_params])
@@ -451,6 +467,14 @@ def fleet_counts(vms, scope: Scope | None, now: datetime, *, guest: bool = False
         aggregates["reboots_avoided"] = "coalesce(sum(reboots_avoided) FILTER (WHERE counted_year = %s), 0)"
         params = [now.year, now.year]
     return {key: int(value) for key, value in _read_fleet(scope, aggregates, params).items()}
+
+
+def locations(visible: tuple | None) -> list[str]:
+    """The locations with machines in the visible subscriptions (None: all), from the coarse rollup."""
+    source, params = _summed(COARSE_FLEET, Scope(visible=visible))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT location FROM {source} GROUP BY location HAVING sum(machines) > 0", params)
+        return sorted(location for (location,) in cursor.fetchall())
 
 
 def installation_counts(operations, scope: Scope | None, now: datetime, zone: tzinfo) -> dict[tuple, dict]:

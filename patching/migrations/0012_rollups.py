@@ -219,18 +219,6 @@ class Migration(migrations.Migration):
     ]
 
 
-def install_triggers(apps, schema_editor):
-    """PostgreSQL only: the embedded SQLite demo aggregates directly (patching.fleet)."""
-    if schema_editor.connection.vendor != "postgresql":
-        return
-    from patching import rollup
-
-    with schema_editor.connection.cursor() as cursor:
-        for statement in rollup.install_sql():
-            cursor.execute(statement)
-    rollup.rebuild()
-
-
 def remove_triggers(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
@@ -241,4 +229,6 @@ def remove_triggers(apps, schema_editor):
             cursor.execute(statement)
 
 
-Migration.operations.append(migrations.RunPython(install_triggers, remove_triggers))
+# The triggers are installed (and the rollups built) by the latest migration that changes them,
+# 0015_coarse_fleet_rollup: they run the current patching.rollup, whose tables all exist only then.
+Migration.operations.append(migrations.RunPython(migrations.RunPython.noop, remove_triggers))

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from django.db import connection
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
@@ -148,7 +147,7 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
         def find_group(raw: str) -> str | None:
             return group_names.filter(name__iexact=raw).first()
 
-    locations = fleet_locations(request.user)
+    locations = fleet_locations(request.user, [pk for pk, _ in subscriptions])
     filters = [
         FleetFilter(
             "subscription",
@@ -218,32 +217,12 @@ def fleet_for(request: HttpRequest, only: tuple[str, ...] | None = None) -> Flee
     return Fleet(vms=vms, filters=filters, search=search, sort=sort, notices=notices)
 
 
-def fleet_locations(user) -> list[str]:
-    """The regions of the user's VMs, for the location filter: on PostgreSQL a loose index scan (one
-    probe of the location index per region found), not a DISTINCT over every VM."""
-    if connection.vendor != "postgresql":
-        return sorted(access.vms_for(user).order_by().values_list("location", flat=True).distinct())
-    visible, params = "", []
-    if not user.is_superuser:
-        groups = ResourceGroup.objects.filter(subscription__role_assignments__user=user).values("pk")
-        sql, params = groups.query.sql_with_params()
-        visible, params = f"AND v.resource_group_id IN ({sql})", list(params)
-    table = VirtualMachine._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            WITH RECURSIVE found(location) AS (
-                (SELECT v.location FROM {table} v WHERE TRUE {visible} ORDER BY v.location LIMIT 1)
-                UNION ALL
-                SELECT (SELECT v.location FROM {table} v WHERE v.location > found.location {visible}
-                        ORDER BY v.location LIMIT 1)
-                FROM found WHERE found.location IS NOT NULL
-            )
-            SELECT location FROM found WHERE location IS NOT NULL
-            """,
-            params * 2,
-        )
-        return sorted(location for (location,) in cursor.fetchall())
+def fleet_locations(user, subscriptions: list) -> list[str]:
+    """The regions of the user's VMs (in `subscriptions`, the ones they see), for the location filter:
+    from the coarse fleet rollup (a few rows per subscription), not a DISTINCT over every VM."""
+    if rollup.enabled():
+        return rollup.locations(None if user.is_superuser else tuple(subscriptions))
+    return sorted(access.vms_for(user).order_by().values_list("location", flat=True).distinct())
 
 
 def fleet_operations(user, found: Fleet) -> QuerySet[Operation]:
