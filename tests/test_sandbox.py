@@ -244,7 +244,7 @@ def behind(catalog, django_user_model):
     return {"alice": alice, "contoso": contoso, "fabrikam": fabrikam, "a": a, "b": b, "c": c}
 
 
-def test_an_injected_kb_failure_is_failed_and_says_injected(behind):
+def test_an_injected_kb_failure_is_failed_and_says_injected(behind, no_random_failures):
     a = behind["a"]
     probe, _ = run(a, OperationKind.ASSESSMENT)
     kb = PatchResult.objects.filter(operation=probe, update__kind="monthly").get().update.kb
