@@ -228,7 +228,9 @@ def _trigger_function(table: str) -> str:
         for n, (op, statements) in enumerate(branches.items())
     )
     return (
-        f"CREATE OR REPLACE FUNCTION {table}_rollup() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+        # No JIT: the planner cannot estimate transition tables, guesses thousands of rows, and would
+        # spend a second compiling each statement that then aggregates a batch's few hundred rows.
+        f"CREATE OR REPLACE FUNCTION {table}_rollup() RETURNS trigger LANGUAGE plpgsql SET jit = off AS $$\n"
         # Every recording transaction takes the first delta table's lock first, whichever it writes:
         # rebuild's LOCK TABLE (same order) then waits for them all without holding any other.
         f"BEGIN\n  LOCK TABLE {FLEET.delta._meta.db_table} IN ROW EXCLUSIVE MODE;\n  {body}END IF;\n"
