@@ -188,7 +188,8 @@ class MissingUpdate(models.Model):  # noqa: DJ008 (a summary row)
     outlives the pruning of the operation that found it."""
 
     guest = models.ForeignKey(GuestState, models.CASCADE, related_name="missing_updates")
-    update = models.ForeignKey(Update, models.CASCADE, related_name="+")
+    # No index of its own: the unique (update, guest) below leads with it.
+    update = models.ForeignKey(Update, models.CASCADE, related_name="+", db_index=False)
     # The VM's last installation tried it and failed (kept by the assessments after it while still missing).
     failed = models.BooleanField(default=False)
 
@@ -264,17 +265,22 @@ class Operation(models.Model):
 
     activity_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     # Null once the VM is deleted; the snapshot fields keep the history readable.
-    vm = models.ForeignKey("vms.VirtualMachine", models.SET_NULL, null=True, related_name="operations")
-    subscription = models.ForeignKey("vms.Subscription", models.CASCADE, related_name="+")
+    # Each state change of each run writes every index of this table again, so no index is kept that
+    # another already serves: vm by (vm, -created_at), subscription by op_subscription_newest,
+    # created_at by op_newest_first; user (people only, never the platform) by a partial index.
+    vm = models.ForeignKey("vms.VirtualMachine", models.SET_NULL, null=True, related_name="operations", db_index=False)
+    subscription = models.ForeignKey("vms.Subscription", models.CASCADE, related_name="+", db_index=False)
     vm_name = models.CharField(max_length=64)
     location = models.CharField(max_length=40)
     kind = models.CharField(max_length=12, choices=OperationKind.choices)
     status = models.CharField(max_length=24, choices=OperationStatus.choices, default=OperationStatus.NOT_STARTED)
     started_by = models.CharField(max_length=10, choices=StartedBy.choices, default=StartedBy.USER)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
+    )
     # Installation parameters, normalised (see patching.selection.InstallParameters.to_json).
     parameters = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -323,12 +329,11 @@ class Operation(models.Model):
             # The fleet history's keyset pages, newest first: across the fleet, and per subscription.
             models.Index(fields=["-created_at", "-id"], name="op_newest_first"),
             models.Index(fields=["subscription", "-created_at", "-id"], name="op_subscription_newest"),
-            # The overview's and the fleet tiles' installations of the last 30 days, counted by status.
-            models.Index(fields=["kind", "created_at", "status"], name="op_kind_created"),
             # The fleet history's filters, each in the keyset's order (newest first, then id).
             models.Index(fields=["kind", "-created_at", "-id"], name="op_kind_newest"),
             models.Index(fields=["status", "-created_at", "-id"], name="op_status_newest"),
             models.Index(fields=["started_by", "-created_at", "-id"], name="op_started_by_newest"),
+            models.Index(fields=["user"], name="op_user", condition=Q(user__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -406,7 +411,8 @@ class PatchResultQuerySet(models.QuerySet):
 class PatchResult(models.Model):
     """One update's outcome in one operation: 'Available' for an assessment, its fate for an install."""
 
-    operation = models.ForeignKey(Operation, models.CASCADE, related_name="results")
+    # No index of its own: the unique (operation, update) below leads with it.
+    operation = models.ForeignKey(Operation, models.CASCADE, related_name="results", db_index=False)
     update = models.ForeignKey(Update, models.PROTECT, related_name="+")
     state = models.CharField(max_length=12, choices=PatchState.choices)
     error = models.CharField(max_length=300, blank=True)

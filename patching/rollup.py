@@ -106,8 +106,9 @@ SCOPED_INSTALL_KEY = (
 RECENT_INSTALLS = f"JOIN patching_operation o ON o.vm_id = v.id AND o.kind = 'installation' AND o.created_at >= {SINCE}"
 
 
-def _fragments(table: str, src: str, s: str) -> dict[Spec, list[str]]:
-    """Per rollup, the SELECTs giving what the rows of `src` (rows of `table`) contribute, times s."""
+def _fragments(table: str, src: str, s: str, *, updated: bool = False) -> dict[Spec, list[str]]:
+    """Per rollup, the SELECTs giving what the rows of `src` (rows of `table`) contribute, times s.
+    `updated`: the rows are one side of an UPDATE (see the guest's)."""
     m = INSTALL_MEASURES.format(s=s)
     if table == VM:
         return {
@@ -127,21 +128,27 @@ def _fragments(table: str, src: str, s: str) -> dict[Spec, list[str]]:
             ],
         }
     if table == GUEST:
-        # The guest row replaces (or is replaced by) "no guest" for its VM.
+        # An inserted (deleted) guest row replaces (is replaced by) "no guest" for its VM. An updated
+        # one had a guest before and has one after: those two terms cancel, and are left out.
+        absent = not updated
         return {
             **{
                 spec: [
                     f"SELECT {_fleet_cols(s, scope)} FROM {src} g JOIN {VM} v ON v.id = g.vm_id {VM_JOIN}",
-                    f"SELECT {_fleet_cols(f'-{s}', scope)} FROM {src} t JOIN {VM} v ON v.id = t.vm_id {VM_JOIN} "
-                    f"LEFT JOIN {GUEST} g ON false",
+                    *[
+                        f"SELECT {_fleet_cols(f'-{s}', scope)} FROM {src} t JOIN {VM} v ON v.id = t.vm_id {VM_JOIN} "
+                        f"LEFT JOIN {GUEST} g ON false"
+                    ][:absent],
                 ]
                 for spec, scope in FLEET_SCOPES
             },
             # The VM's recent installations move with its hotpatch and update status.
             SCOPED_INSTALLS: [
                 f"SELECT {SCOPED_INSTALL_KEY}, {m} FROM {src} g JOIN {VM} v ON v.id = g.vm_id {VM_JOIN} {RECENT_INSTALLS}",
-                f"SELECT {SCOPED_INSTALL_KEY}, {INSTALL_MEASURES.format(s=f'-{s}')} FROM {src} t "
-                f"JOIN {VM} v ON v.id = t.vm_id {VM_JOIN} {RECENT_INSTALLS} LEFT JOIN {GUEST} g ON false",
+                *[
+                    f"SELECT {SCOPED_INSTALL_KEY}, {INSTALL_MEASURES.format(s=f'-{s}')} FROM {src} t "
+                    f"JOIN {VM} v ON v.id = t.vm_id {VM_JOIN} {RECENT_INSTALLS} LEFT JOIN {GUEST} g ON false"
+                ][:absent],
             ],
         }
     if table == "patching_missingupdate":
@@ -195,34 +202,47 @@ SOURCES = {
 }
 
 
-def _grouped_insert(spec: Spec, selects: list[str], into: str, prefix: str = "") -> str:
+def _grouped_insert(spec: Spec, selects: list[str], into: str) -> str:
     names = [f"k{n}" for n in range(len(spec.keys))] + [f"m{n}" for n in range(len(spec.measures))]
     keys, measures = names[: len(spec.keys)], names[len(spec.keys) :]
     union = " UNION ALL ".join(selects)
     return (
-        f"{prefix}INSERT INTO {into} ({spec.columns}) SELECT {', '.join(keys)}, "
+        f"INSERT INTO {into} ({spec.columns}) SELECT {', '.join(keys)}, "
         f"{', '.join(f'sum({m})' for m in measures)} FROM ({union}) x({', '.join(names)}) "
         f"GROUP BY {', '.join(keys)} HAVING {' OR '.join(f'sum({m}) <> 0' for m in measures)}"
     )
+
+
+def _together(inserts: list[str], ctes: tuple[str, ...] = ()) -> str:
+    """The rollups' INSERTs as one statement (data-modifying CTEs): a statement's transition tables
+    are read, and its changed rows found, once for all of them."""
+    parts = [*ctes, *(f"d{n} AS ({insert})" for n, insert in enumerate(inserts[:-1]))]
+    return (f"WITH {', '.join(parts)} " if parts else "") + inserts[-1]
 
 
 def _trigger_function(table: str) -> str:
     pk, watched = SOURCES[table]
     old, new = ", ".join(f"o.{c}" for c in watched), ", ".join(f"n.{c}" for c in watched)
     changed = (
-        f"WITH old_c AS (SELECT o.* FROM old_rows o JOIN new_rows n ON n.{pk} = o.{pk} "
-        f"WHERE ({old}) IS DISTINCT FROM ({new})), "
+        f"old_c AS (SELECT o.* FROM old_rows o JOIN new_rows n ON n.{pk} = o.{pk} "
+        f"WHERE ({old}) IS DISTINCT FROM ({new}))",
         f"new_c AS (SELECT n.* FROM old_rows o JOIN new_rows n ON n.{pk} = o.{pk} "
-        f"WHERE ({old}) IS DISTINCT FROM ({new})) "
+        f"WHERE ({old}) IS DISTINCT FROM ({new}))",
     )
-    branches = {"INSERT": [], "UPDATE": [], "DELETE": []}
     inserted, deleted = _fragments(table, "new_rows", "1"), _fragments(table, "old_rows", "(-1)")
-    updated_old, updated_new = _fragments(table, "old_c", "(-1)"), _fragments(table, "new_c", "1")
-    for spec in inserted:
-        into = spec.delta._meta.db_table
-        branches["INSERT"].append(_grouped_insert(spec, inserted[spec], into))
-        branches["DELETE"].append(_grouped_insert(spec, deleted[spec], into))
-        branches["UPDATE"].append(_grouped_insert(spec, updated_old[spec] + updated_new[spec], into, changed))
+    updated_old = _fragments(table, "old_c", "(-1)", updated=True)
+    updated_new = _fragments(table, "new_c", "1", updated=True)
+    into = {spec: spec.delta._meta.db_table for spec in inserted}
+    branches = {
+        "INSERT": [_together([_grouped_insert(spec, inserted[spec], into[spec]) for spec in inserted])],
+        "UPDATE": [
+            _together(
+                [_grouped_insert(spec, updated_old[spec] + updated_new[spec], into[spec]) for spec in inserted],
+                changed,
+            )
+        ],
+        "DELETE": [_together([_grouped_insert(spec, deleted[spec], into[spec]) for spec in inserted])],
+    }
     body = "".join(
         f"{'IF' if n == 0 else 'ELSIF'} TG_OP = '{op}' THEN\n    " + ";\n    ".join(statements) + ";\n  "
         for n, (op, statements) in enumerate(branches.items())

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery import current_app
@@ -56,6 +57,7 @@ ADVANCE_OPERATIONS_TASK = "patching.tasks.advance_operations"  # their due steps
 # A round's operations are split so that every worker gets some (a small round in small batches),
 # up to PORTAL_EXECUTION_BATCH per message.
 MIN_BATCH, SPREAD = 50, 8
+ROUND_CHUNK = SPREAD  # batches per commit of a round (queue_operations): full batches for every worker
 MAX_AGENT_RETRIES = 3
 
 
@@ -625,37 +627,52 @@ def queue_operations(
 ) -> list[int]:
     """start_operations, returning the new operations' ids; `enqueue=False` leaves running them to the
     caller (a simulated clock runs them with execute_operations(ids, now=...)). `user` is who asked, for
-    operations a person started on many VMs at once (the admin's actions)."""
+    operations a person started on many VMs at once (the admin's actions).
+
+    A round commits in chunks of ROUND_CHUNK VMs, each handed to the workers as it commits, so they
+    start while the rest is queued (a 100,000-VM round would otherwise hold them all until its one
+    commit). Inside a caller's transaction the chunks are savepoints and go at its commit.
+    """
     now = now or world_clock.now()
     if kind == OperationKind.INSTALLATION:
         parameters = parameters or CRITICAL_AND_SECURITY
-    body = parameters.to_json() if parameters else {}
+    template = Operation(
+        kind=kind,
+        started_by=started_by,
+        user=user if started_by == StartedBy.USER else None,
+        parameters=parameters.to_json() if parameters else {},
+        created_at=now,
+    )
+    vms = list(vms)
+    step = ROUND_CHUNK * settings.PORTAL_EXECUTION_BATCH
+    queued: list[int] = []
+    for start in range(0, len(vms), step):
+        chunk = _queue_chunk(vms[start : start + step], template)
+        if enqueue:
+            transaction.on_commit(partial(send_to_workers, chunk, started_by))
+        queued += chunk
+    return queued
+
+
+def _queue_chunk(vms: list[VirtualMachine], template: Operation) -> list[int]:
     with transaction.atomic():
         # The VMs' locks first (lock_vms): a VM deleted meanwhile gets no operation (and no FK violation).
         if connection.vendor == "postgresql":
-            alive = lock_vm_ids(vm.pk for vm in vms)
-            queued = _insert_operations(
-                alive,
-                Operation(
-                    kind=kind,
-                    started_by=started_by,
-                    user=user if started_by == StartedBy.USER else None,
-                    parameters=body,
-                    created_at=now,
-                ),
+            return _insert_operations(lock_vm_ids(vm.pk for vm in vms), template)
+        alive = set(lock_vm_ids(vm.pk for vm in vms))
+        rows = [
+            new_operation(
+                vm, template.kind, template.started_by, template.user, template.parameters, template.created_at
             )
-        else:
-            rows = [new_operation(vm, kind, started_by, user, body, now) for vm in vms]
-            alive = set(lock_vm_ids(row.vm_id for row in rows))
-            Operation.objects.bulk_create([r for r in rows if r.vm_id in alive], batch_size=2000, ignore_conflicts=True)
-            queued = list(
-                Operation.objects.filter(
-                    vm_id__in=alive, kind=kind, created_at=now, status=OperationStatus.NOT_STARTED
-                ).values_list("pk", flat=True)
-            )
-        if enqueue:
-            transaction.on_commit(lambda: send_to_workers(queued, started_by))
-    return queued
+            for vm in vms
+            if vm.pk in alive
+        ]
+        Operation.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+        return list(
+            Operation.objects.filter(
+                vm_id__in=alive, kind=template.kind, created_at=template.created_at, status=OperationStatus.NOT_STARTED
+            ).values_list("pk", flat=True)
+        )
 
 
 def _insert_operations(vm_ids: list[int], template: Operation) -> list[int]:

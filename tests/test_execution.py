@@ -6,8 +6,9 @@ the broker is a stand-in (tests/test_dispatch.py), the live worker tests run the
 import threading
 from datetime import timedelta
 
+import psycopg
 import pytest
-from django.db import connections
+from django.db import connection, connections
 from django.urls import reverse
 from django.utils import timezone
 
@@ -126,6 +127,41 @@ def test_assess_now_goes_to_the_user_queue_and_a_platform_round_to_the_platform_
     broker.messages.clear()
     ids = services.queue_operations(vms[1:], OperationKind.ASSESSMENT)
     assert broker.messages == [(ids, "platform")]
+
+
+def committed_operations() -> int:
+    """How many operations another connection (a worker's) sees."""
+    db = connection.settings_dict
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"]) as other:
+        return other.execute("SELECT count(*) FROM patching_operation").fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_round_reaches_the_workers_chunk_by_chunk_as_each_commits(broker, catalog, settings, monkeypatch):
+    settings.PORTAL_EXECUTION_BATCH = 5  # a chunk is ROUND_CHUNK batches: 40 VMs
+    seen_when_sent = []
+    publish = broker.send_task
+
+    def send_task(name, args=(), **options):
+        seen_when_sent.append(committed_operations())
+        publish(name, args, **options)
+
+    monkeypatch.setattr(services.current_app, "send_task", send_task)
+    ids = services.queue_operations(fleet(100), OperationKind.ASSESSMENT)
+
+    assert sorted(broker.sent) == sorted(ids) and len(ids) == 100  # each once
+    # The first batches went out when only the first chunk was committed: the workers start at once.
+    assert seen_when_sent[0] == 40
+    assert sorted(set(seen_when_sent)) == [40, 80, 100]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_round_inside_a_transaction_is_sent_when_that_transaction_commits(broker, catalog, settings):
+    settings.PORTAL_EXECUTION_BATCH = 5
+    with services.transaction.atomic():
+        ids = services.queue_operations(fleet(100), OperationKind.ASSESSMENT)
+        assert broker.sent == []  # nothing a worker could not see yet
+    assert sorted(broker.sent) == sorted(ids) and len(ids) == 100
 
 
 @pytest.mark.django_db
