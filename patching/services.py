@@ -76,21 +76,22 @@ def send_to_workers(operation_ids: list[int], started_by: str = StartedBy.PLATFO
     or the dispatcher); never raises.
 
     The committed row is the outbox: a publish that fails (the broker is down) is logged and left to
-    `dispatch_queued`, because the operation was already accepted and the request must say so. Marks
-    the ones published as dispatched and returns their ids. One broker connection for all batches.
+    `dispatch_queued`, because the operation was already accepted and the request must say so. The
+    rows come marked dispatched (written so when they were created, or claimed by the dispatcher: not
+    an UPDATE per publish, which would write every index of the row once more, and which a worker
+    that already got the batch would find locked); the ones not published are unmarked. Returns the
+    ids published. One broker connection for all batches.
     """
     sent: list[int] = []
-    batch: list[int] = []
     try:
         with current_app.producer_or_acquire() as producer:
             for batch in batches(list(operation_ids)):
-                # Marked before the publish, not after: a worker that already got the batch must not
-                # find its rows locked by this UPDATE (the claim skips locked rows).
-                Operation.objects.filter(pk__any=batch).update(dispatched_at=timezone.now())
                 current_app.send_task(RUN_OPERATIONS_TASK, (batch,), queue=queue_for(started_by), producer=producer)
                 sent += batch
     except Exception as exc:  # kombu's OperationalError, a socket error, a timeout: whatever the broker did
-        Operation.objects.filter(pk__any=batch).update(dispatched_at=None)  # the dispatcher's again
+        published = set(sent)
+        unsent = [pk for pk in operation_ids if pk not in published]
+        Operation.objects.filter(pk__any=unsent).update(dispatched_at=None)  # the dispatcher's again
         # One line, no traceback: during an outage every request says it.
         log.warning(
             "Could not hand %d operation(s) to the broker (%s: %s); the dispatcher will send them",
@@ -568,6 +569,7 @@ def start_operation(
                 operation = new_operation(
                     vm, kind, started_by, user, parameters.to_json() if parameters else {}, now or world_clock.now()
                 )
+                operation.dispatched_at = timezone.now() if enqueue else None  # see send_to_workers
                 operation.save()
         except IntegrityError as e:
             # PostgreSQL names the constraint; SQLite (the embedded default) does not: then read what is there.
@@ -642,6 +644,9 @@ def queue_operations(
         user=user if started_by == StartedBy.USER else None,
         parameters=parameters.to_json() if parameters else {},
         created_at=now,
+        # Marked handed over from the start (see send_to_workers): sent when the chunk commits, and if
+        # this process dies first, sent by the dispatcher after PORTAL_DISPATCH_AGAIN_AFTER.
+        dispatched_at=timezone.now() if enqueue else None,
     )
     vms = list(vms)
     step = ROUND_CHUNK * settings.PORTAL_EXECUTION_BATCH
@@ -667,6 +672,8 @@ def _queue_chunk(vms: list[VirtualMachine], template: Operation) -> list[int]:
             for vm in vms
             if vm.pk in alive
         ]
+        for row in rows:
+            row.dispatched_at = template.dispatched_at
         Operation.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
         return list(
             Operation.objects.filter(

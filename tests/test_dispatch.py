@@ -72,19 +72,20 @@ def running(vm, *, heartbeat_ago: timedelta, attempts: int = 1, kind=OperationKi
 # --- Publishing never fails a request ------------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the on-commit publish runs, as in production
 def test_a_failed_publish_is_logged_and_leaves_the_operation_to_the_dispatcher(broker, caplog):
     vm = make_vm()
     broker.down = True
-    operation, created = services.start_operation(vm, OperationKind.ASSESSMENT, enqueue=False)
+    operation, created = services.start_operation(vm, OperationKind.ASSESSMENT)  # committed; the publish fails
 
-    assert services.send_to_workers([operation.pk]) == []  # no exception
-    assert "the dispatcher will send them" in caplog.text
+    assert created and "the dispatcher will send them" in caplog.text
     operation.refresh_from_db()
     assert operation.status == OperationStatus.NOT_STARTED and operation.dispatched_at is None
+    assert broker.sent == []
 
     broker.down = False
-    assert services.send_to_workers([operation.pk]) == [operation.pk]
+    later = timezone.now() + services.DISPATCH_GRACE + timedelta(seconds=1)
+    assert services.dispatch_queued(now=later) == 1
     operation.refresh_from_db()
     assert operation.dispatched_at is not None and broker.sent == [operation.pk]
 

@@ -129,6 +129,26 @@ def test_assess_now_goes_to_the_user_queue_and_a_platform_round_to_the_platform_
     assert broker.messages == [(ids, "platform")]
 
 
+def queries_to_run(vms: list[VirtualMachine], settings) -> int:
+    """The queries of one batch: half of the VMs assessed, half installing (rebooting), at real time."""
+    from django.test.utils import CaptureQueriesContext
+
+    half = len(vms) // 2
+    ids = services.queue_operations(vms[:half], OperationKind.ASSESSMENT, enqueue=False)
+    ids += services.queue_operations(vms[half:], OperationKind.INSTALLATION, enqueue=False)
+    settings.PORTAL_SIM_SPEED = 0
+    with CaptureQueriesContext(connection) as context:
+        executed = services.execute_operations(ids, wait=False)
+    assert sorted(executed.recorded) == sorted(ids)
+    return len(context.captured_queries)
+
+
+@pytest.mark.django_db
+def test_a_batch_costs_the_same_queries_whatever_its_size(catalog, settings, broker):
+    small, large = fleet(4, product="ws2022"), fleet(40, product="ws2022")
+    assert queries_to_run(large, settings) == queries_to_run(small, settings)
+
+
 def committed_operations() -> int:
     """How many operations another connection (a worker's) sees."""
     db = connection.settings_dict
@@ -164,7 +184,7 @@ def test_a_round_inside_a_transaction_is_sent_when_that_transaction_commits(brok
     assert sorted(broker.sent) == sorted(ids) and len(ids) == 100
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the round's on-commit publish runs, and fails
 def test_the_outbox_sends_a_round_again_in_batches_after_a_broker_outage(broker, catalog, settings):
     settings.PORTAL_EXECUTION_BATCH = 60
     broker.down = True
