@@ -773,7 +773,39 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
         VirtualMachine.objects.filter(pk__any=rebooting, power_state=VirtualMachine.PowerState.STARTING).update(
             power_state=VirtualMachine.PowerState.RUNNING
         )
-    return list(Operation.objects.filter(pk__any=fresh + taken_over).order_by("pk"))
+    return _runs(fresh + taken_over)
+
+
+# What a run reads of its operation, and of its VM with the VM's resource group and guest state: a
+# batch materialises only these (dozens of columns fewer a row, thousands of rows parsed per batch).
+RUN_FIELDS = ("vm_id", "vm_name", "kind", "parameters", "attempts", "activity_id", "started_at", "plan")
+RUN_VM_FIELDS = (
+    "name",
+    "location",
+    "power_state",
+    "product",
+    "patch_mode",
+    "enable_hotpatching",
+    "image_publisher",
+    "image_offer",
+    "image_sku",
+    "vm_id",
+    "resource_group__subscription_id",
+    "guest__build",
+    "guest__baseline_id",
+    "guest__reboot_pending",
+    "guest__assessed_at",
+)
+
+
+def _runs(operation_ids: list[int]) -> list[Operation]:
+    return list(Operation.objects.filter(pk__any=operation_ids).only(*RUN_FIELDS).order_by("pk"))
+
+
+def _vms_of(operations: list[Operation]) -> dict[int, VirtualMachine]:
+    """The runs' VMs, with their resource groups and guest states: one query."""
+    vms = VirtualMachine.objects.select_related("resource_group", "guest").only(*RUN_VM_FIELDS)
+    return {vm.pk: vm for vm in vms.filter(pk__any=[op.vm_id for op in operations if op.vm_id])}
 
 
 def release_for_retry(operation_ids: Collection[int]) -> None:
@@ -881,12 +913,7 @@ def execute_operations(
     if not operations:
         return Executed([], {})
     with _catalog_once():
-        vms = {
-            vm.pk: vm
-            for vm in VirtualMachine.objects.select_related("resource_group", "guest").filter(
-                pk__any=[op.vm_id for op in operations if op.vm_id]
-            )
-        }
+        vms = _vms_of(operations)
         guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
 
         def would_install(operation: Operation) -> set[str]:
@@ -1067,14 +1094,9 @@ def advance_operations(operation_ids: list[int], now: datetime | None = None) ->
     due = _take_due(operation_ids, now)
     if not due:
         return []
-    operations = list(Operation.objects.filter(pk__any=due).order_by("pk"))
+    operations = _runs(due)
     with _catalog_once():
-        vms = {
-            vm.pk: vm
-            for vm in VirtualMachine.objects.select_related("resource_group", "guest").filter(
-                pk__any=[op.vm_id for op in operations if op.vm_id]
-            )
-        }
+        vms = _vms_of(operations)
         guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
         finished = world_clock.now()
         findings = []
