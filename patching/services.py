@@ -745,7 +745,7 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
     with transaction.atomic():
         rows = list(
             Operation.objects.select_for_update(skip_locked=True)
-            .filter(Q(status=OperationStatus.NOT_STARTED) | _dead_runs(alive), pk__any=operation_ids)
+            .among(operation_ids, Q(status=OperationStatus.NOT_STARTED) | _dead_runs(alive))
             .values_list("pk", "status", "reboot_status", "vm_id")
         )
         fresh = [pk for pk, status, _, _ in rows if status == OperationStatus.NOT_STARTED]
@@ -756,12 +756,12 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
             if status == OperationStatus.IN_PROGRESS and reboot == RebootStatus.STARTED and vm_id
         ]
         # Compare-and-swap on the status as well, for SQLite, where SELECT FOR UPDATE locks nothing.
-        Operation.objects.filter(pk__any=fresh, status=OperationStatus.NOT_STARTED).update(
+        Operation.objects.among(fresh, Q(status=OperationStatus.NOT_STARTED)).update(
             status=OperationStatus.IN_PROGRESS, started_at=now, heartbeat_at=alive, attempts=F("attempts") + 1
         )
         if taken_over:
             log.warning("Taking over %d run(s) whose worker stopped: %s", len(taken_over), taken_over)
-            Operation.objects.filter(_dead_runs(alive), pk__any=taken_over).update(
+            Operation.objects.among(taken_over, _dead_runs(alive)).update(
                 heartbeat_at=alive,
                 reboot_status=RebootStatus.UNKNOWN,
                 attempts=F("attempts") + 1,
@@ -1039,7 +1039,7 @@ def _plan_of(plan: dict) -> sim.Injected:
 
 def _next_due(operation_ids: list[int]) -> datetime | None:
     """When the next due step of these runs is (None: none of them is parked any more)."""
-    times = Operation.objects.filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS).aggregate(
+    times = Operation.objects.among(operation_ids, Q(status=OperationStatus.IN_PROGRESS)).aggregate(
         due=Min("due_at"), reboot=Min("reboot_at")
     )
     found = [t for t in times.values() if t is not None]
@@ -1073,16 +1073,15 @@ def advance_operations(operation_ids: list[int], now: datetime | None = None) ->
     now = now or timezone.now()
     with transaction.atomic():
         rebooting = list(
-            Operation.objects.filter(
-                pk__any=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now
+            Operation.objects.among(
+                operation_ids, Q(status=OperationStatus.IN_PROGRESS, reboot_at__lte=now)
             ).values_list("vm_id", flat=True)
         )
         if rebooting:
             lock_vm_ids(pk for pk in rebooting if pk)  # the lock order: VMs before their operations
             started = list(
                 Operation.objects.select_for_update()
-                .filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS, reboot_at__lte=now)
-                .order_by("pk")
+                .among(operation_ids, Q(status=OperationStatus.IN_PROGRESS, reboot_at__lte=now))
                 .values_list("pk", "vm_id")
             )
             Operation.objects.filter(pk__any=[pk for pk, _ in started]).update(
@@ -1115,7 +1114,7 @@ def advance_operations(operation_ids: list[int], now: datetime | None = None) ->
 def _take_due(operation_ids: list[int], now: datetime) -> list[int]:
     """The parked runs that fell due, each taken by one caller only (its due time cleared; its
     heartbeat now, so a caller that dies before recording leaves a run the dispatcher takes over)."""
-    due = Operation.objects.filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS, due_at__lte=now)
+    due = Operation.objects.among(operation_ids, Q(status=OperationStatus.IN_PROGRESS, due_at__lte=now))
     alive = timezone.now()
     if connection.vendor != "postgresql":  # SQLite locks no rows: one compare-and-swap per run
         return [
@@ -1124,7 +1123,7 @@ def _take_due(operation_ids: list[int], now: datetime) -> list[int]:
             if Operation.objects.filter(pk=pk, due_at__isnull=False).update(due_at=None, heartbeat_at=alive)
         ]
     with transaction.atomic():
-        taken = list(due.select_for_update(skip_locked=True).order_by("pk").values_list("pk", flat=True))
+        taken = list(due.select_for_update(skip_locked=True).values_list("pk", flat=True))
         Operation.objects.filter(pk__any=taken).update(due_at=None, heartbeat_at=alive)
     return taken
 
@@ -1133,9 +1132,10 @@ def advance_and_reschedule(operation_ids: list[int]) -> list[int]:
     """The due-step task: the steps due now, then the next one scheduled for the runs still parked."""
     recorded = advance_operations(operation_ids)
     waiting = list(
-        Operation.objects.filter(pk__any=operation_ids, status=OperationStatus.IN_PROGRESS)
-        .filter(Q(due_at__isnull=False) | Q(reboot_at__isnull=False))
-        .values_list("pk", flat=True)
+        Operation.objects.among(
+            operation_ids,
+            Q(status=OperationStatus.IN_PROGRESS) & (Q(due_at__isnull=False) | Q(reboot_at__isnull=False)),
+        ).values_list("pk", flat=True)
     )
     schedule_advance(waiting)
     return recorded
@@ -1273,8 +1273,7 @@ def record_findings(findings: list[Finding]) -> list[int]:
         # Still in progress under the same claim: a run taken over from this worker is its successor's.
         claims = dict(
             Operation.objects.select_for_update()
-            .filter(pk__any=[f.operation_id for f in findings], status=OperationStatus.IN_PROGRESS)
-            .order_by("pk")
+            .among([f.operation_id for f in findings], Q(status=OperationStatus.IN_PROGRESS))
             .values_list("pk", "attempts")
         )
         live = {

@@ -9,6 +9,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from django.db import connection, connections
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -147,6 +148,20 @@ def queries_to_run(vms: list[VirtualMachine], settings) -> int:
 def test_a_batch_costs_the_same_queries_whatever_its_size(catalog, settings, broker):
     small, large = fleet(4, product="ws2022"), fleet(40, product="ws2022")
     assert queries_to_run(large, settings) == queries_to_run(small, settings)
+
+
+@pytest.mark.django_db
+def test_a_batch_finds_its_operations_by_id_whatever_the_statistics_say(catalog):
+    # Statistics taken between rounds, when nothing was in flight (as autovacuum takes them) ...
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE patching_operation")
+    ids = services.queue_operations(fleet(300), OperationKind.ASSESSMENT, enqueue=False)
+    batch = ids[-50:]
+    # ... then a round: a batch's claim reads its rows by id, not every operation in flight.
+    claimable = Operation.objects.among(batch, Q(status=OperationStatus.NOT_STARTED))
+    plan = claimable.select_for_update(skip_locked=True).explain()
+    assert "in_flight" not in plan and "status_newest" not in plan
+    assert sorted(claimable.values_list("pk", flat=True)) == sorted(batch)
 
 
 def committed_operations() -> int:
