@@ -130,6 +130,9 @@ class FleetCache:
     needs: dict[tuple, Need] = field(default_factory=dict)
     vms: dict[int, tuple] = field(default_factory=dict)
     verdicts: dict[int, tuple] = field(default_factory=dict)  # the planner's memo
+    # What the last snapshot saw beyond the rows: each product's epoch and the installations in flight.
+    epochs: dict[str, int] | None = None
+    installing: dict[int, str] = field(default_factory=dict)
     dirty: set[int] | None = None  # None: read everything
     installed_since_check: bool = True  # whether check_halts has new installations to count
     verify: bool = False  # compare every cached snapshot with a fresh one (tests)
@@ -182,18 +185,20 @@ def installed_summaries(vm_filter: Q | None = None) -> dict[int, tuple]:
     return {row["guest_id"]: (row["windows"], row["dotnet"], row["baseline"]) for row in rows}
 
 
-def _read(cache: FleetCache, now: datetime) -> None:
-    """(Re)read the VMs the cache lacks or that changed: everything the first time."""
+def _read(cache: FleetCache, now: datetime) -> set[int] | None:
+    """(Re)read the VMs the cache lacks or that changed: everything the first time (returns None),
+    else the ids it read again."""
     vms = VirtualMachine.objects.filter(guest__isnull=False)
     installed = ORCHESTRATED
     # Only recent attempts matter: they are compared with releases of the last month or two.
     attempts = Operation.objects.filter(
         kind=OperationKind.INSTALLATION, started_by=StartedBy.PLATFORM, vm__isnull=False, created_at__gte=now - ATTEMPTS
     )
-    if cache.dirty is not None:
-        if not cache.dirty:
-            return
-        changed = list(cache.dirty)
+    reread = cache.dirty
+    if reread is not None:
+        if not reread:
+            return reread
+        changed = list(reread)
         vms, installed = vms.filter(pk__in=changed), installed & Q(guest_id__in=changed)
         attempts = attempts.filter(vm_id__in=changed)
         for pk in changed:  # a deleted VM stays away
@@ -205,6 +210,24 @@ def _read(cache: FleetCache, now: datetime) -> None:
     cache.summaries.update(installed_summaries(installed))
     cache.attempts.update(attempts.values("vm_id").annotate(last=Max("created_at")).values_list("vm_id", "last"))
     cache.dirty = set()
+    return reread
+
+
+def in_flight_installations(now: datetime) -> dict[int, str]:
+    """Who started each VM's installation in flight at `now`: running, or recorded with an end after
+    `now` (on a simulated clock a run is recorded at once, its end in the future).
+
+    Two indexed reads rather than one with OR, which databases answer by scanning every installation
+    ever run (the simulation's rounds slowed as its history grew); an in-flight row wins.
+    """
+    installations = Operation.objects.filter(kind=OperationKind.INSTALLATION, vm__isnull=False)
+    installing = dict(
+        installations.filter(created_at__gt=now - LONGEST_INSTALLATION, finished_at__gt=now).values_list(
+            "vm_id", "started_by"
+        )
+    )
+    installing.update(installations.filter(status__in=IN_FLIGHT).values_list("vm_id", "started_by"))
+    return installing
 
 
 def snapshot(
@@ -212,29 +235,32 @@ def snapshot(
 ) -> Snapshot:
     """The fleet as the planner sees it at `now` (read afresh, or updated in `cache`)."""
     cache = cache or FleetCache()
-    _read(cache, now)
-    installing = dict(
-        Operation.objects.filter(kind=OperationKind.INSTALLATION, vm__isnull=False)
-        .filter(Q(status__in=IN_FLIGHT) | Q(created_at__gt=now - LONGEST_INSTALLATION, finished_at__gt=now))
-        .values_list("vm_id", "started_by")
-    )
+    reread = _read(cache, now)
+    installing = in_flight_installations(now)
     epochs = {product: catalog.epoch(now) for product, catalog in catalogs.items()}
     released = {product: catalog.current_release(now) for product, catalog in catalogs.items()}
-    fleet = []
-    for pk, row in cache.rows.items():
+    # A FleetVM changes only with its row, installed state and attempt (read again: `reread`), its
+    # installation in flight, or its product's releases (the epoch): only those VMs are looked at again.
+    if reread is None or epochs != cache.epochs:
+        again = cache.rows.keys()
+    else:
+        again = (reread | installing.keys() | cache.installing.keys()) & cache.rows.keys()
+    cache.epochs, cache.installing = epochs, installing
+    for pk in again:
+        row = cache.rows[pk]
         doing = installing.get(pk, "")
         summary, last = cache.summaries.get(pk), cache.attempts.get(pk)
         epoch = epochs.get(row[2])
         kept = cache.vms.get(pk)
         # Same row, installed state, releases, attempt and installation in flight: the same FleetVM.
         if kept is not None and kept[:5] == (row, summary, epoch, doing, last):
-            fleet.append(kept[5])
             continue
         release = released.get(row[2])
         attempted = bool(last and release and last >= release.patch.published_at)
         vm = _fleet_vm(row, _need(row, cache, now, rules, catalogs), doing, attempted)
         cache.vms[pk] = (row, summary, epoch, doing, last, vm)
-        fleet.append(vm)
+    vms = cache.vms
+    fleet = [vms[pk][5] for pk in cache.rows]
     if cache.verify:
         fresh = snapshot(now, rules, catalogs)
         assert sorted(fleet, key=lambda v: v.id) == sorted(fresh.fleet, key=lambda v: v.id), "stale fleet cache"
