@@ -191,16 +191,17 @@ def _read(cache: FleetCache, now: datetime) -> set[int] | None:
     vms = VirtualMachine.objects.filter(guest__isnull=False)
     installed = ORCHESTRATED
     # Only recent attempts matter: they are compared with releases of the last month or two.
-    attempts = Operation.objects.filter(
-        kind=OperationKind.INSTALLATION, started_by=StartedBy.PLATFORM, vm__isnull=False, created_at__gte=now - ATTEMPTS
-    )
+    attempt = Q(kind=OperationKind.INSTALLATION, started_by=StartedBy.PLATFORM)
+    attempts = Operation.objects.filter(attempt, vm__isnull=False, created_at__gte=now - ATTEMPTS)
     reread = cache.dirty
     if reread is not None:
         if not reread:
             return reread
         changed = list(reread)
         vms, installed = vms.filter(pk__in=changed), installed & Q(guest_id__in=changed)
-        attempts = attempts.filter(vm_id__in=changed)
+        # Per VM through its (vm, created_at) index; the kind and who started it are checked in the
+        # aggregate, which SQLite otherwise reads through their index: every attempt in the period.
+        attempts = Operation.objects.filter(vm_id__in=changed, created_at__gte=now - ATTEMPTS)
         for pk in changed:  # a deleted VM stays away
             for kept in (cache.rows, cache.summaries, cache.decisions, cache.attempts):
                 kept.pop(pk, None)
@@ -208,7 +209,13 @@ def _read(cache: FleetCache, now: datetime) -> set[int] | None:
         cache.rows[row[0]] = row
         cache.decisions[row[0]] = (row[19], row[20])
     cache.summaries.update(installed_summaries(installed))
-    cache.attempts.update(attempts.values("vm_id").annotate(last=Max("created_at")).values_list("vm_id", "last"))
+    cache.attempts.update(
+        (vm_id, last)
+        for vm_id, last in attempts.values("vm_id")
+        .annotate(last=Max("created_at", filter=attempt))
+        .values_list("vm_id", "last")
+        if last is not None
+    )
     cache.dirty = set()
     return reread
 
@@ -220,13 +227,20 @@ def in_flight_installations(now: datetime) -> dict[int, str]:
     Two indexed reads rather than one with OR, which databases answer by scanning every installation
     ever run (the simulation's rounds slowed as its history grew); an in-flight row wins.
     """
-    installations = Operation.objects.filter(kind=OperationKind.INSTALLATION, vm__isnull=False)
+    installations = Operation.objects.filter(kind=OperationKind.INSTALLATION, vm__isnull=False).order_by()
     installing = dict(
         installations.filter(created_at__gt=now - LONGEST_INSTALLATION, finished_at__gt=now).values_list(
             "vm_id", "started_by"
         )
     )
-    installing.update(installations.filter(status__in=IN_FLIGHT).values_list("vm_id", "started_by"))
+    # The kind is checked here, not in the query: SQLite would otherwise walk the kind index (every
+    # installation) rather than the status one (the few in flight).
+    in_flight = Operation.objects.filter(status__in=IN_FLIGHT, vm__isnull=False).order_by()
+    installing.update(
+        (vm_id, by)
+        for vm_id, by, kind in in_flight.values_list("vm_id", "started_by", "kind")
+        if kind == OperationKind.INSTALLATION
+    )
     return installing
 
 
