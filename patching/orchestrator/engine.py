@@ -453,8 +453,13 @@ def record_decisions(verdicts: dict[int, planner.Verdict], current: dict[int, tu
     """
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for vm_id, verdict in verdicts.items():
-        detail = verdict.detail if len(verdict.detail) <= DETAIL_LENGTH else verdict.detail[: DETAIL_LENGTH - 1] + "…"
-        if current.get(vm_id) != (verdict.decision, detail):
+        stored, detail = current.get(vm_id), verdict.detail
+        # Stored from this very wording (the planner's memo hands the same verdict back each round).
+        if stored is not None and stored[1] is detail and stored[0] == verdict.decision:
+            continue
+        if len(detail) > DETAIL_LENGTH:
+            detail = detail[: DETAIL_LENGTH - 1] + "…"
+        if stored != (verdict.decision, detail):
             groups[(verdict.decision, detail)].append(vm_id)
     for (decision, detail), ids in groups.items():
         for pk in ids:
