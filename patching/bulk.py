@@ -2,7 +2,9 @@
 
 PostgreSQL gets arrays (`UPDATE … FROM unnest(…)`, `INSERT … SELECT unnest(…)`) and COPY through
 psycopg 3; the embedded default (SQLite) gets the same statements over a VALUES list, in chunks
-under its parameter limit. Values are prepared by each field (`get_db_prep_value`), as the ORM does.
+under its parameter limit, and inserts as one prepared statement run per row (executemany: no
+model instances, no SQL compiled per row). Values are prepared by each field (`get_db_prep_value`),
+as the ORM does.
 """
 
 from collections.abc import Sequence
@@ -14,7 +16,21 @@ SQLITE_CHUNK = 500  # rows per statement on SQLite (its parameter limit is 32,76
 
 
 def _fields(model, columns: Sequence[str]):
-    return [model._meta.get_field(c.removesuffix("_id") if c.endswith("_id") else c) for c in columns]
+    """The fields of `columns`, each named by its attname (`guest_id`) or its name."""
+    by_attname = {f.attname: f for f in model._meta.concrete_fields}
+    return [by_attname.get(c) or model._meta.get_field(c) for c in columns]
+
+
+def _sqlite_insert(model, columns: Sequence[str], rows: Sequence[Sequence], *, ignore: bool) -> None:
+    fields = _fields(model, columns)
+    names = ", ".join(f'"{field.column}"' for field in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    verb = "INSERT OR IGNORE" if ignore else "INSERT"
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f'{verb} INTO "{model._meta.db_table}" ({names}) VALUES ({marks})',
+            list(zip(*_prepared(model, columns, rows), strict=True)),
+        )
 
 
 def _prepared(model, columns: Sequence[str], rows: Sequence[Sequence]) -> list[list]:
@@ -101,11 +117,11 @@ def update_rows(
 
 
 def copy_rows(model, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
-    """Insert new rows: COPY on PostgreSQL (the fastest way in), bulk_create elsewhere."""
+    """Insert new rows: COPY on PostgreSQL (the fastest way in), executemany on SQLite."""
     if not rows:
         return
     if connection.vendor != "postgresql":
-        model.objects.bulk_create([model(**dict(zip(columns, row, strict=True))) for row in rows], batch_size=2000)
+        _sqlite_insert(model, columns, rows, ignore=False)
         return
     names = ", ".join(f'"{c}"' for c in columns)
     with connection.cursor() as cursor:
@@ -119,9 +135,7 @@ def insert_new_rows(model, columns: Sequence[str], rows: Sequence[Sequence]) -> 
     if not rows:
         return
     if connection.vendor != "postgresql":
-        model.objects.bulk_create(
-            [model(**dict(zip(columns, row, strict=True))) for row in rows], batch_size=2000, ignore_conflicts=True
-        )
+        _sqlite_insert(model, columns, rows, ignore=True)
         return
     names = ", ".join(f'"{c}"' for c in columns)
     unnest = ", ".join(f"%s::{_array_type(model, c)}" for c in columns)

@@ -674,7 +674,9 @@ def _queue_chunk(vms: list[VirtualMachine], template: Operation) -> list[int]:
         ]
         for row in rows:
             row.dispatched_at = template.dispatched_at
-        Operation.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+        # What bulk_create(ignore_conflicts=True) writes, without compiling SQL per row.
+        columns = [f.attname for f in Operation._meta.concrete_fields if not f.primary_key]
+        bulk.insert_new_rows(Operation, columns, [[getattr(row, c) for c in columns] for row in rows])
         return list(
             Operation.objects.filter(
                 vm_id__in=alive, kind=template.kind, created_at=template.created_at, status=OperationStatus.NOT_STARTED

@@ -246,3 +246,36 @@ def test_a_vm_deleted_before_its_batch_runs_fails_its_operation_cleanly():
     failed = Operation.objects.get(vm_name="doomed")
     assert failed.status == OperationStatus.FAILED and failed.error_code == "VMDeleted"
     assert Operation.objects.get(vm_name="kept").status == OperationStatus.SUCCEEDED
+
+
+def test_a_vm_running_any_installation_is_left_alone_and_a_running_assessment_does_not_count():
+    """Each VM's installation in flight, however old, or recorded with an end still ahead (a simulated
+    clock records a run at once), keeps the rounds off it; an assessment in flight does not."""
+    stuck, finishing, assessing = fleet_vm("stuck"), fleet_vm("finishing"), fleet_vm("assessing")
+
+    def run(vm, kind, started_by, status, created_at, finished_at=None):
+        operation = services.new_operation(vm, kind, started_by, None, {}, created_at)
+        operation.status, operation.finished_at = status, finished_at
+        operation.save()
+
+    run(stuck, OperationKind.INSTALLATION, StartedBy.USER, OperationStatus.IN_PROGRESS, NIGHT - timedelta(days=3))
+    run(
+        finishing,
+        OperationKind.INSTALLATION,
+        StartedBy.PLATFORM,
+        OperationStatus.SUCCEEDED,
+        NIGHT - timedelta(minutes=20),
+        NIGHT + timedelta(minutes=10),
+    )
+    run(
+        assessing,
+        OperationKind.ASSESSMENT,
+        StartedBy.PLATFORM,
+        OperationStatus.IN_PROGRESS,
+        NIGHT - timedelta(minutes=5),
+    )
+
+    assert engine.in_flight_installations(NIGHT) == {stuck.pk: StartedBy.USER, finishing.pk: StartedBy.PLATFORM}
+    result = engine.patch_fleet(NIGHT)
+    assert set(Operation.objects.filter(pk__in=result.started).values_list("vm_id", flat=True)) == {assessing.pk}
+    assert decision(stuck)[0] == "in_progress"

@@ -157,6 +157,30 @@ def test_with_failures_reasons_stay_explained_and_hotpatch_months_stay_reboot_fr
             assert not {(vm["product"], m) for m in vm["reboot_months"]} & hotpatch_months, vm["name"]
 
 
+def test_the_rounds_cached_fleet_stays_equal_to_a_fresh_read_through_failures_retries_and_power_changes(
+    django_db_blocker,
+):
+    """The simulation reads only the VMs that changed between rounds and looks again only at those
+    (and at the ones with an installation in flight, or whose product had a release): every round,
+    what it plans from equals a fresh read of the whole fleet, with installations failing and retried."""
+    start, end = datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 9, 1, tzinfo=UTC)
+    with django_db_blocker.unblock(), throwaway_database():
+        catalog.ensure_catalog(until=end.date() + timedelta(days=31))
+        from django.test.utils import override_settings
+
+        with override_settings(PORTAL_PATCH_FAILURE_RATE=0.05):
+            simulation = Simulation(start, end, fleets.generated(120, start, end, seed=9))
+            simulation.cache.verify = True
+            simulation.create_fleet()
+            simulation.run()
+            report = simulation.report()
+            retried = Operation.objects.filter(
+                kind=OperationKind.INSTALLATION, started_by=StartedBy.PLATFORM, failed_count__gt=0
+            ).exists()
+    assert retried and simulation.rounds > 50
+    assert "unexplained" not in report["summary"]["out_of_compliance_days_by_reason"]
+
+
 def test_simulate_prints_one_json_object_and_leaves_the_real_data_alone():
     load_catalog()
     mine = make_vm(name="my-own-vm")

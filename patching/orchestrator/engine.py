@@ -130,6 +130,9 @@ class FleetCache:
     needs: dict[tuple, Need] = field(default_factory=dict)
     vms: dict[int, tuple] = field(default_factory=dict)
     verdicts: dict[int, tuple] = field(default_factory=dict)  # the planner's memo
+    # What the last snapshot saw beyond the rows: each product's epoch and the installations in flight.
+    epochs: dict[str, int] | None = None
+    installing: dict[int, str] = field(default_factory=dict)
     dirty: set[int] | None = None  # None: read everything
     installed_since_check: bool = True  # whether check_halts has new installations to count
     verify: bool = False  # compare every cached snapshot with a fresh one (tests)
@@ -182,20 +185,23 @@ def installed_summaries(vm_filter: Q | None = None) -> dict[int, tuple]:
     return {row["guest_id"]: (row["windows"], row["dotnet"], row["baseline"]) for row in rows}
 
 
-def _read(cache: FleetCache, now: datetime) -> None:
-    """(Re)read the VMs the cache lacks or that changed: everything the first time."""
+def _read(cache: FleetCache, now: datetime) -> set[int] | None:
+    """(Re)read the VMs the cache lacks or that changed: everything the first time (returns None),
+    else the ids it read again."""
     vms = VirtualMachine.objects.filter(guest__isnull=False)
     installed = ORCHESTRATED
     # Only recent attempts matter: they are compared with releases of the last month or two.
-    attempts = Operation.objects.filter(
-        kind=OperationKind.INSTALLATION, started_by=StartedBy.PLATFORM, vm__isnull=False, created_at__gte=now - ATTEMPTS
-    )
-    if cache.dirty is not None:
-        if not cache.dirty:
-            return
-        changed = list(cache.dirty)
+    attempt = Q(kind=OperationKind.INSTALLATION, started_by=StartedBy.PLATFORM)
+    attempts = Operation.objects.filter(attempt, vm__isnull=False, created_at__gte=now - ATTEMPTS)
+    reread = cache.dirty
+    if reread is not None:
+        if not reread:
+            return reread
+        changed = list(reread)
         vms, installed = vms.filter(pk__in=changed), installed & Q(guest_id__in=changed)
-        attempts = attempts.filter(vm_id__in=changed)
+        # Per VM through its (vm, created_at) index; the kind and who started it are checked in the
+        # aggregate, which SQLite otherwise reads through their index: every attempt in the period.
+        attempts = Operation.objects.filter(vm_id__in=changed, created_at__gte=now - ATTEMPTS)
         for pk in changed:  # a deleted VM stays away
             for kept in (cache.rows, cache.summaries, cache.decisions, cache.attempts):
                 kept.pop(pk, None)
@@ -203,8 +209,39 @@ def _read(cache: FleetCache, now: datetime) -> None:
         cache.rows[row[0]] = row
         cache.decisions[row[0]] = (row[19], row[20])
     cache.summaries.update(installed_summaries(installed))
-    cache.attempts.update(attempts.values("vm_id").annotate(last=Max("created_at")).values_list("vm_id", "last"))
+    cache.attempts.update(
+        (vm_id, last)
+        for vm_id, last in attempts.values("vm_id")
+        .annotate(last=Max("created_at", filter=attempt))
+        .values_list("vm_id", "last")
+        if last is not None
+    )
     cache.dirty = set()
+    return reread
+
+
+def in_flight_installations(now: datetime) -> dict[int, str]:
+    """Who started each VM's installation in flight at `now`: running, or recorded with an end after
+    `now` (on a simulated clock a run is recorded at once, its end in the future).
+
+    Two indexed reads rather than one with OR, which databases answer by scanning every installation
+    ever run (the simulation's rounds slowed as its history grew); an in-flight row wins.
+    """
+    installations = Operation.objects.filter(kind=OperationKind.INSTALLATION, vm__isnull=False).order_by()
+    installing = dict(
+        installations.filter(created_at__gt=now - LONGEST_INSTALLATION, finished_at__gt=now).values_list(
+            "vm_id", "started_by"
+        )
+    )
+    # The kind is checked here, not in the query: SQLite would otherwise walk the kind index (every
+    # installation) rather than the status one (the few in flight).
+    in_flight = Operation.objects.filter(status__in=IN_FLIGHT, vm__isnull=False).order_by()
+    installing.update(
+        (vm_id, by)
+        for vm_id, by, kind in in_flight.values_list("vm_id", "started_by", "kind")
+        if kind == OperationKind.INSTALLATION
+    )
+    return installing
 
 
 def snapshot(
@@ -212,29 +249,32 @@ def snapshot(
 ) -> Snapshot:
     """The fleet as the planner sees it at `now` (read afresh, or updated in `cache`)."""
     cache = cache or FleetCache()
-    _read(cache, now)
-    installing = dict(
-        Operation.objects.filter(kind=OperationKind.INSTALLATION, vm__isnull=False)
-        .filter(Q(status__in=IN_FLIGHT) | Q(created_at__gt=now - LONGEST_INSTALLATION, finished_at__gt=now))
-        .values_list("vm_id", "started_by")
-    )
+    reread = _read(cache, now)
+    installing = in_flight_installations(now)
     epochs = {product: catalog.epoch(now) for product, catalog in catalogs.items()}
     released = {product: catalog.current_release(now) for product, catalog in catalogs.items()}
-    fleet = []
-    for pk, row in cache.rows.items():
+    # A FleetVM changes only with its row, installed state and attempt (read again: `reread`), its
+    # installation in flight, or its product's releases (the epoch): only those VMs are looked at again.
+    if reread is None or epochs != cache.epochs:
+        again = cache.rows.keys()
+    else:
+        again = (reread | installing.keys() | cache.installing.keys()) & cache.rows.keys()
+    cache.epochs, cache.installing = epochs, installing
+    for pk in again:
+        row = cache.rows[pk]
         doing = installing.get(pk, "")
         summary, last = cache.summaries.get(pk), cache.attempts.get(pk)
         epoch = epochs.get(row[2])
         kept = cache.vms.get(pk)
         # Same row, installed state, releases, attempt and installation in flight: the same FleetVM.
         if kept is not None and kept[:5] == (row, summary, epoch, doing, last):
-            fleet.append(kept[5])
             continue
         release = released.get(row[2])
         attempted = bool(last and release and last >= release.patch.published_at)
         vm = _fleet_vm(row, _need(row, cache, now, rules, catalogs), doing, attempted)
         cache.vms[pk] = (row, summary, epoch, doing, last, vm)
-        fleet.append(vm)
+    vms = cache.vms
+    fleet = [vms[pk][5] for pk in cache.rows]
     if cache.verify:
         fresh = snapshot(now, rules, catalogs)
         assert sorted(fleet, key=lambda v: v.id) == sorted(fresh.fleet, key=lambda v: v.id), "stale fleet cache"
@@ -413,8 +453,13 @@ def record_decisions(verdicts: dict[int, planner.Verdict], current: dict[int, tu
     """
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for vm_id, verdict in verdicts.items():
-        detail = verdict.detail if len(verdict.detail) <= DETAIL_LENGTH else verdict.detail[: DETAIL_LENGTH - 1] + "…"
-        if current.get(vm_id) != (verdict.decision, detail):
+        stored, detail = current.get(vm_id), verdict.detail
+        # Stored from this very wording (the planner's memo hands the same verdict back each round).
+        if stored is not None and stored[1] is detail and stored[0] == verdict.decision:
+            continue
+        if len(detail) > DETAIL_LENGTH:
+            detail = detail[: DETAIL_LENGTH - 1] + "…"
+        if stored != (verdict.decision, detail):
             groups[(verdict.decision, detail)].append(vm_id)
     for (decision, detail), ids in groups.items():
         for pk in ids:

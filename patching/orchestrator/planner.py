@@ -22,7 +22,7 @@ with any installation in flight is not started again (the database allows one in
 """
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -172,9 +172,8 @@ def plan(
         if not vm.attempted:
             phase = phase_of(vm.region)
             waiting[vm.product] = min(waiting.get(vm.product, phase), phase)
-    for vm in fleet:
-        if vm.attempted:
-            opened[vm.product] = max(opened.get(vm.product, -1), phase_of(vm.region))
+    for product, region in {(vm.product, vm.region) for vm in fleet if vm.attempted}:
+        opened[product] = max(opened.get(product, -1), phase_of(region))
     frontier = {product: max(phase, opened.get(product, -1)) for product, phase in waiting.items()}
     allowed: list[FleetVM] = []
     for vm in candidates:
@@ -188,21 +187,18 @@ def plan(
         else:
             allowed.append(vm)
 
-    # Off-peak window, in the VM's own time zone.
+    # Off-peak window, in the VM's own time zone (the same for every VM of a zone: worked out once each).
     wake_at: datetime | None = None
     ready: list[tuple[FleetVM, timedelta]] = []
+    window_of = _remembered(lambda time_zone: _window(rules, now, time_zone))
     for vm in allowed:
-        zone = resolve_time_zone(vm.time_zone)
-        remaining = rules.window.remaining(now, zone)
+        remaining, opened_at, opens, when = window_of(vm.time_zone)
         # Failed or left pending in this window: retried in the next one.
-        retried_here = bool(vm.retry_after and remaining and vm.retry_after >= rules.window.opened_at(now, zone))
+        retried_here = bool(vm.retry_after and remaining and vm.retry_after >= opened_at)
         if remaining >= rules.min_duration and not retried_here:
             ready.append((vm, remaining))
             continue
-        opens = rules.window.next_opening(now + remaining + timedelta(seconds=1), zone)
         wake_at = opens if wake_at is None else min(wake_at, opens)
-        local = opens.astimezone(zone)
-        when = f"next from {local:%Y-%m-%d %H:%M} local"
         if vm.retry:
             verdicts[vm.id] = Verdict(
                 D.RETRY,
@@ -238,11 +234,33 @@ def plan(
         blocked = any(v.product == product and verdicts[v.id].decision == D.WAITING_PHASE for v in candidates)
         if blocked and not any(v.product == product and not v.attempted and v.id not in started for v in allowed):
             hurry = True
-    for vm, remaining in in_window:
+    for vm, _ in in_window:
         if vm.id in started:  # if it fails, it is retried in its next window
-            opens = rules.window.next_opening(now + remaining + timedelta(seconds=1), resolve_time_zone(vm.time_zone))
+            opens = window_of(vm.time_zone)[2]
             wake_at = opens if wake_at is None else min(wake_at, opens)
     return Plan(verdicts=verdicts, starts=starts, wake_at=wake_at, phase=current, hurry=hurry)
+
+
+def _window(rules: Rules, now: datetime, time_zone: str) -> tuple[timedelta, datetime | None, datetime, str]:
+    """For a VM in `time_zone` at `now`: the time left in its window, when that window opened, when
+    its next window opens (UTC) and how a verdict says so."""
+    zone = resolve_time_zone(time_zone)
+    remaining = rules.window.remaining(now, zone)
+    opened_at = rules.window.opened_at(now, zone) if remaining else None
+    opens = rules.window.next_opening(now + remaining + timedelta(seconds=1), zone)
+    return remaining, opened_at, opens, f"next from {opens.astimezone(zone):%Y-%m-%d %H:%M} local"
+
+
+def _remembered(compute):
+    """`compute` remembered per argument, for one plan."""
+    known: dict = {}
+
+    def get(key):
+        if key not in known:
+            known[key] = compute(key)
+        return known[key]
+
+    return get
 
 
 def _not_a_candidate(vm: FleetVM, halts: dict[tuple[str, str], str]) -> Verdict | None:
@@ -310,13 +328,8 @@ def _batches(
             set_busy[vm.availability_set].append(vm)
         if vm.regional:
             subscription_busy[(vm.subscription, vm.region)] += 1
-    set_size: dict[str, int] = defaultdict(int)
-    subscription_size: dict[tuple[str, str], int] = defaultdict(int)
-    for vm in fleet:
-        if vm.availability_set:
-            set_size[vm.availability_set] += 1
-        if vm.regional:
-            subscription_size[(vm.subscription, vm.region)] += 1
+    set_size = Counter(vm.availability_set for vm in fleet if vm.availability_set)
+    subscription_size = Counter((vm.subscription, vm.region) for vm in fleet if not vm.zone and not vm.availability_set)
 
     # The zone each region patches now: the one in flight, else the lowest with a VM ready.
     zone_now: dict[str, str] = {}

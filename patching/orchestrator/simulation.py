@@ -269,12 +269,13 @@ class Simulation:
         memo: dict = {}
         days = [self.start.date() + timedelta(days=i) for i in range((self.end - self.start).days)]
         years = max(sum(1 / (366 if calendar_module.isleap(day.year) else 365) for day in days), 1 / 365)
+        moments = [min(day_end(day), self.end) for day in days]
 
         rows = []
         for vm in vms:
             enrolled = vm.enable_hotpatching and vm.hotpatch_capable
             compliance = self._compliance(
-                vm, enrolled, installed[vm.pk], kinds, published, catalogs, rules, days, off[vm.pk], halts, memo
+                vm, enrolled, installed[vm.pk], kinds, published, catalogs, rules, moments, off[vm.pk], halts, memo
             )
             rows.append(
                 {
@@ -337,8 +338,8 @@ class Simulation:
                 intervals[by_name[name]].append((since[name], self.end))
         return intervals
 
-    def _compliance(self, vm, enrolled, installs, kinds, published, catalogs, rules, days, off, halts, memo) -> dict:
-        """Day by day (at 23:59:59 UTC): were Critical/Security updates outstanding, and for how long?
+    def _compliance(self, vm, enrolled, installs, kinds, published, catalogs, rules, moments, off, halts, memo) -> dict:
+        """Day by day (`moments`: each day's 23:59:59 UTC): were Critical/Security updates outstanding, and for how long?
 
         Outstanding: what automatic patching would install, or what waits while the VM is behind the
         baseline; not the .NET updates an enrolled VM holds for its baseline month (by design). Out of
@@ -351,9 +352,11 @@ class Simulation:
         reasons: dict[str, int] = defaultdict(int)
         streak_since: datetime | None = None
         i, windows, dotnet, baseline, baseline_id = 0, None, None, None, None
-        for day in days:
-            moment = min(day_end(day), self.end)
+        summary, known = None, {}
+        for moment in moments:
+            changed = summary is None
             while i < len(installs) and installs[i][0] <= moment:
+                changed = True
                 update_id = installs[i][1]
                 kind, at = kinds[update_id], published[update_id]
                 if kind in engine.sim.WINDOWS_KINDS:
@@ -367,17 +370,18 @@ class Simulation:
                 i += 1
             if catalog is None:
                 continue
-            summary = GuestSummary(vm.product, enrolled, baseline_id, windows, dotnet, baseline)
-            key = (summary, moment)
-            if key not in memo:
+            if changed:  # the guest's state changed: its answers per day are shared by every VM in that state
+                summary = GuestSummary(vm.product, enrolled, baseline_id, windows, dotnet, baseline)
+                known = memo.setdefault(summary, {})
+            if moment not in known:
                 wanted = need(summary, catalog, moment, catch_up=rules.catch_up_baseline)
                 missing = wanted.kbs + (wanted.held if wanted.behind else ())
                 oldest = min(
                     (p.published_at for p in catalog.patches if p.kb in missing and p.published_at <= moment),
                     default=None,
                 )
-                memo[key] = (oldest, bool(wanted.behind))
-            oldest, behind = memo[key]
+                known[moment] = (oldest, bool(wanted.behind))
+            oldest, behind = known[moment]
             if oldest is None:
                 streak_since = None
                 continue
