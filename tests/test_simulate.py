@@ -157,6 +157,20 @@ def test_with_failures_reasons_stay_explained_and_hotpatch_months_stay_reboot_fr
             assert not {(vm["product"], m) for m in vm["reboot_months"]} & hotpatch_months, vm["name"]
 
 
+def test_the_same_seed_gives_the_same_year_failures_included():
+    def year(failure_rate: str) -> dict:
+        out = StringIO()
+        args = ("--start", "2024-06-01", "--end", "2024-09-01", "--vms", "60", "--failure-rate", failure_rate)
+        call_command("simulate", *args, "--json", stdout=out)
+        report = json.loads(out.getvalue())
+        report.pop("runtime_seconds")
+        return report
+
+    with_failures = year("0.2")
+    assert year("0.2") == with_failures
+    assert year("0") != with_failures  # the failures did happen, and happened alike both times
+
+
 def test_the_rounds_cached_fleet_stays_equal_to_a_fresh_read_through_failures_retries_and_power_changes(
     django_db_blocker,
 ):

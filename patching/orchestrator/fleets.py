@@ -249,8 +249,12 @@ def create(fleet: Fleet, start: datetime):
     ResourceGroup.objects.bulk_create(groups.values())
     vms = []
     for spec in fleet.vms:
+        group = groups[(spec.subscription, spec.resource_group)]
         vm = VirtualMachine(
-            resource_group=groups[(spec.subscription, spec.resource_group)],
+            resource_group=group,
+            # Named after the VM, not drawn: its id seeds the simulated failures, so the same fleet
+            # (the same --seed) fails the same way on every run.
+            vm_id=uuid.uuid5(group.subscription_id, f"{group.name}/{spec.name}"),
             name=spec.name,
             location=spec.region,
             zone=spec.zone,
