@@ -631,8 +631,8 @@ def queue_operations(
     caller (a simulated clock runs them with execute_operations(ids, now=...)). `user` is who asked, for
     operations a person started on many VMs at once (the admin's actions).
 
-    A round commits in chunks of ROUND_CHUNK VMs, each handed to the workers as it commits, so they
-    start while the rest is queued (a 100,000-VM round would otherwise hold them all until its one
+    A round commits in chunks (ROUND_CHUNK batches of VMs each), each handed to the workers as it
+    commits, so they start while the rest is queued (a 100,000-VM round would otherwise hold them all until its one
     commit). Inside a caller's transaction the chunks are savepoints and go at its commit.
     """
     now = now or world_clock.now()
