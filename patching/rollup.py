@@ -243,8 +243,13 @@ def _trigger_function(table: str) -> str:
         ],
         "DELETE": [_together([_grouped_insert(spec, deleted[spec], into[spec]) for spec in inserted])],
     }
+    # EXECUTE: planned on each call, for the transition tables' actual size. A static statement is
+    # planned once per connection, for its first call's size: after a one-row (or empty) first
+    # statement, every batch of hundreds would join old to new rows by nested loop (quadratic).
     body = "".join(
-        f"{'IF' if n == 0 else 'ELSIF'} TG_OP = '{op}' THEN\n    " + ";\n    ".join(statements) + ";\n  "
+        f"{'IF' if n == 0 else 'ELSIF'} TG_OP = '{op}' THEN\n    "
+        + ";\n    ".join(f"EXECUTE $rollup${statement}$rollup$" for statement in statements)
+        + ";\n  "
         for n, (op, statements) in enumerate(branches.items())
     )
     return (

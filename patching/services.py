@@ -734,6 +734,10 @@ class Executed:
     unreachable: dict[int, str]
 
 
+def _claimable(alive: datetime) -> Q:
+    return Q(status=OperationStatus.NOT_STARTED) | _dead_runs(alive)
+
+
 def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
     """NotStarted -> InProgress, once; or take over a run whose worker died (its heartbeat is stale).
 
@@ -747,35 +751,81 @@ def _claim(operation_ids: list[int], now: datetime) -> list[Operation]:
     with transaction.atomic():
         rows = list(
             Operation.objects.select_for_update(skip_locked=True)
-            .among(operation_ids, Q(status=OperationStatus.NOT_STARTED) | _dead_runs(alive))
+            .among(operation_ids, _claimable(alive))
             .values_list("pk", "status", "reboot_status", "vm_id")
         )
         fresh = [pk for pk, status, _, _ in rows if status == OperationStatus.NOT_STARTED]
-        taken_over = [pk for pk, status, _, _ in rows if status == OperationStatus.IN_PROGRESS]
-        rebooting = [
-            vm_id
-            for _, status, reboot, vm_id in rows
-            if status == OperationStatus.IN_PROGRESS and reboot == RebootStatus.STARTED and vm_id
-        ]
-        # Compare-and-swap on the status as well, for SQLite, where SELECT FOR UPDATE locks nothing.
-        Operation.objects.among(fresh, Q(status=OperationStatus.NOT_STARTED)).update(
-            status=OperationStatus.IN_PROGRESS, started_at=now, heartbeat_at=alive, attempts=F("attempts") + 1
-        )
-        if taken_over:
-            log.warning("Taking over %d run(s) whose worker stopped: %s", len(taken_over), taken_over)
-            Operation.objects.among(taken_over, _dead_runs(alive)).update(
-                heartbeat_at=alive,
-                reboot_status=RebootStatus.UNKNOWN,
-                attempts=F("attempts") + 1,
-                due_at=None,
-                reboot_at=None,
-            )
+        _mark_claimed(fresh, now, alive)
+        rebooting = _take_over(rows, alive)
     if rebooting:
         # After the operations' transaction, not inside it: the lock order puts VMs before operations.
-        VirtualMachine.objects.filter(pk__any=rebooting, power_state=VirtualMachine.PowerState.STARTING).update(
+        _restarted(rebooting)
+    return _runs([pk for pk, _, _, _ in rows])
+
+
+def _claim_held(operation_ids: list[int], now: datetime) -> tuple[list[Operation], set[int]]:
+    """_claim for runs recorded in the caller's transaction (when no simulated time passes in real
+    time): the runs' VMs, guest states and operations locked in the lock order, and nothing written.
+    Each run goes from NotStarted to its outcome in one write of its row (record_findings' writes
+    carry the claim: its start and attempt), instead of three (the claim, then the outcome).
+
+    A second worker with the same batch waits for the VMs' locks, then finds the runs finished.
+    Returns the runs (started_at and attempts as claimed) and the VMs whose guest states are locked.
+    """
+    alive = timezone.now()
+    claimable = Operation.objects.among(operation_ids, _claimable(alive))
+    lock_vm_ids(pk for pk in claimable.values_list("vm_id", flat=True) if pk)
+    operations = list(claimable.select_for_update(skip_locked=True).only(*RUN_FIELDS, "status", "reboot_status"))
+    guests = _lock_guests(op.vm_id for op in operations if op.vm_id)
+    rows = [(op.pk, op.status, op.reboot_status, op.vm_id) for op in operations]
+    _restarted(_take_over(rows, alive))  # the VMs are locked already
+    for op in operations:
+        op.attempts += 1
+        if op.status == OperationStatus.NOT_STARTED:
+            op.started_at = now
+    return operations, guests
+
+
+def _mark_claimed(operation_ids: list[int], now: datetime, alive: datetime) -> None:
+    # Compare-and-swap on the status as well, for SQLite, where SELECT FOR UPDATE locks nothing.
+    Operation.objects.among(operation_ids, Q(status=OperationStatus.NOT_STARTED)).update(
+        status=OperationStatus.IN_PROGRESS, started_at=now, heartbeat_at=alive, attempts=F("attempts") + 1
+    )
+
+
+def _take_over(rows: list[tuple], alive: datetime) -> list[int]:
+    """The claim of runs whose worker died, among (pk, status, reboot_status, vm_id) rows locked;
+    returns the VMs they left restarting."""
+    taken_over = [pk for pk, status, _, _ in rows if status == OperationStatus.IN_PROGRESS]
+    if not taken_over:
+        return []
+    log.warning("Taking over %d run(s) whose worker stopped: %s", len(taken_over), taken_over)
+    Operation.objects.among(taken_over, _dead_runs(alive)).update(
+        heartbeat_at=alive,
+        reboot_status=RebootStatus.UNKNOWN,
+        attempts=F("attempts") + 1,
+        due_at=None,
+        reboot_at=None,
+    )
+    return [
+        vm_id
+        for _, status, reboot, vm_id in rows
+        if status == OperationStatus.IN_PROGRESS and reboot == RebootStatus.STARTED and vm_id
+    ]
+
+
+def _restarted(vm_ids: list[int]) -> None:
+    if vm_ids:
+        VirtualMachine.objects.filter(pk__any=vm_ids, power_state=VirtualMachine.PowerState.STARTING).update(
             power_state=VirtualMachine.PowerState.RUNNING
         )
-    return _runs(fresh + taken_over)
+
+
+def _lock_guests(vm_ids: Iterable[int]) -> set[int]:
+    """Lock these VMs' guest states (after the VMs: the lock order); the ones that exist."""
+    return set(
+        GuestState.objects.select_for_update().filter(pk__any=list(vm_ids)).order_by("pk").values_list("pk", flat=True)
+    )
 
 
 # What a run reads of its operation, and of its VM with the VM's resource group and guest state: a
@@ -904,16 +954,77 @@ def execute_operations(
     `wait` False (the workers) leaves those steps to an `advance_operations` task scheduled for when
     they fall due, so no worker waits while a guest works; `wait` True runs them here (`sleep` until
     each is due). In sandbox mode (vms.clock simulated) `now` None is the frozen simulated moment: the
-    run happens then, at once, and is still followed by its assessment. A handful of queries for the
-    whole batch, whatever its size; the catalog is read once per batch.
+    run happens then, at once, and is still followed by its assessment. A run recorded at once is
+    claimed and recorded in one transaction (_claim_held). A handful of queries for the whole batch,
+    whatever its size; the catalog is read once per batch.
     """
     follow_up = now is None
     if now is None and world_clock.is_simulated():
         now = world_clock.now()
     clock = now or world_clock.now()
-    operations = _claim(operation_ids, clock) if operation_ids else []
-    if not operations:
+    if not operation_ids:
         return Executed([], {})
+    if now is None and settings.PORTAL_SIM_SPEED:
+        return _run_in_real_time(operation_ids, clock, sleep=sleep, wait=wait)
+    with transaction.atomic():
+        _without_waiting_for_the_wal()
+        operations, guests_locked = _claim_held(operation_ids, clock)
+        run = _simulate_batch(operations, clock)
+        # Recorded as claimed: the runs that end here without an outcome are written as started first.
+        _mark_claimed([pk for pk, _, _ in run.failed] + list(run.unreachable), clock, timezone.now())
+        run.fail()
+        findings = run.findings
+        if now is None:
+            finished = world_clock.now()
+            findings = [dataclasses.replace(f, finished=finished) for f in findings]
+        recorded = _write_findings(findings, guests_locked)
+    if follow_up:
+        _follow_up([f for f in findings if f.outcome is not None and f.operation_id in recorded])
+    return Executed(recorded, run.unreachable)
+
+
+def _run_in_real_time(operation_ids: list[int], clock: datetime, *, sleep, wait: bool) -> Executed:
+    """Claimed now; the simulated duration becomes due times (_park), stepped by advance_operations."""
+    run = _simulate_batch(_claim(operation_ids, clock), clock)
+    run.fail()
+    if not run.findings:
+        return Executed([], run.unreachable)
+    parked = _park(run.findings, run.plans)
+    if not wait:
+        schedule_advance(parked)
+        return Executed([], run.unreachable)
+    recorded = []
+    while parked:
+        due = _next_due(parked)
+        if due is None:
+            break
+        delay = (due - timezone.now()).total_seconds()
+        if delay > 0:
+            sleep(delay)
+        recorded += advance_operations(parked)
+    return Executed(recorded, run.unreachable)
+
+
+@dataclass
+class BatchRun:
+    """What simulating a batch of claimed runs gave: findings to record (with the faults injected into
+    each), runs that failed before the guest worked, runs whose agent did not answer."""
+
+    findings: list["Finding"]
+    failed: list[tuple[int, str, str]]  # (operation id, error code, message)
+    unreachable: dict[int, str]
+    plans: dict[int, sim.Injected]
+    clock: datetime
+
+    def fail(self) -> None:
+        for pk, code, message in self.failed:
+            fail_operation(pk, code, message, self.clock)
+
+
+def _simulate_batch(operations: list[Operation], clock: datetime) -> BatchRun:
+    run = BatchRun([], [], {}, {}, clock)
+    if not operations:
+        return run
     with _catalog_once():
         vms = _vms_of(operations)
         guests = guests_of([vm for vm in vms.values() if guest_state(vm) is not None])
@@ -928,49 +1039,27 @@ def execute_operations(
 
         running = [op for op in operations if vms.get(op.vm_id) and vms[op.vm_id].is_running]
         injected = faults.hits(running, vms, would_install)
-        findings, unreachable, plans = [], {}, {}
         for operation in operations:
             vm = vms.get(operation.vm_id)
             hit = injected.get(operation.pk, faults.NONE)
             if vm is None or guest_state(vm) is None:
-                fail_operation(
-                    operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.", clock
+                run.failed.append(
+                    (operation.pk, "VMDeleted", f"The virtual machine '{operation.vm_name}' was deleted.")
                 )
             elif not vm.is_running:
-                fail_operation(operation.pk, "VMNotRunning", _not_running(vm), clock)
+                run.failed.append((operation.pk, "VMNotRunning", _not_running(vm)))
             elif hit.unreachable or not _agent_answers(operation):
-                unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer." + (
+                run.unreachable[operation.pk] = f"The VM agent on '{vm.name}' did not answer." + (
                     f" {hit.text}." if hit.unreachable else ""
                 )
             elif hit.assessment_fails:
-                fail_operation(
-                    operation.pk, "AssessmentFailed", f"The assessment failed (0x80244022). {hit.text}.", clock
+                run.failed.append(
+                    (operation.pk, "AssessmentFailed", f"The assessment failed (0x80244022). {hit.text}.")
                 )
             else:
-                findings.append(_simulate(operation, vm, guests[vm.pk], clock, hit.guest))
-                plans[operation.pk] = hit.guest
-    if now is None and settings.PORTAL_SIM_SPEED and findings:
-        parked = _park(findings, plans)
-        if not wait:
-            schedule_advance(parked)
-            return Executed([], unreachable)
-        recorded = []
-        while parked:
-            due = _next_due(parked)
-            if due is None:
-                break
-            delay = (due - timezone.now()).total_seconds()
-            if delay > 0:
-                sleep(delay)
-            recorded += advance_operations(parked)
-        return Executed(recorded, unreachable)
-    if now is None:
-        finished = world_clock.now()
-        findings = [dataclasses.replace(f, finished=finished) for f in findings]
-    recorded = record_findings(findings)
-    if follow_up:
-        _follow_up([f for f in findings if f.outcome is not None and f.operation_id in recorded])
-    return Executed(recorded, unreachable)
+                run.findings.append(_simulate(operation, vm, guests[vm.pk], clock, hit.guest))
+                run.plans[operation.pk] = hit.guest
+    return run
 
 
 def _follow_up(installed: list["Finding"]) -> None:
@@ -1162,6 +1251,7 @@ class Finding:
     catalog: list[sim.Patch]
     outcome: sim.InstallOutcome | None = None  # None for an assessment
     attempt: int | None = None  # the claim this run holds (Operation.attempts); None: any
+    started: datetime | None = None  # when it was claimed (None: as recorded)
 
 
 def _simulate(
@@ -1172,10 +1262,14 @@ def _simulate(
     available = sim.applicable(guest, catalog, now)
     if operation.kind == OperationKind.ASSESSMENT:
         finished = now + timedelta(seconds=sim.ASSESSMENT_SECONDS)
-        return Finding(operation.pk, vm, available, finished, guest, catalog, attempt=operation.attempts)
+        return Finding(
+            operation.pk, vm, available, finished, guest, catalog, None, operation.attempts, operation.started_at
+        )
     outcome = _install(operation, vm, guest, available, now, injected)
     finished = now + timedelta(seconds=outcome.simulated_seconds)
-    return Finding(operation.pk, vm, available, finished, guest, catalog, outcome, operation.attempts)
+    return Finding(
+        operation.pk, vm, available, finished, guest, catalog, outcome, operation.attempts, operation.started_at
+    )
 
 
 def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, available, clock: datetime, injected):
@@ -1193,8 +1287,20 @@ def _install(operation: Operation, vm: VirtualMachine, guest: sim.Guest, availab
     )
 
 
-OPERATION_ASSESSED = ("status", "finished_at", "critical_security_count", "other_count", "reboot_pending")
+# Each carries the claim (started_at, attempts): a run claimed in the recording transaction
+# (_claim_held) is written once, from NotStarted to its outcome.
+OPERATION_CLAIM = ("started_at", "attempts")
+OPERATION_CLAIM_ASSIGN = {column: f"COALESCE(v.{column}, t.{column})" for column in OPERATION_CLAIM}
+OPERATION_ASSESSED = (
+    *OPERATION_CLAIM,
+    "status",
+    "finished_at",
+    "critical_security_count",
+    "other_count",
+    "reboot_pending",
+)
 OPERATION_INSTALLED = (
+    *OPERATION_CLAIM,
     "status",
     "finished_at",
     "installed_count",
@@ -1259,110 +1365,120 @@ def record_findings(findings: list[Finding]) -> list[int]:
     if not findings:
         return []
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            # Not waiting for the WAL flush: a result lost in a database crash leaves its run in
-            # progress with a heartbeat, which is then taken over and run again (nothing is half-written).
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        _without_waiting_for_the_wal()
         # The lock order (lock_vms): VMs, then guest states, then operations, each set by pk.
         lock_vm_ids(f.vm.pk for f in findings)
-        locked = set(
-            GuestState.objects.select_for_update()
-            .filter(pk__any=[f.vm.pk for f in findings])
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
+        locked = _lock_guests(f.vm.pk for f in findings)
         # Still in progress under the same claim: a run taken over from this worker is its successor's.
         claims = dict(
             Operation.objects.select_for_update()
             .among([f.operation_id for f in findings], Q(status=OperationStatus.IN_PROGRESS))
             .values_list("pk", "attempts")
         )
-        live = {
-            f.operation_id for f in findings if f.operation_id in claims and f.attempt in (None, claims[f.operation_id])
-        }
-        assessed_ops, installed_ops, assessed_guests, installed_guests = [], [], [], []
-        results, installs, rebooted, hung, recorded = [], [], [], [], []
-        summaries = FleetSummaries()
-        for f in findings:
-            if f.operation_id not in live:
-                continue
-            state = guest_state(f.vm) if f.vm.pk in locked else None
-            if state is None:  # the VM was deleted while the guest worked
-                _fail_deleted(f.operation_id, f.vm.name, f.finished)
-                continue
-            recorded.append(f.operation_id)
-            summary = summaries.add(f)
-            if f.outcome is None:
-                critical = sum(1 for p in f.available if p.is_critical_or_security)
-                other = len(f.available) - critical
-                assessed_ops.append(
-                    (f.operation_id, OperationStatus.SUCCEEDED, f.finished, critical, other, f.guest.reboot_pending)
-                )
-                results += [(f.operation_id, p.id, PatchState.AVAILABLE, "") for p in f.available]
-                state.assessed_at = f.finished
-                verdict = hotpatch_verdict(f.vm, state, f.guest, f.catalog, f.finished)
-                assessed_guests.append(
-                    (f.vm.pk, f.finished, critical, other, verdict.status, verdict.reason, f.operation_id, *summary)
-                )
-                continue
-            outcome = f.outcome
-            error = " ".join(
-                [*outcome.errors.values(), *([HUNG_IN_REBOOT] if outcome.reboot_status == "Failed" else [])]
-            )
-            installed_ops.append(
+        live = [f for f in findings if f.operation_id in claims and f.attempt in (None, claims[f.operation_id])]
+        return _write_findings(live, locked)
+
+
+def _without_waiting_for_the_wal() -> None:
+    """This transaction's commit does not wait for the WAL flush: a result lost in a database crash
+    leaves its run in flight, which is then taken over and run again (nothing is half-written)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def _write_findings(findings: list[Finding], locked: set[int]) -> list[int]:
+    """record_findings' writes, for runs whose VMs, guest states (`locked`: the ones that exist) and
+    operations this transaction holds locked under their claim."""
+    assessed_ops, installed_ops, assessed_guests, installed_guests = [], [], [], []
+    results, installs, rebooted, hung, recorded = [], [], [], [], []
+    summaries = FleetSummaries()
+    for f in findings:
+        state = guest_state(f.vm) if f.vm.pk in locked else None
+        if state is None:  # the VM was deleted while the guest worked
+            _fail_deleted(f.operation_id, f.vm.name, f.finished)
+            continue
+        recorded.append(f.operation_id)
+        summary = summaries.add(f)
+        if f.outcome is None:
+            critical = sum(1 for p in f.available if p.is_critical_or_security)
+            other = len(f.available) - critical
+            assessed_ops.append(
                 (
                     f.operation_id,
-                    outcome.status,
+                    f.started,
+                    f.attempt,
+                    OperationStatus.SUCCEEDED,
                     f.finished,
-                    outcome.counts["Installed"],
-                    outcome.counts["Failed"],
-                    outcome.counts["Pending"],
-                    outcome.counts["Excluded"],
-                    outcome.counts["NotSelected"],
-                    outcome.reboot_status,
-                    outcome.reboot_pending,
-                    outcome.maintenance_window_exceeded,
-                    _install_error(outcome),
-                    error,
+                    critical,
+                    other,
+                    f.guest.reboot_pending,
                 )
             )
-            results += [(f.operation_id, p.id, outcome.states[p.id], outcome.errors.get(p.id, "")) for p in f.available]
-            installs += [(state.pk, p.id, f.finished) for p in outcome.installed]
-            booted = None
-            if outcome.reboot_status == "Completed":
-                booted = f.finished
-                rebooted.append(f.vm.pk)
-            elif outcome.reboot_status == "Failed":
-                hung.append(f.vm.pk)
-            year, hotpatched = summaries.counted(f)
-            installed_guests.append(
-                (
-                    f.vm.pk,
-                    outcome.build,
-                    outcome.baseline_id,
-                    outcome.reboot_pending,
-                    booted,
-                    f.operation_id,
-                    *summary,
-                    year,
-                    1,
-                    int(hotpatched),
-                )
+            results += [(f.operation_id, p.id, PatchState.AVAILABLE, "") for p in f.available]
+            state.assessed_at = f.finished
+            verdict = hotpatch_verdict(f.vm, state, f.guest, f.catalog, f.finished)
+            assessed_guests.append(
+                (f.vm.pk, f.finished, critical, other, verdict.status, verdict.reason, f.operation_id, *summary)
             )
-        bulk.update_rows(Operation, "id", OPERATION_ASSESSED, assessed_ops)
-        bulk.update_rows(Operation, "id", OPERATION_INSTALLED, installed_ops)
-        bulk.copy_rows(PatchResult, ("operation_id", "update_id", "state", "error"), results)
-        bulk.insert_new_rows(InstalledUpdate, ("guest_id", "update_id", "installed_at"), installs)
-        bulk.update_rows(GuestState, "vm_id", GUEST_INSTALLED, installed_guests, assign=GUEST_INSTALLED_ASSIGN)
-        bulk.update_rows(GuestState, "vm_id", GUEST_ASSESSED, assessed_guests)
-        summaries.write()
-        if rebooted:
-            VirtualMachine.objects.filter(pk__any=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
-                power_state=VirtualMachine.PowerState.RUNNING
+            continue
+        outcome = f.outcome
+        error = " ".join([*outcome.errors.values(), *([HUNG_IN_REBOOT] if outcome.reboot_status == "Failed" else [])])
+        installed_ops.append(
+            (
+                f.operation_id,
+                f.started,
+                f.attempt,
+                outcome.status,
+                f.finished,
+                outcome.counts["Installed"],
+                outcome.counts["Failed"],
+                outcome.counts["Pending"],
+                outcome.counts["Excluded"],
+                outcome.counts["NotSelected"],
+                outcome.reboot_status,
+                outcome.reboot_pending,
+                outcome.maintenance_window_exceeded,
+                _install_error(outcome),
+                error,
             )
-        if hung:  # an injected hang: the VM stays "starting" until someone starts it again
-            VirtualMachine.objects.filter(pk__any=hung).update(power_state=VirtualMachine.PowerState.STARTING)
+        )
+        results += [(f.operation_id, p.id, outcome.states[p.id], outcome.errors.get(p.id, "")) for p in f.available]
+        installs += [(state.pk, p.id, f.finished) for p in outcome.installed]
+        booted = None
+        if outcome.reboot_status == "Completed":
+            booted = f.finished
+            rebooted.append(f.vm.pk)
+        elif outcome.reboot_status == "Failed":
+            hung.append(f.vm.pk)
+        year, hotpatched = summaries.counted(f)
+        installed_guests.append(
+            (
+                f.vm.pk,
+                outcome.build,
+                outcome.baseline_id,
+                outcome.reboot_pending,
+                booted,
+                f.operation_id,
+                *summary,
+                year,
+                1,
+                int(hotpatched),
+            )
+        )
+    bulk.update_rows(Operation, "id", OPERATION_ASSESSED, assessed_ops, assign=OPERATION_CLAIM_ASSIGN)
+    bulk.update_rows(Operation, "id", OPERATION_INSTALLED, installed_ops, assign=OPERATION_CLAIM_ASSIGN)
+    bulk.copy_rows(PatchResult, ("operation_id", "update_id", "state", "error"), results)
+    bulk.insert_new_rows(InstalledUpdate, ("guest_id", "update_id", "installed_at"), installs)
+    bulk.update_rows(GuestState, "vm_id", GUEST_INSTALLED, installed_guests, assign=GUEST_INSTALLED_ASSIGN)
+    bulk.update_rows(GuestState, "vm_id", GUEST_ASSESSED, assessed_guests)
+    summaries.write()
+    if rebooted:
+        VirtualMachine.objects.filter(pk__any=rebooted, power_state=VirtualMachine.PowerState.STARTING).update(
+            power_state=VirtualMachine.PowerState.RUNNING
+        )
+    if hung:  # an injected hang: the VM stays "starting" until someone starts it again
+        VirtualMachine.objects.filter(pk__any=hung).update(power_state=VirtualMachine.PowerState.STARTING)
     return recorded
 
 

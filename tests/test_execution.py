@@ -145,6 +145,28 @@ def queries_to_run(vms: list[VirtualMachine], settings) -> int:
 
 
 @pytest.mark.django_db
+def test_a_run_recorded_at_once_writes_its_operation_row_once(catalog, settings):
+    """With no simulated time to wait for, a run is claimed and recorded in one transaction: its row
+    goes from NotStarted to its outcome in one write (each write of a run rewrites every index of
+    the table), with the claim's start and attempt; an agent that does not answer leaves it claimed."""
+    settings.PORTAL_SIM_SPEED = 0
+    ids = services.queue_operations(fleet(30), OperationKind.ASSESSMENT, enqueue=False)
+    settings.PORTAL_AGENT_UNREACHABLE_RATE = 0.3
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_get_xact_tuples_updated('patching_operation'::regclass)")
+        (before,) = cursor.fetchone()
+        executed = services.execute_operations(ids)
+        cursor.execute("SELECT pg_stat_get_xact_tuples_updated('patching_operation'::regclass)")
+        (after,) = cursor.fetchone()
+    assert executed.recorded and executed.unreachable  # both kinds of run in the batch
+    assert after - before == len(ids)
+    runs = {op.pk: op for op in Operation.objects.filter(pk__in=ids)}
+    assert {(runs[pk].status, runs[pk].attempts) for pk in executed.recorded} == {(OperationStatus.SUCCEEDED, 1)}
+    assert {(runs[pk].status, runs[pk].attempts) for pk in executed.unreachable} == {(OperationStatus.IN_PROGRESS, 1)}
+    assert all(op.started_at and op.started_at <= (op.finished_at or op.started_at) for op in runs.values())
+
+
+@pytest.mark.django_db
 def test_a_batch_costs_the_same_queries_whatever_its_size(catalog, settings, broker):
     small, large = fleet(4, product="ws2022"), fleet(40, product="ws2022")
     assert queries_to_run(large, settings) == queries_to_run(small, settings)

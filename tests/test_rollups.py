@@ -296,3 +296,25 @@ def test_an_imported_fleet_is_folded_once_committed(world, django_capture_on_com
     assert coarse_rows() == coarse_rows(rollup.FLEET)
     scope = rollup.Scope()
     assert rollup.fleet_counts(VirtualMachine.objects.all(), scope, clock.now())["total"] == 21
+
+
+def test_a_batch_after_a_one_row_statement_is_still_joined_by_hash(world):
+    """The triggers' statements are planned for each call's transition tables: a connection whose
+    first recording was one VM's does not join a batch's old and new rows row by row (a nested loop
+    over both tables: quadratic in the batch). auto_explain reports each plan to this connection."""
+    vms = list(VirtualMachine.objects.order_by("pk"))
+    ids = services.queue_operations(vms, OperationKind.ASSESSMENT, enqueue=False)
+    plans = []
+    connection.ensure_connection()
+    connection.connection.add_notice_handler(lambda notice: plans.append(notice.message_primary))
+    with connection.cursor() as cursor:
+        cursor.execute("LOAD 'auto_explain'")
+        for name, value in [("log_min_duration", "0"), ("log_analyze", "on"), ("log_nested_statements", "on")]:
+            cursor.execute(f"SET LOCAL auto_explain.{name} = {value}")
+        cursor.execute("SET LOCAL auto_explain.log_level = notice")
+        services.execute_operations(ids[:1])
+        plans.clear()
+        services.execute_operations(ids[1:])
+    scans = [line for plan in plans for line in plan.splitlines() if "Named Tuplestore Scan" in line]
+    assert len(vms) > 10 and scans
+    assert all("loops=1)" in line for line in scans), [s for s in scans if "loops=1)" not in s]
