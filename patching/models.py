@@ -182,14 +182,22 @@ class InstalledUpdate(models.Model):  # noqa: DJ008 (a through table)
         constraints = [models.UniqueConstraint(fields=["guest", "update"], name="install_once")]
 
 
+# WRITTEN_BY_RECORDING: per-patch results and missing updates, eight rows per run, are written only by
+# record_findings (COPY), for runs, guests and catalog updates it holds locked or has just read; rows
+# go away only through Django's deletes, which cascade (and protect) in Python. Their foreign keys
+# are not checked by the database: deferred to commit, those checks were a sixth of a batch's time
+# (eight index probes per run, each locking a catalog row every worker's batch shares).
+
+
 class MissingUpdate(models.Model):  # noqa: DJ008 (a summary row)
     """An update one VM misses (its last run found it applicable and did not install it): the per-VM
     summary the by-update view counts from. Replaced for a VM whenever a run of it is recorded, so it
     outlives the pruning of the operation that found it."""
 
-    guest = models.ForeignKey(GuestState, models.CASCADE, related_name="missing_updates")
+    # No foreign-key constraints in the database (WRITTEN_BY_RECORDING): Django still cascades.
+    guest = models.ForeignKey(GuestState, models.CASCADE, related_name="missing_updates", db_constraint=False)
     # No index of its own: the unique (update, guest) below leads with it.
-    update = models.ForeignKey(Update, models.CASCADE, related_name="+", db_index=False)
+    update = models.ForeignKey(Update, models.CASCADE, related_name="+", db_index=False, db_constraint=False)
     # The VM's last installation tried it and failed (kept by the assessments after it while still missing).
     failed = models.BooleanField(default=False)
 
@@ -423,9 +431,12 @@ class PatchResultQuerySet(models.QuerySet):
 class PatchResult(models.Model):
     """One update's outcome in one operation: 'Available' for an assessment, its fate for an install."""
 
-    # No index of its own: the unique (operation, update) below leads with it.
-    operation = models.ForeignKey(Operation, models.CASCADE, related_name="results", db_index=False)
-    update = models.ForeignKey(Update, models.PROTECT, related_name="+")
+    # No index of its own: the unique (operation, update) below leads with it. No foreign-key
+    # constraints in the database (WRITTEN_BY_RECORDING): Django still cascades and protects.
+    operation = models.ForeignKey(
+        Operation, models.CASCADE, related_name="results", db_index=False, db_constraint=False
+    )
+    update = models.ForeignKey(Update, models.PROTECT, related_name="+", db_constraint=False)
     state = models.CharField(max_length=12, choices=PatchState.choices)
     error = models.CharField(max_length=300, blank=True)
 

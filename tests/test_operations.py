@@ -5,10 +5,12 @@ from datetime import UTC, datetime, timedelta
 import isodate
 import pytest
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 
 from patching import services
 from patching.models import (
     GuestState,
+    MissingUpdate,
     Operation,
     OperationKind,
     OperationStatus,
@@ -248,6 +250,31 @@ def test_history_is_kept_for_the_retention_period_then_pruned(settings):
     assert services.prune_history(now=MARCH) >= 1
     assert not Operation.objects.filter(pk=old.pk).exists()
     assert Operation.objects.filter(pk=recent.pk).exists() and recent.results.exists()
+
+
+def test_per_patch_rows_go_with_their_run_guest_and_update(settings):
+    """Per-patch results and missing updates have no foreign keys in the database (WRITTEN_BY_RECORDING):
+    pruning a run and deleting a VM leave none of them behind, and an update a result names cannot be
+    removed."""
+    settings.PORTAL_HISTORY_RETENTION_DAYS = 30
+    gone, kept = make_vm(now=MARCH - timedelta(days=60)), make_vm(now=MARCH - timedelta(days=60))
+    old = assess(kept, now=MARCH - timedelta(days=40))
+    assess(kept, now=MARCH - timedelta(days=20))
+    assess(gone, now=MARCH - timedelta(days=20))
+    assert PatchResult.objects.filter(operation=old).exists()
+    assert MissingUpdate.objects.filter(guest_id=gone.pk).exists()
+
+    services.prune_history(now=MARCH)
+    services.delete_virtual_machine(gone)
+    assert not PatchResult.objects.filter(operation_id=old.pk).exists()
+    assert not MissingUpdate.objects.filter(guest_id=gone.pk).exists()
+    assert set(PatchResult.objects.values_list("operation_id", flat=True)) <= set(
+        Operation.objects.values_list("pk", flat=True)
+    )
+
+    named = Update.objects.get(pk=PatchResult.objects.values_list("update_id", flat=True)[0])
+    with pytest.raises(ProtectedError), transaction.atomic():
+        named.delete()
 
 
 def test_an_unreachable_agent_is_retried_then_failed(settings, monkeypatch):
