@@ -50,7 +50,8 @@ def _prepared(model, columns: Sequence[str], rows: Sequence[Sequence]) -> list[l
 
 def _bound_cursor():
     """A psycopg cursor with server-side binding on Django's connection (the same transaction): the
-    arrays go as parameters, not spelled out into the SQL text as Django's client-side cursor does."""
+    arrays go as parameters, not spelled out into the SQL text as Django's client-side cursor does;
+    in binary (`%b`), which spends no time quoting and escaping each element as text does."""
     import psycopg
 
     connection.ensure_connection()
@@ -94,7 +95,7 @@ def update_rows(
     cond = f't."{key}" = v.{key}' + (f" AND ({where})" if where else "")
     if connection.vendor == "postgresql":
         arrays = _prepared(model, names, rows)
-        unnest = ", ".join(f"%s::{_array_type(model, c)}" for c in names)
+        unnest = ", ".join(f"%b::{_array_type(model, c)}" for c in names)
         with _bound_cursor() as cursor:
             cursor.execute(
                 f'UPDATE "{table}" AS t SET {sets} FROM unnest({unnest}) AS v({", ".join(names)}) WHERE {cond}',
@@ -138,7 +139,7 @@ def insert_new_rows(model, columns: Sequence[str], rows: Sequence[Sequence]) -> 
         _sqlite_insert(model, columns, rows, ignore=True)
         return
     names = ", ".join(f'"{c}"' for c in columns)
-    unnest = ", ".join(f"%s::{_array_type(model, c)}" for c in columns)
+    unnest = ", ".join(f"%b::{_array_type(model, c)}" for c in columns)
     with _bound_cursor() as cursor:
         cursor.execute(
             f'INSERT INTO "{model._meta.db_table}" ({names}) SELECT * FROM unnest({unnest}) ON CONFLICT DO NOTHING',
