@@ -787,6 +787,8 @@ def _claim_held(operation_ids: list[int], now: datetime) -> tuple[list[Operation
 
 
 def _mark_claimed(operation_ids: list[int], now: datetime, alive: datetime) -> None:
+    if not operation_ids:  # even an empty UPDATE fires the table's rollup trigger
+        return
     # Compare-and-swap on the status as well, for SQLite, where SELECT FOR UPDATE locks nothing.
     Operation.objects.among(operation_ids, Q(status=OperationStatus.NOT_STARTED)).update(
         status=OperationStatus.IN_PROGRESS, started_at=now, heartbeat_at=alive, attempts=F("attempts") + 1

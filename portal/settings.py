@@ -272,7 +272,9 @@ if REDIS_URL:
 CELERY_DB_REUSE_MAX = envint("CELERY_DB_REUSE_MAX", "1000")
 # How many operations one task message carries: a platform round's operations go to the workers in
 # batches of this size (services.send_to_workers), each run set-based by services.execute_operations.
-PORTAL_EXECUTION_BATCH = envint("PORTAL_EXECUTION_BATCH", "500")
+# A batch costs a fixed ~50 ms besides its runs (its statements, the rollup triggers planned for each
+# statement, the catalog): 2,000 runs (~0.6 s of work) make that 15% less per run than 500 do.
+PORTAL_EXECUTION_BATCH = envint("PORTAL_EXECUTION_BATCH", "2000")
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE = {
     # The outbox: committed operations that were not handed to a worker (broker down) are re-sent.
