@@ -74,7 +74,7 @@ def latest(patches: Iterable[Patch]) -> Patch | None:
 
 
 def latest_baseline(catalog: Sequence[Patch], now: datetime) -> Patch | None:
-    return latest(p for p in catalog if p.kind in BASELINE_KINDS and p.published_at <= now)
+    return _released(catalog, now).latest(BASELINE_KINDS)
 
 
 class _Released:

@@ -128,8 +128,15 @@ class GuestState(models.Model):
     last_boot_at = models.DateTimeField(null=True, blank=True)
     installed = models.ManyToManyField(Update, through="InstalledUpdate", related_name="+")
     # The compliance summary, copied from the last finished assessment/installation for list pages.
-    last_assessment = models.ForeignKey("Operation", models.SET_NULL, null=True, blank=True, related_name="+")
-    last_installation = models.ForeignKey("Operation", models.SET_NULL, null=True, blank=True, related_name="+")
+    # Set only by record_findings, to runs it holds locked; no foreign-key constraint in the database
+    # (as WRITTEN_BY_RECORDING): the deferred check, locking the run row again, was 20 µs a run.
+    # Pruning a run clears them (Django's SET_NULL).
+    last_assessment = models.ForeignKey(
+        "Operation", models.SET_NULL, null=True, blank=True, related_name="+", db_constraint=False
+    )
+    last_installation = models.ForeignKey(
+        "Operation", models.SET_NULL, null=True, blank=True, related_name="+", db_constraint=False
+    )
     assessed_at = models.DateTimeField(null=True, blank=True)
     critical_security_count = models.PositiveIntegerField(default=0)
     other_count = models.PositiveIntegerField(default=0)

@@ -253,12 +253,13 @@ def test_history_is_kept_for_the_retention_period_then_pruned(settings):
 
 
 def test_per_patch_rows_go_with_their_run_guest_and_update(settings):
-    """Per-patch results and missing updates have no foreign keys in the database (WRITTEN_BY_RECORDING):
-    pruning a run and deleting a VM leave none of them behind, and an update a result names cannot be
-    removed."""
+    """Per-patch results, missing updates and a guest's last runs have no foreign keys in the database
+    (WRITTEN_BY_RECORDING): pruning a run and deleting a VM leave none of them behind or dangling, and
+    an update a result names cannot be removed."""
     settings.PORTAL_HISTORY_RETENTION_DAYS = 30
-    gone, kept = make_vm(now=MARCH - timedelta(days=60)), make_vm(now=MARCH - timedelta(days=60))
+    gone, kept, idle = (make_vm(now=MARCH - timedelta(days=60)) for _ in range(3))
     old = assess(kept, now=MARCH - timedelta(days=40))
+    assess(idle, now=MARCH - timedelta(days=40))  # its last run is pruned
     assess(kept, now=MARCH - timedelta(days=20))
     assess(gone, now=MARCH - timedelta(days=20))
     assert PatchResult.objects.filter(operation=old).exists()
@@ -268,9 +269,10 @@ def test_per_patch_rows_go_with_their_run_guest_and_update(settings):
     services.delete_virtual_machine(gone)
     assert not PatchResult.objects.filter(operation_id=old.pk).exists()
     assert not MissingUpdate.objects.filter(guest_id=gone.pk).exists()
-    assert set(PatchResult.objects.values_list("operation_id", flat=True)) <= set(
-        Operation.objects.values_list("pk", flat=True)
-    )
+    runs = set(Operation.objects.values_list("pk", flat=True))
+    assert set(PatchResult.objects.values_list("operation_id", flat=True)) <= runs
+    assert old.pk not in runs and GuestState.objects.get(pk=kept.pk).last_assessment_id in runs
+    assert GuestState.objects.get(pk=idle.pk).last_assessment_id is None
 
     named = Update.objects.get(pk=PatchResult.objects.values_list("update_id", flat=True)[0])
     with pytest.raises(ProtectedError), transaction.atomic():
