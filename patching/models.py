@@ -130,12 +130,13 @@ class GuestState(models.Model):
     # The compliance summary, copied from the last finished assessment/installation for list pages.
     # Set only by record_findings, to runs it holds locked; no foreign-key constraint in the database
     # (as WRITTEN_BY_RECORDING): the deferred check, locking the run row again, was 20 µs a run.
-    # Pruning a run clears them (Django's SET_NULL).
+    # Pruning a run clears them (Django's SET_NULL). No index either: nothing looks a guest up by its
+    # last run but that pruning (a background job), and every index is rewritten by every recording.
     last_assessment = models.ForeignKey(
-        "Operation", models.SET_NULL, null=True, blank=True, related_name="+", db_constraint=False
+        "Operation", models.SET_NULL, null=True, blank=True, related_name="+", db_constraint=False, db_index=False
     )
     last_installation = models.ForeignKey(
-        "Operation", models.SET_NULL, null=True, blank=True, related_name="+", db_constraint=False
+        "Operation", models.SET_NULL, null=True, blank=True, related_name="+", db_constraint=False, db_index=False
     )
     assessed_at = models.DateTimeField(null=True, blank=True)
     critical_security_count = models.PositiveIntegerField(default=0)
