@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from django.db import transaction
 
@@ -93,11 +94,12 @@ def _apply(hit: Hit, fault: Fault) -> Hit:
 
 
 def hits(
-    operations: list[Operation],
+    operations: list,
     vms: dict[int, VirtualMachine],
-    would_install: Callable[[Operation], set[str]] = lambda operation: set(),
+    would_install: Callable[[Any], set[str]] = lambda operation: set(),
 ) -> dict[int, Hit]:
-    """The faults that hit each of these claimed operations (only those hit are in the answer).
+    """The faults that hit each of these claimed operations (only those hit are in the answer): the
+    runs of a batch (services.Run: its pk, vm_id, kind, activity_id and attempts).
 
     A fault on one KB hits only an installation that would install that KB (`would_install`: the KBs
     an installation selects), so it is neither spent on nor marked on a run that never touches it.
