@@ -501,7 +501,12 @@ def start_installations(starts: list[planner.Start], now: datetime, *, enqueue: 
     """Queue the planned installations, one bulk insert per parameter set; returns their ids."""
     if not starts:
         return []
-    vms = VirtualMachine.objects.select_related("resource_group").in_bulk([s.vm_id for s in starts])
+    # Only what an operation copies from its VM (services.new_operation): a round starts thousands.
+    vms = (
+        VirtualMachine.objects.select_related("resource_group")
+        .only("name", "location", "resource_group__subscription_id")
+        .in_bulk([s.vm_id for s in starts])
+    )
     groups: dict[tuple, list[VirtualMachine]] = defaultdict(list)
     for start in starts:
         if start.vm_id in vms:
@@ -509,7 +514,7 @@ def start_installations(starts: list[planner.Start], now: datetime, *, enqueue: 
     ids: list[int] = []
     with transaction.atomic():
         # The lock order: all of the round's VMs at once, in pk order, before any group locks its own.
-        services.lock_vms(vms)
+        services.lock_vm_ids(vms)
         for (reboot_setting, exclude_reboot, duration), members in groups.items():
             parameters = InstallParameters(
                 selection=Selection(
