@@ -45,7 +45,24 @@ def _prepared(model, columns: Sequence[str], rows: Sequence[Sequence]) -> list[l
             else [row[i] for row in rows]
             for i, field in enumerate(fields)
         ]
-    return [[field.get_db_prep_value(row[i], connection) for row in rows] for i, field in enumerate(fields)]
+    return [_prepared_column(field, [row[i] for row in rows]) for i, field in enumerate(fields)]
+
+
+def _prepared_column(field, values: list) -> list:
+    """`field.get_db_prep_value` of each value, worked out once per distinct value (of the same type):
+    a batch's rows share most of theirs (its clock, kind, status, parameters' times...)."""
+    known: dict = {}
+    prepared = []
+    for value in values:
+        try:
+            key = (value.__class__, value)
+            done = known[key]
+        except KeyError:
+            done = known[key] = field.get_db_prep_value(value, connection)
+        except TypeError:  # unhashable (a JSON document): worked out each time
+            done = field.get_db_prep_value(value, connection)
+        prepared.append(done)
+    return prepared
 
 
 def _bound_cursor():

@@ -180,15 +180,51 @@ def test_batches_respect_availability_first_whatever_the_fleet(example):
         now += timedelta(minutes=step)
 
 
-@settings(max_examples=100, deadline=None)
-@given(fleets())
-def test_the_memo_changes_nothing(example):
-    vms, halts, now, *_ = example
-    memo: dict = {}
-    first = plan(vms, now, RULES, halts, memo=memo)
-    again = plan(vms, now, RULES, halts, memo=memo)
-    plain = plan(vms, now, RULES, halts)
-    assert first.verdicts == again.verdicts == plain.verdicts and first.starts == again.starts == plain.starts
+# What happens to a VM between rounds, besides the installations the rounds start.
+CHANGES = [
+    {"installing": planner.PLATFORM},
+    {"installing": planner.USER},
+    {"installing": ""},
+    {"installing": "Schedule"},
+    {"power_state": "deallocated"},
+    {"power_state": "running"},
+    {"attempted": True},
+    {"need": Need()},
+    {},  # read again: an equal FleetVM, another object
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleets(), st.data())
+def test_the_memo_plans_as_from_scratch_while_the_fleet_changes(example, data):
+    """Kept between rounds, the memo looks again only at the VMs whose FleetVM object changed (told, as
+    the engine does, or found): every round its plan equals one worked out from scratch, and `changed`
+    names every VM whose verdict did (the engine records only those), while VMs change, leave and come
+    back and halts open and close."""
+    vms, halts, now, steps, _ = example
+    state = {vm.id: vm for vm in vms}
+    memo = planner.FleetIndex()
+    previous: dict = {}
+    planned: dict = {}  # the fleet of the previous round, by id
+    for step in steps:
+        for pk in data.draw(st.lists(st.sampled_from(sorted(state)), max_size=5)):
+            state[pk] = FleetVM(**{**state[pk].__dict__, **data.draw(st.sampled_from(CHANGES))})
+        away = data.draw(st.sets(st.sampled_from(sorted(state)), max_size=3))
+        fleet = {pk: vm for pk, vm in state.items() if pk not in away}
+        changes = {pk: vm for pk, vm in fleet.items() if planned.get(pk) is not vm}
+        changes.update((pk, None) for pk in planned.keys() - fleet.keys())
+        now_halts = halts if data.draw(st.booleans()) else {}
+        told = changes if data.draw(st.booleans()) else None
+        result = plan(list(fleet.values()), now, RULES, now_halts, memo=memo, changes=told)
+        assert result == plan(list(fleet.values()), now, RULES, now_halts)
+        if result.changed is not None:
+            assert {pk for pk, v in result.verdicts.items() if previous.get(pk) != v} <= result.changed
+        previous, planned = result.verdicts, fleet
+        for start in result.starts:
+            state[start.vm_id] = FleetVM(
+                **{**state[start.vm_id].__dict__, "installing": planner.PLATFORM, "attempted": True}
+            )
+        now += timedelta(minutes=step)
 
 
 def vm(pk, **fields):

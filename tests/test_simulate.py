@@ -71,7 +71,8 @@ def year(django_db_blocker):
 
         with override_settings(PORTAL_PATCH_FAILURE_RATE=0.0):
             simulation = Simulation(START, END, calendar_fleet())
-            simulation.cache.verify = True  # every round, the cached snapshot equals a fresh read
+            # Every round, the cached snapshot equals a fresh read and the memo's plan one from scratch.
+            simulation.cache.verify = True
             simulation.create_fleet()
             simulation.run()
             report = simulation.report()

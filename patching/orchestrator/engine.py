@@ -112,6 +112,8 @@ def load_catalogs() -> dict[str, ProductCatalog]:
 class Snapshot:
     fleet: list[planner.FleetVM]
     decisions: dict[int, tuple[str, str]]  # what each VM's guest state says now
+    reread: set[int] | None  # the VMs read again for this snapshot (None: all of them)
+    busy: int  # VMs with an installation in flight
 
 
 @dataclass
@@ -129,7 +131,10 @@ class FleetCache:
     attempts: dict[int, datetime] = field(default_factory=dict)  # each VM's last automatic installation
     needs: dict[tuple, Need] = field(default_factory=dict)
     vms: dict[int, tuple] = field(default_factory=dict)
-    verdicts: dict[int, tuple] = field(default_factory=dict)  # the planner's memo
+    fleet: dict[int, planner.FleetVM] = field(default_factory=dict)  # the last snapshot's
+    planned: planner.FleetIndex = field(default_factory=planner.FleetIndex)  # the planner's memo
+    # The FleetVMs made anew (None: gone) since the planner last saw the fleet.
+    changes: dict[int, planner.FleetVM | None] = field(default_factory=dict)
     # What the last snapshot saw beyond the rows: each product's epoch and the installations in flight.
     epochs: dict[str, int] | None = None
     installing: dict[int, str] = field(default_factory=dict)
@@ -273,13 +278,17 @@ def snapshot(
         attempted = bool(last and release and last >= release.patch.published_at)
         vm = _fleet_vm(row, _need(row, cache, now, rules, catalogs), doing, attempted)
         cache.vms[pk] = (row, summary, epoch, doing, last, vm)
-    vms = cache.vms
-    fleet = [vms[pk][5] for pk in cache.rows]
+        cache.fleet[pk] = cache.changes[pk] = vm
+    for pk in (reread or set()) - cache.rows.keys():  # read again and not found: deleted
+        if cache.fleet.pop(pk, None) is not None:
+            del cache.vms[pk]
+            cache.changes[pk] = None
+    fleet = list(cache.fleet.values())
     if cache.verify:
         fresh = snapshot(now, rules, catalogs)
         assert sorted(fleet, key=lambda v: v.id) == sorted(fresh.fleet, key=lambda v: v.id), "stale fleet cache"
         assert {k: cache.decisions[k] for k in fresh.decisions} == fresh.decisions, "stale decision cache"
-    return Snapshot(fleet, cache.decisions)
+    return Snapshot(fleet, cache.decisions, reread, len(installing.keys() & cache.rows.keys()))
 
 
 def _need(row: tuple, cache: FleetCache, now: datetime, rules: Rules, catalogs: dict[str, ProductCatalog]) -> Need:
@@ -446,21 +455,18 @@ def resume_rollout(halt: RolloutHalt, *, user=None, now: datetime | None = None)
 # --- Writing ----------------------------------------------------------------------------------------
 
 
-def record_decisions(verdicts: dict[int, planner.Verdict], current: dict[int, tuple[str, str]], now: datetime) -> int:
+def record_decisions(
+    verdicts: dict[int, planner.Verdict],
+    current: dict[int, tuple[str, str]],
+    now: datetime,
+    changed: set[int] | None = None,
+) -> int:
     """Store each VM's decision where it changed: one UPDATE per distinct (decision, detail).
 
     patch_decision_at is when the VM's decision (or its wording) last changed, not the last round.
+    `changed`: the only VMs whose verdict or stored decision may differ from the last call's (None: any).
     """
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for vm_id, verdict in verdicts.items():
-        stored, detail = current.get(vm_id), verdict.detail
-        # Stored from this very wording (the planner's memo hands the same verdict back each round).
-        if stored is not None and stored[1] is detail and stored[0] == verdict.decision:
-            continue
-        if len(detail) > DETAIL_LENGTH:
-            detail = detail[: DETAIL_LENGTH - 1] + "…"
-        if stored != (verdict.decision, detail):
-            groups[(verdict.decision, detail)].append(vm_id)
+    groups = _unrecorded(verdicts, current, verdicts.keys() if changed is None else changed)
     for (decision, detail), ids in groups.items():
         for pk in ids:
             current[pk] = (decision, detail)
@@ -471,11 +477,36 @@ def record_decisions(verdicts: dict[int, planner.Verdict], current: dict[int, tu
     return sum(len(ids) for ids in groups.values())
 
 
+def _unrecorded(
+    verdicts: dict[int, planner.Verdict], current: dict[int, tuple[str, str]], vm_ids
+) -> dict[tuple[str, str], list[int]]:
+    """Of `vm_ids`, the VMs whose verdict differs from their stored decision, by (decision, detail) to store."""
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for vm_id in vm_ids:
+        verdict = verdicts.get(vm_id)
+        if verdict is None:  # no verdict: an installation by the platform in flight, or gone
+            continue
+        stored, detail = current.get(vm_id), verdict.detail
+        # Stored from this very wording (the planner's memo hands the same verdict back each round).
+        if stored is not None and stored[1] is detail and stored[0] == verdict.decision:
+            continue
+        if len(detail) > DETAIL_LENGTH:
+            detail = detail[: DETAIL_LENGTH - 1] + "…"
+        if stored != (verdict.decision, detail):
+            groups[(verdict.decision, detail)].append(vm_id)
+    return groups
+
+
 def start_installations(starts: list[planner.Start], now: datetime, *, enqueue: bool) -> list[int]:
     """Queue the planned installations, one bulk insert per parameter set; returns their ids."""
     if not starts:
         return []
-    vms = VirtualMachine.objects.select_related("resource_group").in_bulk([s.vm_id for s in starts])
+    # Only what an operation copies from its VM (services.new_operation): a round starts thousands.
+    vms = (
+        VirtualMachine.objects.select_related("resource_group")
+        .only("name", "location", "resource_group__subscription_id")
+        .in_bulk([s.vm_id for s in starts])
+    )
     groups: dict[tuple, list[VirtualMachine]] = defaultdict(list)
     for start in starts:
         if start.vm_id in vms:
@@ -483,7 +514,7 @@ def start_installations(starts: list[planner.Start], now: datetime, *, enqueue: 
     ids: list[int] = []
     with transaction.atomic():
         # The lock order: all of the round's VMs at once, in pk order, before any group locks its own.
-        services.lock_vms(vms)
+        services.lock_vm_ids(vms)
         for (reboot_setting, exclude_reboot, duration), members in groups.items():
             parameters = InstallParameters(
                 selection=Selection(
@@ -573,10 +604,20 @@ def patch_fleet(
             halts += found
             opened += found
         snap = snapshot(clock, rules, catalogs, cache)
-        result = planner.plan(snap.fleet, clock, rules, open_halts(halts), memo=cache.verdicts if cache else None)
+        halted = open_halts(halts)
+        if cache is None:
+            result = planner.plan(snap.fleet, clock, rules, halted)
+        else:  # the planner looks again only at the VMs whose FleetVM the snapshot made anew
+            result = planner.plan(snap.fleet, clock, rules, halted, memo=cache.planned, changes=cache.changes)
+            cache.changes = {}
         # The lock order (services.lock_vms): the VMs that start an installation, then guest states.
         started = start_installations(result.starts, clock, enqueue=not execute)
-        record_decisions(result.verdicts, snap.decisions, clock)
+        # Only the verdicts the planner worked out again, and the decisions read again, can differ.
+        changed = None if result.changed is None or snap.reread is None else result.changed | snap.reread
+        record_decisions(result.verdicts, snap.decisions, clock, changed)
+        if cache is not None and cache.verify:
+            assert result == planner.plan(snap.fleet, clock, rules, halted), "stale planner memo"
+            assert not _unrecorded(result.verdicts, snap.decisions, result.verdicts), "decision not recorded"
     if execute:
         run_now(started, clock)
     if cache is not None:
@@ -585,11 +626,11 @@ def patch_fleet(
     return Round(
         now=clock,
         started=started,
-        decisions=result.count(),
+        decisions=result.counts,
         halted=[(h.product, h.release_month) for h in opened],
         wake_at=result.wake_at,
         phase=result.phase,
-        busy=sum(1 for vm in snap.fleet if vm.installing),
+        busy=snap.busy,
         hurry=result.hurry,
     )
 

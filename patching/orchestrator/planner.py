@@ -96,12 +96,9 @@ class Plan:
     # Whether more could start as soon as the installations in flight finish (the simulation then
     # comes back within the hour): VMs in their window held back by a zone, a batch or a phase.
     hurry: bool = False
-
-    def count(self) -> dict[str, int]:
-        counts: dict[str, int] = defaultdict(int)
-        for verdict in self.verdicts.values():
-            counts[verdict.decision] += 1
-        return dict(counts)
+    counts: dict[str, int] = field(default_factory=dict)  # how many VMs got each decision
+    # The VMs whose verdict may differ from the previous plan with the same memo (None: any of them).
+    changed: set[int] | None = field(default=None, compare=False)
 
 
 def set_capacity(size: int, rules: Rules) -> int:
@@ -125,65 +122,136 @@ def halt_reason(release_month: str, attempted: int, failed: int, rules: Rules) -
     )
 
 
+IN_PROGRESS_BY_USER = Verdict(D.IN_PROGRESS, "An installation started by a user is running.")
+
+
+@dataclass
+class FleetIndex:
+    """What plan() needs of the whole fleet, VM by VM: the reasons that depend on nothing but the VM
+    and the halts, the candidates, the installations in flight and the tallies the rules count.
+
+    Kept by a caller between plans (`memo`), it is updated only for the VMs whose FleetVM object is
+    not the one it saw last time, so a round costs what changed and its candidates, not the fleet.
+    """
+
+    halts: tuple | None = None  # the halts its reasons were worked out with
+    vms: dict[int, FleetVM] = field(default_factory=dict)  # each VM as last seen
+    verdicts: dict[int, Verdict] = field(default_factory=dict)  # of the VMs that are not candidates
+    candidates: dict[int, FleetVM] = field(default_factory=dict)
+    busy: dict[int, FleetVM] = field(default_factory=dict)  # with an installation by the platform in flight
+    attempted: Counter = field(default_factory=Counter)  # (product, region) of the VMs attempted
+    set_size: Counter = field(default_factory=Counter)  # per availability set
+    subscription_size: Counter = field(default_factory=Counter)  # (subscription, region) outside zones and sets
+    decisions: Counter = field(default_factory=Counter)  # of `verdicts`
+
+    def update(
+        self,
+        fleet: Sequence[FleetVM],
+        halts: dict[tuple[str, str], str],
+        changes: dict[int, FleetVM | None] | None = None,
+    ) -> set[int] | None:
+        """Take in `fleet`, whose `changes` since the last update are known or else found; returns the
+        ids of the VMs that changed (None: all)."""
+        key = tuple(sorted(halts.items()))
+        if key != self.halts:  # every reason is worked out again
+            self.halts = key
+            for kept in (self.vms, self.verdicts, self.candidates, self.busy):
+                kept.clear()
+            for tally in (self.attempted, self.set_size, self.subscription_size, self.decisions):
+                tally.clear()
+            for vm in fleet:
+                self._add(vm, halts)
+            return None
+        seen = self.vms
+        if changes is None:  # the VMs that are not the objects seen last time, and the ones gone
+            changes = {vm.id: vm for vm in fleet if seen.get(vm.id) is not vm}
+            if len(seen) + sum(pk not in seen for pk in changes) > len(fleet):
+                changes.update(dict.fromkeys(seen.keys() - {vm.id for vm in fleet}))
+        for pk, vm in changes.items():
+            if pk in seen:
+                self._remove(seen[pk])
+            if vm is not None:
+                self._add(vm, halts)
+        return set(changes)
+
+    def _add(self, vm: FleetVM, halts: dict[tuple[str, str], str]) -> None:
+        self.vms[vm.id] = vm
+        verdict = None
+        if vm.installing == PLATFORM:
+            self.busy[vm.id] = vm
+        elif vm.installing == USER:
+            verdict = IN_PROGRESS_BY_USER
+        elif not vm.installing:  # (a maintenance configuration's installation in flight: no verdict)
+            verdict = _not_a_candidate(vm, halts)
+            if verdict is None:
+                self.candidates[vm.id] = vm
+        if verdict is not None:
+            self.verdicts[vm.id] = verdict
+        self._tally(vm, verdict, 1)
+
+    def _remove(self, vm: FleetVM) -> None:
+        del self.vms[vm.id]
+        self.busy.pop(vm.id, None)
+        self.candidates.pop(vm.id, None)
+        self._tally(vm, self.verdicts.pop(vm.id, None), -1)
+
+    def _tally(self, vm: FleetVM, verdict: Verdict | None, step: int) -> None:
+        """Count `vm` in (step 1) or out (step -1); a tally keeps no zeros (its keys are read too)."""
+        for tally, key in (
+            (self.attempted, (vm.product, vm.region) if vm.attempted else None),
+            (self.set_size, vm.availability_set or None),
+            (self.subscription_size, (vm.subscription, vm.region) if vm.regional else None),
+            (self.decisions, verdict.decision if verdict else None),
+        ):
+            if key is not None:
+                tally[key] += step
+                if not tally[key]:
+                    del tally[key]
+
+
 def plan(
     fleet: Sequence[FleetVM],
     now: datetime,
     rules: Rules,
     halts: dict[tuple[str, str], str] | None = None,
     *,
-    memo: dict[int, tuple] | None = None,
+    memo: FleetIndex | None = None,
+    changes: dict[int, FleetVM | None] | None = None,
 ) -> Plan:
     """Which VMs start an installation now, and a reason for every VM that does not.
 
-    `memo` (optional, kept by the caller between calls) remembers the reasons that depend on nothing
-    but the VM and the halts, for callers that pass the same FleetVM objects again.
+    `memo` (optional, kept by the caller between calls) is the fleet as last planned, for callers that
+    pass the same FleetVM objects again for the VMs that did not change: only the others are looked at.
+    `changes` (with a memo): the VMs whose FleetVM is new since the last call (None: gone), if the
+    caller knows; else they are found by comparing the fleet with the memo's.
     """
     halts = halts or {}
-    halts_key = tuple(sorted(halts))
-    verdicts: dict[int, Verdict] = {}
-    busy = [vm for vm in fleet if vm.installing == PLATFORM]
-    candidates: list[FleetVM] = []
-    for vm in fleet:
-        if vm.installing:
-            if vm.installing == USER:
-                verdicts[vm.id] = Verdict(D.IN_PROGRESS, "An installation started by a user is running.")
-            continue
-        if memo is None:
-            verdict = _not_a_candidate(vm, halts)
-        else:
-            kept = memo.get(vm.id)
-            if kept is not None and kept[0] is vm and kept[1] == halts_key:
-                verdict = kept[2]
-            else:
-                verdict = _not_a_candidate(vm, halts)
-                memo[vm.id] = (vm, halts_key, verdict)
-        if verdict is None:
-            candidates.append(vm)
-        else:
-            verdicts[vm.id] = verdict
+    index = memo if memo is not None else FleetIndex()
+    changed = index.update(fleet, halts, changes)
+    verdicts = dict(index.verdicts)
+    busy = list(index.busy.values())
+    candidates = list(index.candidates.values())
 
     # Phases, per product (each has its own release): phase n+1 opens once every candidate of the
     # phases before it has had its attempt at the release; an opened phase stays open for that release,
     # so a VM that comes back late or failed in phase 1 is patched without holding the others back.
-    phase_of = rules.phases.phase_of
+    phase_of = _remembered(rules.phases.phase_of)
     waiting: dict[str, int] = {}
     opened: dict[str, int] = {}
     for vm in candidates:
         if not vm.attempted:
             phase = phase_of(vm.region)
             waiting[vm.product] = min(waiting.get(vm.product, phase), phase)
-    for product, region in {(vm.product, vm.region) for vm in fleet if vm.attempted}:
+    for product, region in index.attempted:
         opened[product] = max(opened.get(product, -1), phase_of(region))
     frontier = {product: max(phase, opened.get(product, -1)) for product, phase in waiting.items()}
+    # The same words for every VM of a region waiting for the same phase: one verdict each.
+    behind_frontier = _remembered(lambda region_limit: _behind_frontier(rules, *region_limit))
     allowed: list[FleetVM] = []
     for vm in candidates:
-        phase, limit = phase_of(vm.region), frontier.get(vm.product)
-        if limit is not None and phase > limit:
-            verdicts[vm.id] = Verdict(
-                D.WAITING_PHASE,
-                f"{vm.region} is in rollout phase {phase + 1}; the release is rolling out to phase {limit + 1} "
-                f"({_regions(rules.phases.regions(limit))}) first, and moves on once those VMs have been patched.",
-            )
+        limit = frontier.get(vm.product)
+        if limit is not None and phase_of(vm.region) > limit:
+            verdicts[vm.id] = behind_frontier((vm.region, limit))
         else:
             allowed.append(vm)
 
@@ -191,6 +259,7 @@ def plan(
     wake_at: datetime | None = None
     ready: list[tuple[FleetVM, timedelta]] = []
     window_of = _remembered(lambda time_zone: _window(rules, now, time_zone))
+    label = rules.window.label
     for vm in allowed:
         remaining, opened_at, opens, when = window_of(vm.time_zone)
         # Failed or left pending in this window: retried in the next one.
@@ -202,14 +271,13 @@ def plan(
         if vm.retry:
             verdicts[vm.id] = Verdict(
                 D.RETRY,
-                f"Last attempt: {vm.retry}. Retried in its next off-peak window ({rules.window.label}), {when}.",
+                f"Last attempt: {vm.retry}. Retried in its next off-peak window ({label}), {when}.",
             )
         else:
             verdicts[vm.id] = Verdict(
                 D.OUTSIDE_WINDOW,
                 f"Needs {vm.need.description or _kbs(vm.need.kbs)}; waits for its off-peak window "
-                f"{rules.window.label} ({vm.time_zone}), {when}."
-                + (f" {vm.need.catch_up}" if vm.need.catch_up else ""),
+                f"{label} ({vm.time_zone}), {when}." + (f" {vm.need.catch_up}" if vm.need.catch_up else ""),
             )
 
     # One phase in flight at a time: the one with installations running, else the earliest ready.
@@ -226,19 +294,28 @@ def plan(
                 f"({vm.region}) goes after it.",
             )
 
-    starts = _batches(in_window, busy, fleet, now, rules, verdicts)
+    starts = _batches(in_window, busy, index, now, rules, verdicts)
     hurry = len(starts) < len(in_window) or len(in_window) < len(ready)
     started = {start.vm_id for start in starts}
-    for product in frontier:
-        # The release moves to its next phase once its last unattempted VM has started.
-        blocked = any(v.product == product and verdicts[v.id].decision == D.WAITING_PHASE for v in candidates)
-        if blocked and not any(v.product == product and not v.attempted and v.id not in started for v in allowed):
-            hurry = True
+    # The release moves to its next phase once its last unattempted VM has started.
+    blocked = {v.product for v in candidates if verdicts[v.id].decision == D.WAITING_PHASE}
+    unstarted = {v.product for v in allowed if not v.attempted and v.id not in started}
+    if any(product in blocked and product not in unstarted for product in frontier):
+        hurry = True
     for vm, _ in in_window:
         if vm.id in started:  # if it fails, it is retried in its next window
             opens = window_of(vm.time_zone)[2]
             wake_at = opens if wake_at is None else min(wake_at, opens)
-    return Plan(verdicts=verdicts, starts=starts, wake_at=wake_at, phase=current, hurry=hurry)
+    counts = index.decisions + Counter(verdicts[pk].decision for pk in index.candidates)
+    return Plan(
+        verdicts=verdicts,
+        starts=starts,
+        wake_at=wake_at,
+        phase=current,
+        hurry=hurry,
+        counts=dict(counts),
+        changed=None if changed is None else changed | index.candidates.keys(),
+    )
 
 
 def _window(rules: Rules, now: datetime, time_zone: str) -> tuple[timedelta, datetime | None, datetime, str]:
@@ -249,6 +326,14 @@ def _window(rules: Rules, now: datetime, time_zone: str) -> tuple[timedelta, dat
     opened_at = rules.window.opened_at(now, zone) if remaining else None
     opens = rules.window.next_opening(now + remaining + timedelta(seconds=1), zone)
     return remaining, opened_at, opens, f"next from {opens.astimezone(zone):%Y-%m-%d %H:%M} local"
+
+
+def _behind_frontier(rules: Rules, region: str, limit: int) -> Verdict:
+    return Verdict(
+        D.WAITING_PHASE,
+        f"{region} is in rollout phase {rules.phases.phase_of(region) + 1}; the release is rolling out to phase "
+        f"{limit + 1} ({_regions(rules.phases.regions(limit))}) first, and moves on once those VMs have been patched.",
+    )
 
 
 def _remembered(compute):
@@ -312,7 +397,7 @@ def _not_a_candidate(vm: FleetVM, halts: dict[tuple[str, str], str]) -> Verdict 
 def _batches(
     in_window: list[tuple[FleetVM, timedelta]],
     busy: list[FleetVM],
-    fleet: Sequence[FleetVM],
+    index: FleetIndex,
     now: datetime,
     rules: Rules,
     verdicts: dict[int, Verdict],
@@ -328,8 +413,7 @@ def _batches(
             set_busy[vm.availability_set].append(vm)
         if vm.regional:
             subscription_busy[(vm.subscription, vm.region)] += 1
-    set_size = Counter(vm.availability_set for vm in fleet if vm.availability_set)
-    subscription_size = Counter((vm.subscription, vm.region) for vm in fleet if not vm.zone and not vm.availability_set)
+    set_size, subscription_size = index.set_size, index.subscription_size
 
     # The zone each region patches now: the one in flight, else the lowest with a VM ready.
     zone_now: dict[str, str] = {}
