@@ -295,10 +295,16 @@ def enabled() -> bool:
     return connection.vendor == "postgresql"
 
 
-def install() -> None:
-    with connection.cursor() as cursor:
+def install(db=connection) -> None:
+    with db.cursor() as cursor:
         for statement in install_sql():
             cursor.execute(statement)
+
+
+def reinstall_functions(apps, schema_editor) -> None:
+    """A migration's RunPython when the trigger functions change: install them again as written here."""
+    if schema_editor.connection.vendor == "postgresql":
+        install(schema_editor.connection)
 
 
 # --- Fold and rebuild ----------------------------------------------------------------------------
