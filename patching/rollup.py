@@ -202,6 +202,16 @@ SOURCES = {
 }
 
 
+# Of these, the rollups read only whether it is NULL (UPDATE_STATUS_SQL: a guest never assessed has
+# no data): a re-assessment that changes no figure, most of a daily round, moves no rollup and its
+# rows are not joined to their VMs.
+NULLNESS_ONLY = {"assessed_at"}
+
+
+def _watched(row: str, column: str) -> str:
+    return f"({row}.{column} IS NULL)" if column in NULLNESS_ONLY else f"{row}.{column}"
+
+
 def _grouped_insert(spec: Spec, selects: list[str], into: str) -> str:
     names = [f"k{n}" for n in range(len(spec.keys))] + [f"m{n}" for n in range(len(spec.measures))]
     keys, measures = names[: len(spec.keys)], names[len(spec.keys) :]
@@ -222,7 +232,7 @@ def _together(inserts: list[str], ctes: tuple[str, ...] = ()) -> str:
 
 def _trigger_function(table: str) -> str:
     pk, watched = SOURCES[table]
-    old, new = ", ".join(f"o.{c}" for c in watched), ", ".join(f"n.{c}" for c in watched)
+    old, new = ", ".join(_watched("o", c) for c in watched), ", ".join(_watched("n", c) for c in watched)
     changed = (
         f"old_c AS (SELECT o.* FROM old_rows o JOIN new_rows n ON n.{pk} = o.{pk} "
         f"WHERE ({old}) IS DISTINCT FROM ({new}))",

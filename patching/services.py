@@ -912,6 +912,8 @@ def fail_operation(operation_id: int, code: str, message: str, now: datetime | N
 def _agent_answers(operation: Run) -> bool:
     """A deterministic per-attempt draw against PORTAL_AGENT_UNREACHABLE_RATE."""
     rate = settings.PORTAL_AGENT_UNREACHABLE_RATE
+    if rate <= 0:
+        return True
     digest = hashlib.sha256(f"{operation.activity_id}|{operation.attempts}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 >= rate
 
@@ -1000,9 +1002,10 @@ def execute_operations(
         _mark_claimed([pk for pk, _, _ in run.failed] + list(run.unreachable), clock, timezone.now())
         run.fail()
         findings = run.findings
-        if now is None:
+        if now is None:  # a real (or sandbox) clock: they finish now, after the work
             finished = world_clock.now()
-            findings = [dataclasses.replace(f, finished=finished) for f in findings]
+            for finding in findings:
+                finding.finished = finished
         recorded = _write_findings(findings, guests_locked)
     if follow_up:
         _follow_up([f for f in findings if f.outcome is not None and f.operation_id in recorded])
@@ -1265,7 +1268,7 @@ def _not_running(vm: VirtualMachine) -> str:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Finding:
     """What one run found (assessment) or did (installation), ready to record."""
 
@@ -1548,16 +1551,28 @@ class FleetSummaries:
         return None, False
 
     def write(self) -> None:
-        # An assessment does not know what the last installation failed: it keeps that for what is still missing.
-        failed_before = set(
-            MissingUpdate.objects.filter(guest_id__any=self.assessed, failed=True).values_list("guest_id", "update_id")
-        )
-        MissingUpdate.objects.filter(guest_id__any=self.vm_ids).delete()
-        bulk.copy_rows(
-            MissingUpdate,
-            ("guest_id", "update_id", "failed"),
-            [(vm, update, failed or (vm, update) in failed_before) for (vm, update), failed in self.missing.items()],
-        )
+        """Only what changed: a VM re-assessed to the same findings (most of a daily round) writes
+        none of its rows, where replacing them wrote eight, their indexes and rollups."""
+        stored = {
+            (vm, update): (pk, failed)
+            for pk, vm, update, failed in MissingUpdate.objects.filter(guest_id__any=self.vm_ids).values_list(
+                "pk", "guest_id", "update_id", "failed"
+            )
+        }
+        assessed = set(self.assessed)
+        added, flipped = [], []
+        for key, failed in self.missing.items():
+            pk, failed_before = stored.pop(key, (None, False))
+            # An assessment does not know what the last installation failed: it keeps that for what is still missing.
+            failed = failed or (key[0] in assessed and failed_before)
+            if pk is None:
+                added.append((*key, failed))
+            elif failed != failed_before:
+                flipped.append((pk, failed))
+        if stored:  # no longer missing
+            MissingUpdate.objects.filter(pk__any=[pk for pk, _ in stored.values()]).delete()
+        bulk.update_rows(MissingUpdate, "id", ("failed",), flipped)
+        bulk.copy_rows(MissingUpdate, ("guest_id", "update_id", "failed"), added)
 
 
 HUNG_IN_REBOOT = f"The VM hung while restarting; start it again. {sim.INJECTED} (sandbox)."

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from patching import services
-from patching.models import Operation, OperationKind, OperationStatus, PatchResult, RebootStatus
+from patching.models import MissingUpdate, Operation, OperationKind, OperationStatus, PatchResult, RebootStatus
 from patching.parameters import InstallParameters
 from tests.factories import make_resource_group, make_subscription, make_vm
 from tests.test_dispatch import Broker
@@ -164,6 +164,26 @@ def test_a_run_recorded_at_once_writes_its_operation_row_once(catalog, settings)
     assert {(runs[pk].status, runs[pk].attempts) for pk in executed.recorded} == {(OperationStatus.SUCCEEDED, 1)}
     assert {(runs[pk].status, runs[pk].attempts) for pk in executed.unreachable} == {(OperationStatus.IN_PROGRESS, 1)}
     assert all(op.started_at and op.started_at <= (op.finished_at or op.started_at) for op in runs.values())
+
+
+@pytest.mark.django_db
+def test_a_reassessment_that_finds_the_same_leaves_the_missing_updates_untouched(catalog, settings):
+    """Most of a daily round finds what the day before found: those VMs' missing updates are kept as
+    they are (replacing them cost eight rows a run, their indexes and rollups); what changed is written."""
+    settings.PORTAL_SIM_SPEED = 0
+    vms = fleet(12)
+    services.execute_operations(services.queue_operations(vms, OperationKind.ASSESSMENT, enqueue=False))
+    rows = MissingUpdate.objects.order_by("pk").values_list("pk", "guest_id", "update_id", "failed")
+    before = list(rows.all())
+    assert before
+    services.execute_operations(services.queue_operations(vms, OperationKind.ASSESSMENT, enqueue=False))
+    assert list(rows.all()) == before  # the same rows, not copies of them
+    gone = MissingUpdate.objects.filter(guest_id=vms[0].pk).first()
+    MissingUpdate.objects.filter(pk=gone.pk).update(failed=True)  # as a failed installation leaves it
+    MissingUpdate.objects.filter(guest_id=vms[1].pk).delete()  # as if never found
+    services.execute_operations(services.queue_operations(vms[:2], OperationKind.ASSESSMENT, enqueue=False))
+    assert MissingUpdate.objects.get(pk=gone.pk).failed  # an assessment keeps what the installation failed
+    assert sorted(MissingUpdate.objects.values_list("guest_id", "update_id")) == sorted(r[1:3] for r in before)
 
 
 @pytest.mark.django_db
