@@ -7,6 +7,7 @@ platform's beat tasks, the fleet simulation and the demo seeder's simulated past
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import time
 import uuid
@@ -631,9 +632,9 @@ def queue_operations(
     caller (a simulated clock runs them with execute_operations(ids, now=...)). `user` is who asked, for
     operations a person started on many VMs at once (the admin's actions).
 
-    A round commits in chunks (ROUND_CHUNK batches of VMs each), each handed to the workers as it
-    commits, so they start while the rest is queued (a 100,000-VM round would otherwise hold them all until its one
-    commit). Inside a caller's transaction the chunks are savepoints and go at its commit.
+    A round commits in chunks (ROUND_CHUNK batches of VMs each, the first one batch), each handed to
+    the workers as it commits, so they start while the rest is queued (a 100,000-VM round would
+    otherwise hold them all until its one commit). Inside a caller's transaction the chunks are savepoints and go at its commit.
     """
     now = now or world_clock.now()
     if kind == OperationKind.INSTALLATION:
@@ -649,10 +650,13 @@ def queue_operations(
         dispatched_at=timezone.now() if enqueue else None,
     )
     vms = list(vms)
-    step = ROUND_CHUNK * settings.PORTAL_EXECUTION_BATCH
+    # The first chunk is one batch's worth, spread over the workers: they start on it at once,
+    # instead of waiting for a whole chunk (at 10,000 VMs, a round's entire queueing) to commit.
+    first, step = settings.PORTAL_EXECUTION_BATCH, ROUND_CHUNK * settings.PORTAL_EXECUTION_BATCH
+    edges = [0, *range(first, len(vms), step), len(vms)] if vms else []
     queued: list[int] = []
-    for start in range(0, len(vms), step):
-        chunk = _queue_chunk(vms[start : start + step], template)
+    for start, end in itertools.pairwise(edges):
+        chunk = _queue_chunk(vms[start:end], template)
         if enqueue:
             transaction.on_commit(partial(send_to_workers, chunk, started_by))
         queued += chunk
