@@ -57,10 +57,11 @@ def describe(fault: Fault) -> str:
     return f"{what} (fault #{fault.pk})"
 
 
-def applies(fault: Fault, vm: VirtualMachine, kind: str) -> bool:
+def applies(fault: Fault, vm, kind: str) -> bool:
+    """Whether `fault` is scoped to this run's VM (services.RunVm) and kind of run."""
     if fault.vm_id and fault.vm_id != vm.pk:
         return False
-    if fault.subscription_id and str(fault.subscription_id) != str(vm.resource_group.subscription_id):
+    if fault.subscription_id and str(fault.subscription_id) != str(vm.subscription_id):
         return False
     if fault.location and fault.location != vm.location:
         return False
@@ -95,7 +96,7 @@ def _apply(hit: Hit, fault: Fault) -> Hit:
 
 def hits(
     operations: list,
-    vms: dict[int, VirtualMachine],
+    vms: dict,  # the runs' VMs by id (services.RunVm)
     would_install: Callable[[Any], set[str]] = lambda operation: set(),
 ) -> dict[int, Hit]:
     """The faults that hit each of these claimed operations (only those hit are in the answer): the
