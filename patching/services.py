@@ -634,7 +634,8 @@ def queue_operations(
 
     A round commits in chunks (ROUND_CHUNK batches of VMs each, the first one batch), each handed to
     the workers as it commits, so they start while the rest is queued (a 100,000-VM round would
-    otherwise hold them all until its one commit). Inside a caller's transaction the chunks are savepoints and go at its commit.
+    otherwise hold them all until its one commit). Inside a caller's transaction the chunks are
+    savepoints and go at its commit.
     """
     now = now or world_clock.now()
     if kind == OperationKind.INSTALLATION:
@@ -910,7 +911,7 @@ def _as_runs(operations) -> list[Run]:
 def _vms_of(operations: list[Run]) -> dict[int, RunVm]:
     """The runs' VMs, with their guest states: one query."""
     vms = VirtualMachine.objects.filter(pk__any=[op.vm_id for op in operations if op.vm_id])
-    split = len(RUN_VM_FIELDS) + 1
+    split = len(RUN_VM_FIELDS) + 1  # the VM's columns and its subscription, then its guest state's
     return {
         row[0]: RunVm(*row[:split], RunGuest(*row[split:]) if row[split] is not None else None)
         for row in vms.values_list(*RUN_VM_READ)

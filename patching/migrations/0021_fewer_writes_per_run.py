@@ -13,7 +13,8 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        # The guest state's trigger now watches only whether assessed_at is NULL (rollup.NULLNESS_ONLY).
+        # The trigger functions as written now: the guest state's watches only whether assessed_at is
+        # NULL (rollup.NULLNESS_ONLY), and each runs its statement only when it changes a rollup (_guards).
         migrations.RunPython(rollup.reinstall_functions, migrations.RunPython.noop),
         migrations.AlterField(
             model_name='patchresult',
