@@ -9,12 +9,12 @@ from datetime import timedelta
 import psycopg
 import pytest
 from django.db import connection, connections
-from django.db.models import Q
+from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
 from patching import services
-from patching.models import MissingUpdate, Operation, OperationKind, OperationStatus, PatchResult, RebootStatus
+from patching.models import MissingUpdate, Operation, OperationKind, OperationStatus, PatchResult, RebootStatus, Update
 from patching.parameters import InstallParameters
 from tests.factories import make_resource_group, make_subscription, make_vm
 from tests.test_dispatch import Broker
@@ -184,6 +184,23 @@ def test_a_reassessment_that_finds_the_same_leaves_the_missing_updates_untouched
     services.execute_operations(services.queue_operations(vms[:2], OperationKind.ASSESSMENT, enqueue=False))
     assert MissingUpdate.objects.get(pk=gone.pk).failed  # an assessment keeps what the installation failed
     assert sorted(MissingUpdate.objects.values_list("guest_id", "update_id")) == sorted(r[1:3] for r in before)
+
+
+@pytest.mark.django_db
+def test_a_worker_keeps_the_catalog_between_batches_until_it_changes(catalog, settings):
+    settings.PORTAL_SIM_SPEED = 0
+    vm = fleet(1)[0]
+
+    def assessed() -> set[int]:
+        (pk,) = services.queue_operations([vm], OperationKind.ASSESSMENT, enqueue=False)
+        services.execute_operations([pk])
+        return set(PatchResult.objects.filter(operation_id=pk).values_list("update_id", flat=True))
+
+    found = assessed()
+    assert found and services._kept_catalogs  # kept for the next batch
+    withdrawn = min(found)  # say, republished ten years from now: no longer released
+    Update.objects.filter(pk=withdrawn).update(published_at=F("published_at") + timedelta(days=3650))
+    assert withdrawn not in assessed()
 
 
 @pytest.mark.django_db
