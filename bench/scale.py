@@ -181,21 +181,18 @@ def stop_worker(worker: subprocess.Popen) -> None:
 def wait_finished(count: int, start: float, timeout: float = 3600) -> float:
     """Until none of the round is in flight (a look at the in-flight index, not a count of the table:
     the poll must not compete with the workers for the same two cores)."""
-    from django.db import connection
-
     from patching.models import Operation
 
     while Operation.objects.in_flight().exists():
         if time.perf_counter() - start > timeout:
             raise SystemExit(f"timed out with {Operation.objects.finished().count()}/{count} finished")
         time.sleep(0.1)
-    elapsed = time.perf_counter() - start
-    connection.close()
-    return elapsed
+    return time.perf_counter() - start
 
 
 def assessment_round(size: int, procs: int) -> dict:
     """Reset, start `procs` worker processes, queue the round, wait until every operation finished."""
+    from django.db import connection
     from django.db.models import Count
 
     from patching import services
@@ -208,14 +205,71 @@ def assessment_round(size: int, procs: int) -> dict:
     worker = start_worker(env_for(size), procs)
     try:
         vms = list(VirtualMachine.objects.select_related("resource_group"))
+        before = CpuUse.now(worker.pid)
         start = time.perf_counter()
         queued = services.queue_operations(vms, OperationKind.ASSESSMENT)
         enqueued = time.perf_counter() - start
         elapsed = wait_finished(len(queued), start)
+        cpu = CpuUse.now(worker.pid).since(before)
+        connection.close()
     finally:
         stop_worker(worker)
     statuses = dict(Operation.objects.values_list("status").annotate(n=Count("pk")))
-    return {"seconds": round(elapsed, 2), "enqueue_seconds": round(enqueued, 2), "statuses": statuses}
+    return {
+        "seconds": round(elapsed, 2),
+        "enqueue_seconds": round(enqueued, 2),
+        "statuses": statuses,
+        "cpu_seconds": cpu,
+    }
+
+
+class CpuUse:
+    """Where a round's CPU time went, from /proc (Linux): the workers' Python, their PostgreSQL
+    backends, the queueing (this process and its backend), and the machine's idle time. On two cores
+    a second worker process can only go as fast as the cores left over from queueing allow."""
+
+    def __init__(self, ticks: dict[str, float], machine: tuple[float, float]):
+        self.ticks, self.machine = ticks, machine
+
+    @staticmethod
+    def _seconds(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    @classmethod
+    def now(cls, worker_pid: int) -> "CpuUse":
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid, pid = pg_backend_pid() FROM pg_stat_activity WHERE datname = current_database()"
+            )
+            backends = cursor.fetchall()
+        pool = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and cls._ppid(p) == worker_pid]
+        times = os.times()
+        ticks = {
+            "workers_python": sum(cls._seconds(pid) for pid in [worker_pid, *pool]),
+            "workers_postgres": sum(cls._seconds(pid) for pid, mine in backends if not mine),
+            "queueing": times.user + times.system + sum(cls._seconds(pid) for pid, mine in backends if mine),
+        }
+        total = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+        return cls(ticks, (sum(total) / hz, (total[3] + total[4]) / hz))
+
+    @staticmethod
+    def _ppid(path: Path) -> int:
+        try:
+            return int((path / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            return -1
+
+    def since(self, before: "CpuUse") -> dict[str, float]:
+        used = {name: round(value - before.ticks.get(name, 0.0), 2) for name, value in self.ticks.items()}
+        used["machine_idle"] = round(self.machine[1] - before.machine[1], 2)
+        return used
 
 
 def copy_floor() -> dict:
@@ -247,6 +301,8 @@ def copy_floor() -> dict:
 def assess_now_during_round(size: int, procs: int) -> dict:
     """At the demo's pace: the round queued, then a user's Assess now 2 s later; its latency, and the
     round's wall time."""
+    from django.db import connection
+
     from patching import services
     from patching.models import Operation, OperationKind, StartedBy
     from portal.celery import app
@@ -267,6 +323,7 @@ def assess_now_during_round(size: int, procs: int) -> dict:
         latency = time.perf_counter() - pressed
         backlog = len(queued) + 1 - Operation.objects.finished().count()
         elapsed = wait_finished(len(queued) + 1, start)
+        connection.close()
     finally:
         stop_worker(worker)
     return {
