@@ -632,8 +632,8 @@ def queue_operations(
     caller (a simulated clock runs them with execute_operations(ids, now=...)). `user` is who asked, for
     operations a person started on many VMs at once (the admin's actions).
 
-    A round commits in chunks (ROUND_CHUNK batches of VMs each, the first one batch), each handed to
-    the workers as it commits, so they start while the rest is queued (a 100,000-VM round would
+    A round commits in chunks (round_chunks: the first one batch, up to ROUND_CHUNK batches), each handed
+    to the workers as it commits, so they start while the rest is queued (a 100,000-VM round would
     otherwise hold them all until its one commit). Inside a caller's transaction the chunks are
     savepoints and go at its commit.
     """
@@ -651,12 +651,8 @@ def queue_operations(
         dispatched_at=timezone.now() if enqueue else None,
     )
     vms = list(vms)
-    # The first chunk is one batch's worth, spread over the workers: they start on it at once,
-    # instead of waiting for a whole chunk (at 10,000 VMs, a round's entire queueing) to commit.
-    first, step = settings.PORTAL_EXECUTION_BATCH, ROUND_CHUNK * settings.PORTAL_EXECUTION_BATCH
-    edges = [0, *range(first, len(vms), step), len(vms)] if vms else []
     queued: list[int] = []
-    for start, end in itertools.pairwise(edges):
+    for start, end in itertools.pairwise(round_chunks(len(vms))):
         chunk = _queue_chunk(vms[start:end], template)
         if enqueue:
             transaction.on_commit(partial(send_to_workers, chunk, started_by))
@@ -664,11 +660,23 @@ def queue_operations(
     return queued
 
 
+def round_chunks(count: int) -> list[int]:
+    """Where a round of `count` VMs is cut into chunks (their edges): the first is one batch, spread
+    over the workers, so that they start on it at once; each next one twice the last, up to ROUND_CHUNK
+    batches. Queueing a chunk takes less time than the workers take to run the one before it, so
+    they never wait for the next to commit (a 4,000-VM second chunk kept a worker idle for ~0.2 s)."""
+    edges, size = [0], settings.PORTAL_EXECUTION_BATCH
+    while edges[-1] < count:
+        edges.append(min(count, edges[-1] + size))
+        size = min(2 * size, ROUND_CHUNK * settings.PORTAL_EXECUTION_BATCH)
+    return edges
+
+
 def _queue_chunk(vms: list[VirtualMachine], template: Operation) -> list[int]:
     with transaction.atomic():
         # The VMs' locks first (lock_vms): a VM deleted meanwhile gets no operation (and no FK violation).
         if connection.vendor == "postgresql":
-            return _insert_operations(lock_vm_ids(vm.pk for vm in vms), template)
+            return _insert_operations([vm.pk for vm in vms], template)
         alive = set(lock_vm_ids(vm.pk for vm in vms))
         rows = [
             new_operation(
@@ -691,8 +699,10 @@ def _queue_chunk(vms: list[VirtualMachine], template: Operation) -> list[int]:
 
 def _insert_operations(vm_ids: list[int], template: Operation) -> list[int]:
     """One INSERT … SELECT of an operation like `template` per VM (its name, location and subscription
-    read in the same statement); the VMs with one of this kind in flight are skipped (ON CONFLICT).
-    Returns the new rows' ids. PostgreSQL: what queue_operations does with bulk_create elsewhere."""
+    read in the same statement), the VMs locked by it in pk order first (lock_vms: each VM row is locked
+    before its operation is inserted, and a VM deleted meanwhile is left out); the VMs with one of this
+    kind in flight are skipped (ON CONFLICT). Returns the new rows' ids. PostgreSQL: what
+    queue_operations does with bulk_create elsewhere, in one statement instead of two."""
     if not vm_ids:
         return []
     vm_table, rg_table = VirtualMachine._meta.db_table, ResourceGroup._meta.db_table
@@ -717,7 +727,7 @@ def _insert_operations(vm_ids: list[int], template: Operation) -> list[int]:
         cursor.execute(
             f'INSERT INTO "{Operation._meta.db_table}" ({", ".join(columns)}) SELECT {", ".join(values)} '
             f'FROM "{vm_table}" vm JOIN "{rg_table}" rg ON rg.id = vm.resource_group_id '
-            "WHERE vm.id = ANY(%s) ORDER BY vm.id ON CONFLICT DO NOTHING RETURNING id",
+            "WHERE vm.id = ANY(%s) ORDER BY vm.id FOR UPDATE OF vm ON CONFLICT DO NOTHING RETURNING id",
             [*params, list(vm_ids)],
         )
         return [row[0] for row in cursor.fetchall()]
