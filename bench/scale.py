@@ -1,6 +1,6 @@
 """Benchmark: the portal at 100 / 10,000 / 100,000 VMs, side by side in one run (issue 11).
 
-    .venv/bin/python bench/scale.py [--sizes 100,10000[,100000]] [--only execution] [--procs 1,2] [--rounds 3]
+    .venv/bin/python bench/scale.py [--sizes 100,10000[,100000]] [--only execution] [--procs 1,2] [--rounds 4]
 
 Sections (`--only NAME`, repeatable; default all):
 
@@ -9,10 +9,11 @@ Sections (`--only NAME`, repeatable; default all):
   PORTAL_SIM_SPEED=0) against the COPY floor: the same rows (operations, per-patch results, missing
   updates) COPYed into bare copies of their tables, measured in the same run. `--rounds` rounds per
   worker count, interleaved, medians; every round is the daily case, a re-assessment of an assessed
-  fleet (the seed assesses it once). Then, with the demo's
-  simulated pace (PORTAL_SIM_SPEED=120) and the largest worker count, the same round again while a
-  user presses Assess now: its latency (the assessment's simulated duration is 0.75 s of it) and the
-  round's wall time (the daily assessment at demo pace).
+  fleet (the seed assesses it once). Each round is also run queued before the workers start: the
+  workers alone, without the round's queueing, which on two cores competes with them. Then, with
+  the demo's simulated pace (PORTAL_SIM_SPEED=120) and the largest worker count, the same round again
+  while a user presses Assess now: its latency (the assessment's simulated duration is 0.75 s of it)
+  and the round's wall time (the daily assessment at demo pace).
 
 - pages: the fleet page (default, every sort, filters, next/last page), the fleet history and the
   ARM list-all following every nextLink, timed over HTTP against gunicorn, all sizes side by side
@@ -217,8 +218,10 @@ def wait_finished(count: int, start: float, timeout: float = 3600) -> float:
     return time.perf_counter() - start
 
 
-def assessment_round(size: int, procs: int) -> dict:
-    """Reset, start `procs` worker processes, queue the round, wait until every operation finished."""
+def assessment_round(size: int, procs: int, queued_first: bool = False) -> dict:
+    """Reset, start `procs` worker processes, queue the round, wait until every operation finished.
+    `queued_first`: the round is queued before the workers start and only sent to them when the clock
+    starts, which measures the workers alone (how they scale), without the round's queueing."""
     from django.db import connection
     from django.db.models import Count
 
@@ -229,12 +232,17 @@ def assessment_round(size: int, procs: int) -> dict:
 
     reset()
     app.control.purge()
+    vms = list(VirtualMachine.objects.select_related("resource_group"))
+    if queued_first:
+        queued = services.queue_operations(vms, OperationKind.ASSESSMENT, enqueue=False)
     worker = start_worker(env_for(size), procs)
     try:
-        vms = list(VirtualMachine.objects.select_related("resource_group"))
         before = CpuUse.now(worker.pid)
         start = time.perf_counter()
-        queued = services.queue_operations(vms, OperationKind.ASSESSMENT)
+        if queued_first:
+            services.send_to_workers(queued)
+        else:
+            queued = services.queue_operations(vms, OperationKind.ASSESSMENT)
         enqueued = time.perf_counter() - start
         queueing = CpuUse.now(worker.pid).since(before)["queueing"]
         elapsed = wait_finished(len(queued), start)
@@ -365,27 +373,32 @@ def assess_now_during_round(size: int, procs: int) -> dict:
 
 
 def execution(size: int, procs: list[int], rounds: int) -> dict:
-    """`rounds` rounds per worker count, interleaved (1, 2, then 2, 1, ...) so that a drift of this
-    shared machine's speed touches both alike; each figure is the median, each round listed."""
-    runs: dict[int, list[dict]] = {n: [] for n in procs}
+    """`rounds` rounds per worker count, interleaved (1, 2, then 2, 1, ...): on this shared machine the
+    first round of a pair ran about a tenth slower than the second, whichever it was, so an even number
+    of rounds lets each order count alike. Each figure is the median, each round listed. Each round is
+    run twice: as the platform runs it (`celery_N_procs`: queued while the workers run it) and with
+    the round queued before the workers start (`workers_N_procs`: the workers alone)."""
+    runs: dict[str, list[dict]] = {}
     for r in range(rounds):
         for n in procs if r % 2 == 0 else procs[::-1]:
-            runs[n].append(assessment_round(size, n))
+            runs.setdefault(f"celery_{n}_procs", []).append(assessment_round(size, n))
+            runs.setdefault(f"workers_{n}_procs", []).append(assessment_round(size, n, queued_first=True))
     floor = copy_floor()
-    result = {}
-    for n in procs:
-        seconds = [run["seconds"] for run in runs[n]]
-        result[f"celery_{n}_procs"] = {
-            "seconds": statistics.median(seconds),
-            "x_copy_floor": round(statistics.median(seconds) / floor["seconds"], 1),
-            "rounds": runs[n],
+    result: dict = {"copy_floor": floor}
+    for name, measured in runs.items():
+        seconds = statistics.median(run["seconds"] for run in measured)
+        result[name] = {
+            "seconds": seconds,
+            "x_copy_floor": round(seconds / floor["seconds"], 1),
+            "rounds": measured,
         }
-    result["copy_floor"] = floor
     if len(procs) > 1:
-        first, last = (runs[n] for n in (procs[0], procs[-1]))
-        ratios = [a["seconds"] / b["seconds"] for a, b in zip(first, last, strict=True)]
-        result["speedup"] = round(statistics.median(ratios), 2)  # of the rounds run side by side
-        result["speedups"] = [round(ratio, 2) for ratio in ratios]
+        for kind in ("celery", "workers"):
+            first, last = (runs[f"{kind}_{n}_procs"] for n in (procs[0], procs[-1]))
+            ratios = [a["seconds"] / b["seconds"] for a, b in zip(first, last, strict=True)]
+            key = "speedup" if kind == "celery" else "workers_speedup"
+            result[key] = round(statistics.median(ratios), 2)  # of the rounds run side by side
+            result[key + "s"] = [round(ratio, 2) for ratio in ratios]
     result["demo_pace"] = assess_now_during_round(size, procs[-1])
     return result
 
@@ -409,7 +422,7 @@ def main() -> None:
         "--only", action="append", choices=sorted([*SECTIONS, PAGES]), help="sections to run (default all)"
     )
     parser.add_argument("--procs", default="1,2", help="worker processes to compare")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per worker count (medians reported)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per worker count, best even (medians reported)")
     parser.add_argument("--reseed", action="store_true")
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)
