@@ -373,9 +373,10 @@ def assess_now_during_round(size: int, procs: int) -> dict:
 
 
 def execution(size: int, procs: list[int], rounds: int) -> dict:
-    """`rounds` rounds per worker count, interleaved (1, 2, then 2, 1, ...): on this shared machine the
-    first round of a pair ran about a tenth slower than the second, whichever it was, so an even number
-    of rounds lets each order count alike. Each figure is the median, each round listed. Each round is
+    """`rounds` rounds per worker count, interleaved (1, 2, then 2, 1, ...): this shared machine's speed
+    drifts by up to a fifth between rounds a minute apart (the first rounds of a run are often the
+    slowest), so each ratio is of two rounds run side by side, an even number of rounds lets each
+    order count alike, and each figure is the median (each round listed). Each round is
     run twice: as the platform runs it (`celery_N_procs`: queued while the workers run it) and with
     the round queued before the workers start (`workers_N_procs`: the workers alone)."""
     runs: dict[str, list[dict]] = {}
