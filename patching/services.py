@@ -58,7 +58,7 @@ ADVANCE_OPERATIONS_TASK = "patching.tasks.advance_operations"  # their due steps
 # A round's operations are split so that every worker gets some (a small round in small batches),
 # up to PORTAL_EXECUTION_BATCH per message.
 MIN_BATCH, SPREAD = 50, 8
-ROUND_CHUNK = SPREAD  # batches per commit of a round (queue_operations): full batches for every worker
+ROUND_CHUNK = SPREAD  # the most batches per commit of a round (round_chunks): full ones for every worker
 MAX_AGENT_RETRIES = 3
 
 
