@@ -13,38 +13,19 @@ fleet tables are emptied first. Nothing sleeps: PORTAL_SIM_SPEED=0, so this meas
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hotpatch_bench")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-ENV = {
-    **os.environ,
-    "DATABASE_URL": DATABASE_URL,
-    "REDIS_URL": REDIS_URL,
-    "PORTAL_SIM_SPEED": "0",
-    "PORTAL_PATCH_FAILURE_RATE": "0.02",
-    "LOG_LEVEL": "WARNING",
-    "DJANGO_SETTINGS_MODULE": "portal.settings",
-}
-os.environ.update(ENV)
-sys.path.insert(0, str(ROOT))
+import harness
+from harness import ROOT
 
-
-def create_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+ENV = harness.environment(
+    "hotpatch_bench", redis="redis://127.0.0.1:6379/14", PORTAL_SIM_SPEED="0", PORTAL_PATCH_FAILURE_RATE="0.02"
+)
 
 
 def seed(count: int) -> list:
@@ -126,11 +107,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (prefork pool)")
     args = parser.parse_args()
 
-    create_database()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV, check=True)
-    import django
-
-    django.setup()
+    harness.setup_django(ENV, drop=False)  # kept if it exists: seed() empties its fleet tables
     from django.db import connection
     from django.db.models import Count
 

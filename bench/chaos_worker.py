@@ -30,8 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hotpatch_chaos")
+import harness
+from harness import ROOT
+
 DEADLINE = 600  # no round waits longer than this for its operations
 
 
@@ -42,18 +43,15 @@ def free_port() -> int:
 
 
 PORT = free_port()
-ENV = {
-    **os.environ,
-    "DATABASE_URL": DATABASE_URL,
-    "REDIS_URL": f"redis://127.0.0.1:{PORT}/0",
-    "PORTAL_SIM_SPEED": os.environ.get("PORTAL_SIM_SPEED", "60"),
-    "PORTAL_PATCH_FAILURE_RATE": "0",
-    "PORTAL_AGENT_UNREACHABLE_RATE": "0",
-    "DJANGO_SETTINGS_MODULE": "portal.settings",
-    "PYTHONUNBUFFERED": "1",
-}
-os.environ.update(ENV)
-sys.path.insert(0, str(ROOT))
+ENV = harness.environment(
+    "hotpatch_chaos",
+    log_level=None,  # not WARNING: the portal's own level (INFO unless set) in the logs kept under LOGS
+    REDIS_URL=f"redis://127.0.0.1:{PORT}/0",  # its own redis-server, not BENCH_REDIS_URL
+    PORTAL_SIM_SPEED=os.environ.get("PORTAL_SIM_SPEED", "60"),
+    PORTAL_PATCH_FAILURE_RATE="0",
+    PORTAL_AGENT_UNREACHABLE_RATE="0",
+    PYTHONUNBUFFERED="1",
+)
 LOGS = Path(tempfile.mkdtemp(prefix="chaos-"))
 
 
@@ -150,17 +148,7 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=30, help="seconds Redis is down (0: no outage round)")
     options = parser.parse_args()
 
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV, check=True)
-
-    import django
-
-    django.setup()
+    harness.setup_django(ENV, drop=False)  # kept if it exists: its operations are emptied below
     from django.conf import settings
     from django.db.models import Count
     from django.utils import timezone

@@ -29,9 +29,10 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import harness
 import requests
+from harness import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PREFIX = os.environ.get("BENCH_DATABASE_PREFIX", "postgres://postgres@127.0.0.1:5432/hp_pages_bench")
 PASSWORD = "bench-password-not-secret"
 API_VERSION = "2024-07-01"
@@ -67,9 +68,13 @@ def database_url(size: int) -> str:
 
 
 def manage(url: str, *args: str) -> str:
-    env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "portal.settings"}
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=harness.portal_env(url),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode:
         raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -104,15 +109,11 @@ def build_fleet(size: int, *, assess: bool = True, reuse: bool = False) -> str:
 
     url = database_url(size)
     name = url.rsplit("/", 1)[1]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if reuse and exists:
-            manage(url, "migrate", "-v0")  # a database built by an earlier branch gets this one's indexes
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("ANALYZE")  # the statistics of new expression indexes
-            return url
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    if not harness.create_database(url, drop=not reuse):  # reused: it exists already
+        manage(url, "migrate", "-v0")  # a database built by an earlier branch gets this one's indexes
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE")  # the statistics of new expression indexes
+        return url
     began = time.perf_counter()
     manage(url, "migrate", "-v0")
     manage(url, "shell", "-c", SETUP)
@@ -138,7 +139,7 @@ def free_port() -> int:
 def server(url: str):
     """gunicorn as the Procfile's web runs it, on the fleet's database: its base URL."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    env = harness.portal_env(url)
     env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/5")
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "portal.wsgi:application", "--workers", "2", "--threads", "4"]

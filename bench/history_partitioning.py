@@ -16,13 +16,13 @@ Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/hp_p
 """
 
 import argparse
-import os
 import statistics
 import time
 
+import harness
 import psycopg
 
-URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hp_pages_bench_part")
+URL = harness.database_url("hp_pages_bench_part")
 
 COLUMNS = """
     id bigint NOT NULL, created_at timestamptz NOT NULL, kind varchar(12) NOT NULL, status varchar(24) NOT NULL,
@@ -88,16 +88,15 @@ def main() -> None:
     parser.add_argument("--per-day", type=int, default=100_000)
     parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args()
-    name = URL.rsplit("/", 1)[1]
-    with psycopg.connect(URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+    harness.create_database(URL, drop=False)  # kept if it exists: build() replaces its tables unless --reuse
     with psycopg.connect(URL, autocommit=True) as conn:
         if not args.reuse:
             build(conn, args.days, args.per_day)
+        # 80% down the rows there are: a run reusing the tables finds them without the month it pruned.
+        rows = conn.execute("SELECT count(*) FROM op_plain").fetchone()[0]
         deep = conn.execute(
             "SELECT created_at, id FROM op_plain ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1",
-            [int(args.days * args.per_day * 0.8)],
+            [int(rows * 0.8)],
         ).fetchone()
         pages = {
             "first page": ("SELECT * FROM {t} ORDER BY created_at DESC, id DESC LIMIT 51", ()),

@@ -11,16 +11,16 @@ Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/hotp
 """
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hotpatch_bench_import")
-ENV = {**os.environ, "DATABASE_URL": DATABASE_URL, "LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "portal.settings"}
+import harness
+from harness import ROOT
+
+ENV = harness.environment("hotpatch_bench_import")
 
 
 def manage(*args: str) -> str:
@@ -33,12 +33,7 @@ def manage(*args: str) -> str:
 
 
 def fresh_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    harness.create_database(ENV["DATABASE_URL"])
     manage("migrate", "-v0")
     manage("shell", "-c", "from django.contrib.auth.models import User; User.objects.create_user('bench')")
     # The catalog once, outside the timing: a portal has it before anyone imports.

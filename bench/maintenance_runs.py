@@ -17,37 +17,15 @@ BENCH_REDIS_URL (default redis://127.0.0.1:6379/14).
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hotpatch_bench_maintenance")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-ENV = {
-    **os.environ,
-    "DATABASE_URL": DATABASE_URL,
-    "REDIS_URL": REDIS_URL,
-    "LOG_LEVEL": "WARNING",
-    "DJANGO_SETTINGS_MODULE": "portal.settings",
-}
-os.environ.update(ENV)
-sys.path.insert(0, str(ROOT))
+import harness
+from harness import timed
+
+ENV = harness.environment("hotpatch_bench_maintenance", redis="redis://127.0.0.1:6379/14")
 NIGHT = datetime(2024, 9, 11, 0, 30, tzinfo=UTC)
 RULES = ["Day", "Week Monday,Friday", "Month day23,day24", "Month Second Tuesday Offset3", "6Hours"]
-
-
-def create_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'DROP DATABASE "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def occurrences_per_second() -> dict:
@@ -68,27 +46,12 @@ def occurrences_per_second() -> dict:
     return result
 
 
-def timed(function, *args, **kwargs):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    with CaptureQueriesContext(connection) as queries:
-        began = time.perf_counter()
-        result = function(*args, **kwargs)
-        seconds = time.perf_counter() - began
-    return result, round(seconds, 2), len(queries)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vms", type=int, default=10_000)
     args = parser.parse_args()
 
-    create_database()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV, check=True)
-    import django
-
-    django.setup()
+    harness.setup_django(ENV)
     from patching import catalog
     from patching.maintenance import services
     from patching.maintenance.models import MaintenanceConfiguration
@@ -149,10 +112,10 @@ def main() -> None:
     handoff = {"seconds": 0.0}
     send = patching_services.send_to_workers
 
-    def timed_send(ids):
+    def timed_send(*args, **kwargs):
         began = time.perf_counter()
         try:
-            return send(ids)
+            return send(*args, **kwargs)
         finally:
             handoff["seconds"] += time.perf_counter() - began
 

@@ -21,48 +21,17 @@ BENCH_REDIS_URL (default redis://127.0.0.1:6379/14; queued tasks are purged afte
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hotpatch_bench_rounds")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-ENV = {
-    **os.environ,
-    "DATABASE_URL": DATABASE_URL,
-    "REDIS_URL": REDIS_URL,
-    "LOG_LEVEL": "WARNING",
-    "DJANGO_SETTINGS_MODULE": "portal.settings",
-}
-os.environ.update(ENV)
-sys.path.insert(0, str(ROOT))
+import harness
+from harness import ROOT, timed
+
+ENV = harness.environment("hotpatch_bench_rounds", redis="redis://127.0.0.1:6379/14")
 # 2024-09-11 00:30 UTC: the night after September's Patch Tuesday in Europe.
 NIGHT = datetime(2024, 9, 11, 0, 30, tzinfo=UTC)
-
-
-def create_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'DROP DATABASE "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def timed(function, *args, **kwargs):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    with CaptureQueriesContext(connection) as queries:
-        began = time.perf_counter()
-        result = function(*args, **kwargs)
-        seconds = time.perf_counter() - began
-    return result, round(seconds, 2), len(queries)
 
 
 def main() -> None:
@@ -71,11 +40,7 @@ def main() -> None:
     parser.add_argument("--simulate", action="store_true", help="also time a year of simulate over 1,000 VMs")
     args = parser.parse_args()
 
-    create_database()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV, check=True)
-    import django
-
-    django.setup()
+    harness.setup_django(ENV)
     from patching import catalog
     from patching.orchestrator import engine, fleets
     from portal.celery import app

@@ -22,37 +22,16 @@ Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/hotp
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hotpatch_bench_overview")
-ENV = {
-    **os.environ,
-    "DATABASE_URL": DATABASE_URL,
-    "LOG_LEVEL": "WARNING",
-    "DJANGO_SETTINGS_MODULE": "portal.settings",
-}
-os.environ.update(ENV)
-sys.path.insert(0, str(ROOT))
+import harness
+
+ENV = harness.environment("hotpatch_bench_overview")
 SUBSCRIPTIONS, GROUPS_PER_SUBSCRIPTION, OPERATIONS_PER_VM = 10, 10, 10
 # Operation k of a VM is 36·k days old, give or take: ten a VM over a year, one in the last 30 days.
 AGE = "(s.k * 36 + (s.h % 30)) * interval '1 day' + (s.h % 24) * interval '1 hour'"
-
-
-def create_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'DROP DATABASE "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def clone(cursor, model, template_pk: int, source_sql: str, overrides: dict[str, str]) -> None:
@@ -293,11 +272,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    create_database()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV, check=True)
-    import django
-
-    django.setup()
+    harness.setup_django(ENV)
     from django.conf import settings
     from django.test import Client
     from django.urls import reverse

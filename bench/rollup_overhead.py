@@ -12,37 +12,14 @@ Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/hotp
 """
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hotpatch_bench_rollup")
-ENV = {
-    **os.environ,
-    "DATABASE_URL": DATABASE_URL,
-    "PORTAL_SIM_SPEED": "0",
-    "PORTAL_PATCH_FAILURE_RATE": "0.05",
-    "LOG_LEVEL": "WARNING",
-    "DJANGO_SETTINGS_MODULE": "portal.settings",
-}
-os.environ.update(ENV)
-sys.path.insert(0, str(ROOT))
+import harness
 
-
-def create_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'DROP DATABASE "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
+ENV = harness.environment("hotpatch_bench_rollup", PORTAL_SIM_SPEED="0", PORTAL_PATCH_FAILURE_RATE="0.05")
 
 
 def seed(count: int, now: datetime) -> list:
@@ -92,11 +69,7 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    create_database()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV, check=True)
-    import django
-
-    django.setup()
+    harness.setup_django(ENV)
     from patching import rollup, services
     from patching.models import OperationKind
 

@@ -15,36 +15,19 @@ BENCH_REDIS_URL (default redis://127.0.0.1:6379/14).
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hotpatch_bench_sandbox")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-ENV = {
-    **os.environ,
-    "DATABASE_URL": DATABASE_URL,
-    "REDIS_URL": REDIS_URL,
-    "LOG_LEVEL": "WARNING",
-    "DJANGO_SETTINGS_MODULE": "portal.settings",
-}
-os.environ.update(ENV)
-sys.path.insert(0, str(ROOT))
+import harness
+
+ENV = harness.environment("hotpatch_bench_sandbox", redis="redis://127.0.0.1:6379/14")
 START = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 
 def fresh_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV, check=True)
+    """Empty and migrated: dropped even with sessions still on it, as each size starts afresh in this process."""
+    harness.create_database(ENV["DATABASE_URL"], force=True)
+    harness.migrate(ENV)
 
 
 def one_size(vms: int, days: float) -> dict:

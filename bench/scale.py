@@ -37,43 +37,27 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hp_exec_bench")
+import harness
+from harness import ROOT
+
+BASE_URL = harness.database_url("hp_exec_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
 DEMO_PACE = "120"
 FLOOR_REPEAT = 5
 
 
 def env_for(size: int, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": f"{BASE_URL}_{size}",
-        "REDIS_URL": REDIS_URL,
-        "PORTAL_SIM_SPEED": "0",
-        "PORTAL_PATCH_FAILURE_RATE": "0.02",
-        "LOG_LEVEL": "WARNING",
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        **extra,
-    }
-
-
-def create_database(url: str) -> bool:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            return False
-        conn.execute(f'CREATE DATABASE "{name}"')
-        return True
+    """The environment of the size's processes (not made this process's: each size's runs in a child)."""
+    settings = {"PORTAL_SIM_SPEED": "0", "PORTAL_PATCH_FAILURE_RATE": "0.02", **extra}
+    return harness.portal_env(f"{BASE_URL}_{size}", redis_url=REDIS_URL, **settings)
 
 
 def prepare(size: int, reseed: bool) -> None:
     """Create, migrate and seed the size's database in a child process (Django is set up once per
     process, and each size has its own database)."""
     env = env_for(size)
-    create_database(env["DATABASE_URL"])
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    harness.create_database(env["DATABASE_URL"], drop=False)  # kept for the next run
+    harness.migrate(env)
     subprocess.run(
         [sys.executable, __file__, "--seed", str(size), *(["--reseed"] if reseed else [])],
         cwd=ROOT,

@@ -13,24 +13,11 @@ Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/hotp
 
 import argparse
 import json
-import os
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hotpatch_bench_what_if")
-os.environ.update({"DATABASE_URL": DATABASE_URL, "LOG_LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "portal.settings"})
-sys.path.insert(0, str(ROOT))
+import harness
 
-
-def fresh_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
+ENV = harness.environment("hotpatch_bench_what_if")
 
 
 def main() -> None:
@@ -38,7 +25,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--days", type=int, default=365)
     args = parser.parse_args()
-    fresh_database()
+    harness.create_database(ENV["DATABASE_URL"])
     import django
 
     django.setup()
